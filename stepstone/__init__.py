@@ -1,0 +1,76 @@
+"""stepstone: durable workflows for Python, in your own PostgreSQL."""
+
+from __future__ import annotations
+
+from stepstone.errors import (
+    ConfigurationError,
+    DatabaseUnreachable,
+    DuplicateRegistration,
+    InvalidWorkflowId,
+    MigrationError,
+    NonDeterminismError,
+    NotLaunched,
+    OwnershipLost,
+    PersistenceError,
+    ResultTimeout,
+    SerializationError,
+    StepError,
+    StepOutsideWorkflow,
+    StepstoneError,
+    UnregisteredWorkflow,
+    UsageError,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+)
+from stepstone.persistence import JsonSerializer, Serializer, Store
+from stepstone.runtime import (
+    RetryPolicy,
+    Runtime,
+    State,
+    Step,
+    TransactionStep,
+    Workflow,
+    WorkflowContext,
+    WorkflowHandle,
+    current,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnreachable",
+    "DuplicateRegistration",
+    "InvalidWorkflowId",
+    "JsonSerializer",
+    "MigrationError",
+    "NonDeterminismError",
+    "NotLaunched",
+    "OwnershipLost",
+    "PersistenceError",
+    "ResultTimeout",
+    "RetryPolicy",
+    "Runtime",
+    "SerializationError",
+    "Serializer",
+    "State",
+    "Step",
+    "StepError",
+    "StepOutsideWorkflow",
+    "StepstoneError",
+    "Store",
+    "TransactionStep",
+    "UnregisteredWorkflow",
+    "UsageError",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowContext",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowIdConflict",
+    "WorkflowNotFound",
+    "__version__",
+    "current",
+]

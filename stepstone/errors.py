@@ -1,0 +1,191 @@
+"""The errors stepstone raises: one root, a few typed subtrees.
+
+Every message says what happened, names the ids and values involved and says what
+to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnreachable",
+    "DuplicateRegistration",
+    "InvalidWorkflowId",
+    "MigrationError",
+    "NonDeterminismError",
+    "NotLaunched",
+    "OwnershipLost",
+    "PersistenceError",
+    "ResultTimeout",
+    "SerializationError",
+    "StepError",
+    "StepOutsideWorkflow",
+    "StepstoneError",
+    "UnregisteredWorkflow",
+    "UsageError",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowIdConflict",
+    "WorkflowNotFound",
+    "WorkflowOutcome",
+]
+
+
+class StepstoneError(Exception):
+    """The root of every error stepstone raises."""
+
+
+# -- configuration and misuse -------------------------------------------------------------
+
+
+class ConfigurationError(StepstoneError):
+    """A setting is invalid: a DSN, a schema name, a pool size, a retry policy."""
+
+
+class UsageError(StepstoneError):
+    """The library was called in a way it does not support."""
+
+
+class NotLaunched(UsageError):
+    """A workflow was called before `Runtime.launch()` (or after `shutdown()`)."""
+
+
+class StepOutsideWorkflow(UsageError):
+    """A step or transaction step was called outside a running workflow."""
+
+
+class DuplicateRegistration(UsageError):
+    """Two workflows, or two steps, were registered under one name."""
+
+
+class UnregisteredWorkflow(UsageError):
+    """A workflow object does not belong to this runtime."""
+
+
+class WorkflowNotFound(UsageError, LookupError):
+    """No execution has the workflow id asked for."""
+
+
+class InvalidWorkflowId(UsageError, ValueError):
+    """A workflow id is empty, too long or not a string."""
+
+
+class SerializationError(UsageError, TypeError):
+    """A value cannot be serialized, or is larger than the configured limit."""
+
+
+# -- persistence --------------------------------------------------------------------------
+
+
+class PersistenceError(StepstoneError):
+    """The database refused or failed an operation; the driver's error is the cause."""
+
+
+class DatabaseUnreachable(PersistenceError):
+    """No connection to PostgreSQL could be made."""
+
+
+class MigrationError(PersistenceError):
+    """The schema could not be migrated, or an applied migration file was changed."""
+
+
+# -- workflow outcomes --------------------------------------------------------------------
+
+
+class WorkflowOutcome(StepstoneError):
+    """A workflow ended without a result: it failed or was cancelled."""
+
+    def __init__(self, message: str, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class WorkflowFailed(WorkflowOutcome):
+    """The workflow raised. `error_type` and `error_message` are the recorded error;
+    `__cause__` is the exception itself when it can be rebuilt in this process."""
+
+    def __init__(
+        self, workflow_id: str, error_type: str, error_message: str
+    ) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} failed with {error_type}: {error_message}",
+            workflow_id,
+        )
+        self.error_type = error_type
+        self.error_message = error_message
+
+
+class WorkflowCancelled(WorkflowOutcome):
+    """The workflow was cancelled before it finished."""
+
+
+class StepError(StepstoneError):
+    """A recorded step error whose exception type cannot be rebuilt in this process."""
+
+    def __init__(self, error_type: str, error_message: str) -> None:
+        super().__init__(f"{error_type}: {error_message}")
+        self.error_type = error_type
+        self.error_message = error_message
+
+
+class ResultTimeout(StepstoneError, TimeoutError):
+    """`WorkflowHandle.result(timeout=...)` gave up waiting; the workflow goes on."""
+
+
+# -- durability guards --------------------------------------------------------------------
+
+
+class NonDeterminismError(StepstoneError):
+    """On replay the workflow called a different step than the one recorded."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        seq: int,
+        recorded: str | None,
+        called: str | None,
+        call_site: str,
+    ) -> None:
+        recorded_text = repr(recorded) if recorded is not None else "nothing"
+        called_text = (
+            f"step {called!r}" if called is not None else "no step (the workflow returned)"
+        )
+        super().__init__(
+            f"workflow {workflow_id!r} diverged from its recorded history at step {seq}: "
+            f"recorded {recorded_text}, called {called_text} at {call_site}. "
+            "Workflow code must call the same steps in the same order when it is replayed; "
+            "keep the old code path for executions started before the change, or start a new "
+            "execution"
+        )
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.recorded = recorded
+        self.called = called
+        self.call_site = call_site
+
+
+class OwnershipLost(StepstoneError):
+    """Another executor claimed this execution; this one must stop running it."""
+
+    def __init__(self, workflow_id: str, executor_id: str, epoch: int) -> None:
+        super().__init__(
+            f"executor {executor_id!r} no longer owns workflow {workflow_id!r} at epoch {epoch}: "
+            "another executor claimed it, so nothing more of it was committed here and this "
+            "executor stopped running it"
+        )
+        self.workflow_id = workflow_id
+        self.executor_id = executor_id
+        self.epoch = epoch
+
+
+class WorkflowIdConflict(StepstoneError):
+    """The workflow id already belongs to an execution of another workflow."""
+
+    def __init__(self, workflow_id: str, existing: str, requested: str) -> None:
+        super().__init__(
+            f"workflow id {workflow_id!r} already belongs to an execution of {existing!r}, "
+            f"not {requested!r}: choose another workflow id"
+        )
+        self.workflow_id = workflow_id
+        self.existing = existing
+        self.requested = requested

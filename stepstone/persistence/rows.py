@@ -1,0 +1,188 @@
+"""Plain records the Store reads and writes. Payloads stay serialized text: decode them with
+the store's serializer (`Store.decode`) where you need the values."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Checkpoint",
+    "ExecutionRow",
+    "HealthStatus",
+    "LogRow",
+    "RecordedStep",
+    "ResumeRecord",
+    "StartRequest",
+    "StartResult",
+    "StepCommit",
+    "StepRow",
+    "WorkflowRow",
+]
+
+Status = Literal["ENQUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+StepKind = Literal["step", "transaction", "workflow"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRow:
+    """A registered workflow definition."""
+
+    name: str
+    version: str
+    fingerprint: str
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRow:
+    """One execution of a workflow. `error` is the recorded error (type, message, traceback)."""
+
+    id: str
+    workflow_name: str
+    workflow_version: str
+    status: str
+    inputs: str
+    output: str | None
+    error: dict[str, Any] | None
+    owner: str | None
+    epoch: int
+    parent_id: str | None
+    attributes: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One completed step of an execution."""
+
+    execution_id: str
+    seq: int
+    name: str
+    kind: str
+    output: str | None
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One audit log entry of an execution."""
+
+    execution_id: str
+    id: int
+    at: dt.datetime
+    event: str
+    actor: str | None
+    seq: int | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The state of an execution after its first `seq` steps; values are serialized text."""
+
+    execution_id: str
+    seq: int
+    state: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """What `Store.start_execution` writes for a new execution."""
+
+    id: str
+    workflow_name: str
+    workflow_version: str
+    inputs: str
+    owner: str
+    parent_id: str | None = None
+    trace_context: dict[str, str] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    """The outcome of `Store.start_execution`: the new execution, or the existing one."""
+
+    created: bool
+    workflow_name: str
+    status: str
+    owner: str | None
+    epoch: int
+    output: str | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    """A step as replay needs it."""
+
+    seq: int
+    name: str
+    kind: str
+    output: str | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    """An execution claimed for resumption, with everything needed to replay it."""
+
+    id: str
+    workflow_name: str
+    workflow_version: str
+    inputs: str
+    epoch: int
+    steps: dict[int, RecordedStep]
+    state: dict[str, str]
+
+
+@dataclass(slots=True)
+class StepCommit:
+    """Everything one step commit writes. `state` maps changed keys to serialized values;
+    `deleted` lists removed keys; `logs` are audit entries ({"event": ..., "details": {...}})."""
+
+    execution_id: str
+    owner: str
+    epoch: int
+    seq: int
+    name: str
+    kind: StepKind
+    output: str | None
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    state: dict[str, str] | None = None
+    deleted: list[str] | None = None
+    logs: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    """What `Store.health_status()` found."""
+
+    reachable: bool
+    latency_ms: float | None
+    schema_version: int | None
+    expected_schema_version: int
+    pool: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def schema_current(self) -> bool:
+        """The schema has every migration this version of stepstone ships."""
+        return self.schema_version == self.expected_schema_version
+
+    @property
+    def healthy(self) -> bool:
+        """Reachable with a current schema."""
+        return self.reachable and self.schema_current

@@ -1,0 +1,160 @@
+"""How values are turned into text for the database, and back.
+
+`JsonSerializer` is the default: plain JSON, with tagged objects for the Python types JSON
+lacks, so that datetime, date, time, timedelta, UUID, Decimal, bytes, tuples, sets and
+dataclasses round-trip exactly. Nothing is ever unpickled. Any object with `dumps` and
+`loads` (the `Serializer` protocol) can replace it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import importlib
+import json
+import sys
+import uuid
+from typing import Any, Protocol, runtime_checkable
+
+from stepstone.errors import SerializationError
+
+__all__ = ["DEFAULT_MAX_SIZE", "JsonSerializer", "Serializer", "check_size", "describe_type"]
+
+DEFAULT_MAX_SIZE = 1024 * 1024
+"""Default limit on one serialized value: 1 MiB."""
+
+_TAG = "__stepstone__"
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns values into text and back. `loads(dumps(v))` must equal `v`."""
+
+    def dumps(self, value: Any) -> str:
+        """Return the text form of `value`; raise TypeError or ValueError if it has none."""
+        ...
+
+    def loads(self, data: str) -> Any:
+        """Return the value that `dumps` turned into `data`."""
+        ...
+
+
+def describe_type(value: object) -> str:
+    """The qualified name of a value's type, as error messages show it."""
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def check_size(text: str, limit: int, what: str) -> None:
+    """Raise SerializationError if `text` encodes to more than `limit` bytes."""
+    # len(text) bounds the UTF-8 size from below and 4 * len(text) from above: the encode
+    # only happens for values near the limit.
+    if len(text) * 4 <= limit:
+        return
+    size = len(text.encode())
+    if size > limit:
+        raise SerializationError(
+            f"{what} is {size} bytes once serialized, over the limit of {limit} bytes: "
+            "store large data elsewhere and pass a reference, or raise max_value_size"
+        )
+
+
+class JsonSerializer:
+    """JSON with exact round trips for the common Python types beyond JSON's own."""
+
+    def dumps(self, value: Any) -> str:
+        return json.dumps(_encode(value), ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+
+    def loads(self, data: str) -> Any:
+        return json.loads(data, object_hook=_decode)
+
+
+def _encode(value: Any) -> Any:
+    # Exact type checks first: bool and int are the overwhelmingly common leaves.
+    kind = type(value)
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    if kind is list:
+        return [_encode(item) for item in value]
+    if kind is dict:
+        if all(type(key) is str for key in value):
+            encoded = {key: _encode(item) for key, item in value.items()}
+            if _TAG in encoded:
+                return {_TAG: "dict", "v": [[key, item] for key, item in encoded.items()]}
+            return encoded
+        return {_TAG: "dict", "v": [[_encode(key), _encode(item)] for key, item in value.items()]}
+    if kind is tuple:
+        return {_TAG: "tuple", "v": [_encode(item) for item in value]}
+    if kind is dt.datetime:
+        return {_TAG: "datetime", "v": value.isoformat()}
+    if kind is dt.date:
+        return {_TAG: "date", "v": value.isoformat()}
+    if kind is dt.time:
+        return {_TAG: "time", "v": value.isoformat()}
+    if kind is dt.timedelta:
+        return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if kind is uuid.UUID:
+        return {_TAG: "uuid", "v": str(value)}
+    if kind is decimal.Decimal:
+        return {_TAG: "decimal", "v": str(value)}
+    if kind is bytes:
+        return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    if kind is set or kind is frozenset:
+        return {_TAG: kind.__name__, "v": [_encode(item) for item in value]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {_TAG: "dataclass", "t": f"{kind.__module__}:{kind.__qualname__}", "v": fields}
+    raise TypeError(f"values of type {describe_type(value)} cannot be serialized to JSON")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    tag = obj.get(_TAG)
+    if tag is None:
+        return obj
+    v = obj["v"]
+    match tag:
+        case "tuple":
+            return tuple(v)
+        case "dict":
+            return {key: item for key, item in v}
+        case "datetime":
+            return dt.datetime.fromisoformat(v)
+        case "date":
+            return dt.date.fromisoformat(v)
+        case "time":
+            return dt.time.fromisoformat(v)
+        case "timedelta":
+            return dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
+        case "uuid":
+            return uuid.UUID(v)
+        case "decimal":
+            return decimal.Decimal(v)
+        case "bytes":
+            return base64.b64decode(v)
+        case "set":
+            return set(v)
+        case "frozenset":
+            return frozenset(v)
+        case "dataclass":
+            return _find_dataclass(obj["t"])(**v)
+    raise ValueError(f"unknown serialized type tag {tag!r}")
+
+
+def _find_dataclass(path: str) -> Any:
+    module_name, _, qualname = path.partition(":")
+    module = sys.modules.get(module_name)
+    if module is None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(
+                f"dataclass {path} cannot be rebuilt: module {module_name!r} is not importable"
+            ) from exc
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if not (isinstance(target, type) and dataclasses.is_dataclass(target)):
+        raise ValueError(f"dataclass {path} cannot be rebuilt: {qualname!r} is not a dataclass there")
+    return target

@@ -1,0 +1,473 @@
+"""`Store`: the only code that talks to the database.
+
+Every hot-path write is one statement (a call to a SQL function created by the
+migrations), sent on an autocommit connection from a psycopg-pool `ConnectionPool`, so a
+plain step, a start and a completion each cost one round trip and one commit. A
+transaction step runs the user's SQL on one connection inside BEGIN ... COMMIT, and sends
+its step record together with the COMMIT in a single pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, NoReturn, Self, TypeVar
+
+import psycopg
+import structlog
+from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from stepstone import migrations
+from stepstone.errors import (
+    ConfigurationError,
+    DatabaseUnreachable,
+    OwnershipLost,
+    PersistenceError,
+    SerializationError,
+    UsageError,
+)
+from stepstone.persistence import _conninfo
+from stepstone.persistence._queries import Queries
+from stepstone.persistence.rows import (
+    Checkpoint,
+    ExecutionRow,
+    HealthStatus,
+    LogRow,
+    RecordedStep,
+    ResumeRecord,
+    StartRequest,
+    StartResult,
+    StepCommit,
+    StepRow,
+    WorkflowRow,
+)
+from stepstone.persistence.serialization import (
+    DEFAULT_MAX_SIZE,
+    JsonSerializer,
+    Serializer,
+    check_size,
+    describe_type,
+)
+
+__all__ = ["FENCE_SQLSTATE", "Store"]
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+FENCE_SQLSTATE = "SS001"
+"""SQLSTATE raised by the fence when an executor no longer owns an execution."""
+
+log = structlog.get_logger("stepstone.persistence")
+
+_MAX_SCHEMA_LENGTH = 63  # PostgreSQL truncates longer identifiers
+
+
+class Store:
+    """Durable storage for definitions, executions, steps, state, checkpoints and logs.
+
+    >>> store = Store("postgresql://localhost/app")   # doctest: +SKIP
+    >>> store.open()                                   # migrates, then opens the pool
+    """
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        schema: str = "stepstone",
+        min_size: int = 1,
+        max_size: int = 10,
+        serializer: Serializer | None = None,
+        max_value_size: int = DEFAULT_MAX_SIZE,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not isinstance(schema, str) or not 0 < len(schema) <= _MAX_SCHEMA_LENGTH:
+            raise ConfigurationError(
+                f"schema must be a name of 1 to {_MAX_SCHEMA_LENGTH} characters, got {schema!r}"
+            )
+        if not (isinstance(min_size, int) and isinstance(max_size, int) and 0 <= min_size <= max_size and max_size >= 1):
+            raise ConfigurationError(
+                f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
+                f"got min_size={min_size!r} max_size={max_size!r}"
+            )
+        if not isinstance(max_value_size, int) or max_value_size < 1:
+            raise ConfigurationError(f"max_value_size must be a positive int, got {max_value_size!r}")
+        self.conninfo = _conninfo.resolve(conninfo)
+        self.schema = schema
+        self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
+        self.max_value_size = max_value_size
+        self._connect_timeout = connect_timeout
+        self._q = Queries(schema)
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            self.conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"stepstone-{schema}",
+            timeout=connect_timeout,
+        )
+        self._opened = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """Where this store connects to (host, port, database, user; never the password)."""
+        return _conninfo.describe(self.conninfo)
+
+    def connect(self) -> Connection:
+        """A new autocommit connection outside the pool; DatabaseUnreachable if none can be made."""
+        try:
+            return psycopg.connect(
+                self.conninfo, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+            )
+        except psycopg.OperationalError as exc:
+            reason = _conninfo.redact(str(exc).strip(), self.conninfo)
+            raise DatabaseUnreachable(
+                f"cannot connect to PostgreSQL at {self.describe()}: {reason}. Check that the "
+                f"server runs and the database exists, or set the DSN (or {_conninfo.ENV_VAR})"
+            ) from None
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations to this store's schema; return the versions applied."""
+        with self.connect() as conn:
+            return migrations.migrate(conn, self.schema)
+
+    def open(self, *, migrate: bool = True) -> None:
+        """Check the database is reachable, migrate it (unless told not to), open the pool."""
+        if self._opened:
+            return
+        if migrate:
+            self.migrate()
+        else:
+            self.connect().close()
+        self._pool.open(wait=True, timeout=self._connect_timeout)
+        self._opened = True
+
+    def close(self) -> None:
+        """Close the pool; open() may be called again."""
+        if self._opened:
+            self._pool.close()
+            self._opened = False
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled autocommit connection, for queries of your own next to the store's."""
+        if not self._opened:
+            raise UsageError("the store is not open: call open() (Runtime.launch() does) first")
+        with self._pool.connection() as conn:
+            yield conn
+
+    # -- values ------------------------------------------------------------------------------
+
+    def encode(self, value: object, what: str) -> str:
+        """Serialize `value`; SerializationError names `what` and the type or size at fault."""
+        try:
+            text = self.serializer.dumps(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError(
+                f"{what} cannot be serialized ({describe_type(value)}): {exc}. Pass values the "
+                "serializer supports (JSON types, datetime, date, UUID, Decimal, bytes, tuples, "
+                "sets, dataclasses) or configure another serializer"
+            ) from exc
+        check_size(text, self.max_value_size, what)
+        return text
+
+    def decode(self, text: str) -> Any:
+        """The value a serialized payload holds."""
+        return self.serializer.loads(text)
+
+    # -- definitions and executors -----------------------------------------------------------
+
+    def save_workflow(self, name: str, version: str, fingerprint: str) -> WorkflowRow:
+        """Register a workflow definition (or refresh its fingerprint and last-seen time)."""
+        row = self._one("save_workflow", {"name": name, "version": version, "fingerprint": fingerprint})
+        assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
+        return WorkflowRow(*row)
+
+    def load_workflow(self, name: str, version: str | None = None) -> WorkflowRow | None:
+        """A registered definition: the given version, or the most recently seen one."""
+        row = self._one("load_workflow", {"name": name, "version": version})
+        return WorkflowRow(*row) if row else None
+
+    def register_executor(self, executor_id: str, hostname: str, pid: int) -> None:
+        """Create or refresh this executor's heartbeat row."""
+        self._exec("register_executor", {"id": executor_id, "hostname": hostname, "pid": pid})
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def start_execution(self, request: StartRequest) -> StartResult:
+        """Create a RUNNING execution owned by `request.owner` at epoch 1, in one round trip.
+
+        Idempotent by id: if the id exists, nothing is written and the existing execution
+        is returned with `created=False`.
+        """
+        row = self._one(
+            "start_execution",
+            {
+                "id": request.id,
+                "name": request.workflow_name,
+                "version": request.workflow_version,
+                "inputs": request.inputs,
+                "owner": request.owner,
+                "parent": request.parent_id,
+                "trace": Jsonb(request.trace_context) if request.trace_context else None,
+                "attributes": Jsonb(request.attributes) if request.attributes else None,
+            },
+        )
+        assert row is not None  # noqa: S101 - the function returns one row in both branches
+        return StartResult(*row)
+
+    def commit_step(self, commit: StepCommit) -> None:
+        """Record a completed step in one statement and one transaction (fenced)."""
+        params = self._commit_params(commit)
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(self._q["commit_step"], params)
+        except psycopg.Error as exc:
+            self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", commit)
+
+    def run_transaction_step(
+        self, body: Callable[[Connection], T], record: Callable[[T], StepCommit]
+    ) -> T:
+        """Run `body` on a connection inside a transaction, then commit its SQL together with
+        the step record that `record(result)` builds: the record and the COMMIT travel in one
+        pipelined round trip, and a fenced-out record rolls everything back.
+
+        Errors raised by `body` propagate unchanged after the rollback.
+        """
+        with self._pool.connection() as conn:
+            try:
+                conn.execute(b"BEGIN")
+                result = body(conn)
+                status = conn.info.transaction_status
+                if status == TransactionStatus.INERROR:
+                    raise UsageError(
+                        "a statement of the transaction step failed and its error was caught "
+                        "inside the step, so the transaction is aborted; it was rolled back"
+                    )
+                if status != TransactionStatus.INTRANS:
+                    raise UsageError(
+                        "the transaction step ended its transaction itself (commit() or "
+                        "rollback() on the injected connection): stepstone commits it together "
+                        "with the step record, so remove that call"
+                    )
+                commit = record(result)
+                params = self._commit_params(commit)
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+            finally:
+                conn.row_factory = tuple_row  # undo any row factory the step set
+            try:
+                with conn.pipeline():
+                    conn.execute(self._q["commit_step"], params)
+                    conn.execute(b"COMMIT")
+            except psycopg.Error as exc:
+                _rollback_quietly(conn)
+                self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", commit)
+            return result
+
+    def finish_execution(
+        self,
+        execution_id: str,
+        owner: str,
+        epoch: int,
+        *,
+        status: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        seq: int,
+        state: dict[str, str] | None = None,
+        deleted: list[str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the outcome (fenced), with the last state changes, in one round trip."""
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "status": status,
+            "output": output,
+            "error": Jsonb(error) if error is not None else None,
+            "seq": seq,
+            "state": Jsonb(state) if state else None,
+            "deleted": deleted or None,
+            "details": Jsonb(details) if details else None,
+        }
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(self._q["finish_execution"], params)
+        except psycopg.Error as exc:
+            self._raise(exc, f"finishing {execution_id!r}", (execution_id, owner, epoch))
+
+    def claim_own(self, execution_id: str, owner: str) -> ResumeRecord | None:
+        """Take over a RUNNING execution that `owner` already owns, with a new epoch, and load
+        its inputs, recorded steps and committed state, in one statement. None if there is no such execution."""
+        row = self._one("claim_own", {"id": execution_id, "owner": owner})
+        if row is None:
+            return None
+        name, version, inputs, epoch, steps, state = row
+        recorded = {s[0]: RecordedStep(s[0], s[1], s[2], s[3], s[4]) for s in steps}
+        return ResumeRecord(execution_id, name, version, inputs, epoch, recorded, state)
+
+    # -- state and checkpoints ---------------------------------------------------------------
+
+    def update_state(
+        self,
+        execution_id: str,
+        owner: str,
+        epoch: int,
+        seq: int,
+        changes: Mapping[str, Any],
+        deleted: list[str] | None = None,
+    ) -> None:
+        """Write state changes (fenced) and snapshot the state as the checkpoint at `seq`."""
+        state = {key: self.encode(value, f"state key {key!r} of {execution_id!r}") for key, value in changes.items()}
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "seq": seq,
+            "state": Jsonb(state) if state else None,
+            "deleted": deleted or None,
+        }
+        self._exec("update_state", params, fence=(execution_id, owner, epoch))
+
+    def save_checkpoint(
+        self, execution_id: str, owner: str, epoch: int, seq: int, state: Mapping[str, Any]
+    ) -> None:
+        """Store `state` as the checkpoint at position `seq` (fenced)."""
+        encoded = {key: self.encode(value, f"state key {key!r} of {execution_id!r}") for key, value in state.items()}
+        params = {"id": execution_id, "owner": owner, "epoch": epoch, "seq": seq, "state": Jsonb(encoded)}
+        self._exec("save_checkpoint", params, fence=(execution_id, owner, epoch))
+
+    def recover_from_checkpoint(self, execution_id: str, seq: int | None = None) -> Checkpoint | None:
+        """The latest checkpoint at or before position `seq` (the latest of all if None)."""
+        row = self._one("recover_from_checkpoint", {"id": execution_id, "seq": seq if seq is not None else 2**31 - 1})
+        return Checkpoint(execution_id, row[0], row[1]) if row else None
+
+    def get_state(self, execution_id: str) -> dict[str, Any]:
+        """The latest committed state of an execution (empty if it has none or does not exist)."""
+        rows = self._all("get_state", {"id": execution_id})
+        return {key: self.decode(value) for key, value in rows}
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_execution(self, execution_id: str) -> ExecutionRow | None:
+        """One execution by id."""
+        row = self._one("get_execution", {"id": execution_id})
+        return ExecutionRow(*row) if row else None
+
+    def get_status(self, execution_id: str) -> tuple[str, str | None, dict[str, Any] | None] | None:
+        """(status, output, error) of one execution, the cheapest poll."""
+        row = self._one("get_status", {"id": execution_id})
+        return (row[0], row[1], row[2]) if row else None
+
+    def list_steps(self, execution_id: str) -> list[StepRow]:
+        """The completed steps of an execution, in order."""
+        return [StepRow(*row) for row in self._all("list_steps", {"id": execution_id})]
+
+    def list_logs(self, execution_id: str) -> list[LogRow]:
+        """The audit log of an execution, oldest first."""
+        return [LogRow(*row) for row in self._all("list_logs", {"id": execution_id})]
+
+    def health_status(self) -> HealthStatus:
+        """Reachability, round-trip latency, schema version and pool statistics."""
+        expected = migrations.latest_version()
+        stats = dict(self._pool.get_stats()) if self._opened else {}
+        try:
+            with self._connection_for_health() as conn:
+                started = time.perf_counter()
+                conn.execute(b"SELECT 1").fetchone()
+                latency = (time.perf_counter() - started) * 1000
+                try:
+                    row = conn.execute(self._q["schema_version"]).fetchone()
+                    version = row[0] if row else None
+                except psycopg.errors.UndefinedTable:
+                    version = None
+        except (psycopg.Error, DatabaseUnreachable) as exc:
+            return HealthStatus(False, None, None, expected, stats, _conninfo.redact(str(exc), self.conninfo))
+        return HealthStatus(True, round(latency, 3), version, expected, stats)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection_for_health(self) -> Iterator[Connection]:
+        if self._opened:
+            with self._pool.connection() as conn:
+                yield conn
+        else:
+            with self.connect() as conn:
+                yield conn
+
+    def _commit_params(self, c: StepCommit) -> dict[str, Any]:
+        return {
+            "id": c.execution_id,
+            "owner": c.owner,
+            "epoch": c.epoch,
+            "seq": c.seq,
+            "name": c.name,
+            "kind": c.kind,
+            "output": c.output,
+            "error": Jsonb(c.error) if c.error is not None else None,
+            "attempts": c.attempts,
+            "started_at": c.started_at,
+            "finished_at": c.finished_at,
+            "state": Jsonb(c.state) if c.state else None,
+            "deleted": c.deleted or None,
+            "logs": Jsonb(c.logs) if c.logs else None,
+        }
+
+    def _one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(self._q[name], params).fetchone()
+        except psycopg.Error as exc:
+            self._raise(exc, name.replace("_", " "), None)
+
+    def _all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(self._q[name], params).fetchall()
+        except psycopg.Error as exc:
+            self._raise(exc, name.replace("_", " "), None)
+
+    def _exec(self, name: str, params: Mapping[str, Any], fence: tuple[str, str, int] | None = None) -> None:
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(self._q[name], params)
+        except psycopg.Error as exc:
+            self._raise(exc, name.replace("_", " "), fence)
+
+    def _raise(
+        self, exc: psycopg.Error, action: str, fence: StepCommit | tuple[str, str, int] | None
+    ) -> NoReturn:
+        if exc.sqlstate == FENCE_SQLSTATE and fence is not None:
+            if isinstance(fence, StepCommit):
+                fence = (fence.execution_id, fence.owner, fence.epoch)
+            raise OwnershipLost(*fence) from exc
+        if not self._opened:
+            raise PersistenceError(
+                f"{action} failed: the store is closed (call open(); Runtime.launch() does)"
+            ) from exc
+        reason = _conninfo.redact(str(exc).strip(), self.conninfo)
+        raise PersistenceError(f"{action} failed on {self.describe()}: {reason}") from exc
+
+
+def _rollback_quietly(conn: Connection) -> None:
+    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        try:
+            conn.execute(b"ROLLBACK")
+        except psycopg.Error:
+            log.warning("rollback_failed", exc_info=True)

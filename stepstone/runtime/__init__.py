@@ -1,0 +1,21 @@
+"""What users decorate and call: Runtime, its decorators, handles and `current()`."""
+
+from __future__ import annotations
+
+from stepstone.runtime.context import State, WorkflowContext, current
+from stepstone.runtime.definitions import Step, TransactionStep, Workflow
+from stepstone.runtime.handle import WorkflowHandle
+from stepstone.runtime.retry import RetryPolicy
+from stepstone.runtime.runtime import Runtime
+
+__all__ = [
+    "RetryPolicy",
+    "Runtime",
+    "State",
+    "Step",
+    "TransactionStep",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowHandle",
+    "current",
+]

@@ -1,0 +1,542 @@
+"""The engine: runs executions, steps and replays, and decides what each outcome means.
+
+It never builds SQL: every write goes through the Store, one call per step commit, start
+and completion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import structlog
+
+from stepstone.errors import (
+    DuplicateRegistration,
+    NonDeterminismError,
+    NotLaunched,
+    OwnershipLost,
+    PersistenceError,
+    ResultTimeout,
+    StepstoneError,
+    UnregisteredWorkflow,
+    UsageError,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+)
+from stepstone.persistence.rows import RecordedStep, StartRequest, StartResult, StepCommit
+from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_error
+from stepstone.runtime.context import _CURRENT, State, WorkflowContext
+from stepstone.runtime.definitions import MAX_WORKFLOW_ID_LENGTH, Workflow, check_workflow_id
+from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+
+if TYPE_CHECKING:
+    from stepstone.persistence.store import Store
+    from stepstone.runtime.definitions import _StepBase
+
+__all__ = ["Engine", "Execution"]
+
+R = TypeVar("R")
+log = structlog.get_logger("stepstone.runtime")
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # noqa: PTH120 - compared with frame paths
+_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _call_site() -> str:
+    """file:line of the innermost frame outside the stepstone package."""
+    frame = __import__("sys")._getframe(1)  # noqa: SLF001 - only read when reporting an error
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "<unknown>"
+
+
+class _ChildStep:
+    """A child workflow called from a workflow, recorded in the parent like a step."""
+
+    kind: Literal["workflow"] = "workflow"
+    retry: RetryPolicy = NO_RETRY
+
+    def __init__(self, name: str, run: Callable[[], Any]) -> None:
+        self.name = name
+        self.fn = run
+
+
+class Execution:
+    """One execution being run (or replayed) in this thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        workflow: Workflow[Any, Any],
+        workflow_id: str,
+        epoch: int,
+        recorded: dict[int, RecordedStep] | None = None,
+        committed_state: dict[str, str] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.workflow = workflow
+        self.workflow_id = workflow_id
+        self.owner = engine.executor_id
+        self.epoch = epoch
+        self.recorded = recorded or {}
+        self.seq = 0
+        self.state = State()
+        self.committed = dict(committed_state or {})
+        self.context = WorkflowContext(self)
+        self.doomed: StepstoneError | None = None
+        self.in_step = False
+        self._pending: tuple[dict[str, str] | None, list[str] | None] = (None, None)
+
+    @property
+    def replaying(self) -> bool:
+        return self.seq in self.recorded
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def run_step(self, step: _StepBase[Any, Any] | _ChildStep, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.in_step:
+            # A step called from a step's body is part of that step.
+            if step.kind != "step":
+                raise UsageError(
+                    f"{step.kind} {step.name!r} was called inside the body of another step of "
+                    f"workflow {self.workflow_id!r}: call it from the workflow body instead"
+                )
+            return step.fn(*args, **kwargs)
+        seq = self.seq
+        self.seq += 1
+        if self.doomed is not None:
+            raise self.doomed
+        recorded = self.recorded.get(seq)
+        if recorded is not None:
+            return self._replay(recorded, step.name, seq)
+        return self._run_new(step, seq, args, kwargs)
+
+    def run_child(self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        child_id = workflow.options.workflow_id or self._child_id(self.seq)
+        child = _ChildStep(
+            workflow.name,
+            lambda: self.engine.run(workflow, child_id, args, kwargs, parent_id=self.workflow_id),
+        )
+        result: R = self.run_step(child, (), {})
+        return result
+
+    def _child_id(self, seq: int) -> str:
+        candidate = f"{self.workflow_id}/{seq}"
+        if len(candidate) <= MAX_WORKFLOW_ID_LENGTH:
+            return candidate
+        return f"{hashlib.sha256(self.workflow_id.encode()).hexdigest()}/{seq}"
+
+    def _replay(self, recorded: RecordedStep, name: str, seq: int) -> Any:
+        if recorded.name != name:
+            error = NonDeterminismError(self.workflow_id, seq, recorded.name, name, _call_site())
+            self.doomed = error
+            raise error
+        if recorded.error is not None:
+            raise rebuild_error(recorded.error, self.store.serializer)
+        return self.store.decode(recorded.output) if recorded.output is not None else None
+
+    def _run_new(self, step: _StepBase[Any, Any] | _ChildStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        policy = step.retry
+        started = _now()
+        retries: list[str] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            self.in_step = True
+            try:
+                if step.kind == "transaction":
+                    result = self.store.run_transaction_step(
+                        lambda conn: step.fn(conn, *args, **kwargs),
+                        lambda value: self._record(step, seq, value, None, attempt, started, retries),
+                    )
+                    self._committed()
+                    return result
+                result = step.fn(*args, **kwargs)
+            except (OwnershipLost, PersistenceError) as exc:
+                # This executor may no longer write this execution: stop running it here.
+                self.doomed = exc
+                raise
+            except Exception as exc:
+                if policy.retries(exc, attempt):
+                    retries.append(f"{type(exc).__name__}: {exc}"[:500])
+                    self.in_step = False
+                    time.sleep(policy.delay(attempt))
+                    continue
+                if isinstance(exc, UsageError):
+                    raise  # misuse (unserializable output, ...): nothing is recorded for it
+                self._commit(self._record(step, seq, None, exc, attempt, started, retries))
+                raise
+            finally:
+                self.in_step = False
+            self._commit(self._record(step, seq, result, None, attempt, started, retries))
+            return result
+
+    def _record(
+        self,
+        step: _StepBase[Any, Any] | _ChildStep,
+        seq: int,
+        result: Any,
+        error: BaseException | None,
+        attempts: int,
+        started: dt.datetime,
+        retries: list[str],
+    ) -> StepCommit:
+        if error is None:
+            output = self.store.encode(
+                result, f"output of step {step.name!r} (position {seq}) of workflow {self.workflow_id!r}"
+            )
+            recorded_error = None
+        else:
+            output = None
+            recorded_error = encode_error(error, self.store.serializer)
+        changed, deleted = self._state_delta()
+        logs: list[dict[str, Any]] = []
+        if retries:
+            logs.append({"event": "step_retried", "details": {"step": step.name, "attempts": attempts, "errors": retries}})
+        if recorded_error is not None:
+            error_type, message = error_summary(recorded_error)
+            logs.append({"event": "step_failed", "details": {"step": step.name, "error": f"{error_type}: {message}"[:1000]}})
+        self._pending = (changed, deleted)
+        return StepCommit(
+            execution_id=self.workflow_id,
+            owner=self.owner,
+            epoch=self.epoch,
+            seq=seq,
+            name=step.name,
+            kind=step.kind,
+            output=output,
+            error=recorded_error,
+            attempts=attempts,
+            started_at=started,
+            finished_at=_now(),
+            state=changed,
+            deleted=deleted,
+            logs=logs or None,
+        )
+
+    def _commit(self, commit: StepCommit) -> None:
+        try:
+            self.store.commit_step(commit)
+        except (OwnershipLost, PersistenceError) as exc:
+            self.doomed = exc
+            raise
+        self._committed()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _state_delta(self) -> tuple[dict[str, str] | None, list[str] | None]:
+        data = self.state._data  # noqa: SLF001 - the engine owns the state's storage
+        if not data and not self.committed:
+            return None, None
+        changed = {}
+        for key, value in data.items():
+            text = self.store.encode(value, f"state key {key!r} of workflow {self.workflow_id!r}")
+            if self.committed.get(key) != text:
+                changed[key] = text
+        deleted = [key for key in self.committed if key not in data]
+        return changed or None, deleted or None
+
+    def _committed(self) -> None:
+        changed, deleted = self._pending
+        if changed:
+            self.committed.update(changed)
+        for key in deleted or ():
+            self.committed.pop(key, None)
+        self._pending = (None, None)
+
+    # -- completion --------------------------------------------------------------------------
+
+    def succeed(self, result: Any) -> Any:
+        if self.doomed is not None:
+            return self.fail(self.doomed)
+        unreplayed = [seq for seq in self.recorded if seq >= self.seq]
+        if unreplayed:
+            first = min(unreplayed)
+            error = NonDeterminismError(
+                self.workflow_id, first, self.recorded[first].name, None, _definition_site(self.workflow)
+            )
+            return self.fail(error)
+        try:
+            output = self.store.encode(result, f"output of workflow {self.workflow_id!r}")
+            changed, deleted = self._state_delta()
+        except UsageError as exc:
+            return self.fail(exc)
+        self.store.finish_execution(
+            self.workflow_id, self.owner, self.epoch,
+            status="SUCCEEDED", output=output, error=None, seq=self.seq,
+            state=changed, deleted=deleted,
+        )
+        return result
+
+    def fail(self, exc: BaseException) -> Any:
+        doomed = self.doomed
+        if isinstance(doomed, OwnershipLost | PersistenceError):
+            raise doomed
+        if isinstance(exc, OwnershipLost | PersistenceError):
+            raise exc
+        cause = doomed if doomed is not None else exc
+        record = encode_error(cause, self.store.serializer)
+        try:
+            changed, deleted = self._state_delta()
+        except UsageError:
+            changed, deleted = None, None  # the failure is recorded even if the state is not
+        error_type, message = error_summary(record)
+        self.store.finish_execution(
+            self.workflow_id, self.owner, self.epoch,
+            status="FAILED", output=None, error=record, seq=self.seq,
+            state=changed, deleted=deleted, details={"error": f"{error_type}: {message}"[:1000]},
+        )
+        if isinstance(cause, NonDeterminismError):
+            log.error("nondeterminism_detected", workflow_id=self.workflow_id, seq=cause.seq,
+                      recorded=cause.recorded, called=cause.called, call_site=cause.call_site)
+        raise WorkflowFailed(self.workflow_id, error_type, message) from cause
+
+
+def _definition_site(workflow: Workflow[Any, Any]) -> str:
+    code = getattr(workflow.fn, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else workflow.name
+
+
+class Engine:
+    """Registers definitions and runs executions for one Runtime (one executor)."""
+
+    def __init__(self, store: Store, executor_id: str, workers: int) -> None:
+        self.store = store
+        self.executor_id = executor_id
+        self.workflows: dict[str, Workflow[Any, Any]] = {}
+        self.steps: dict[str, object] = {}
+        self._workers = workers
+        self._active: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.launched = False
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register_workflow(self, workflow: Workflow[Any, Any]) -> None:
+        with self._lock:
+            if workflow.name in self.workflows:
+                raise DuplicateRegistration(
+                    f"a workflow named {workflow.name!r} is already registered "
+                    f"({self.workflows[workflow.name].fn!r}): pass name= to tell them apart"
+                )
+            self.workflows[workflow.name] = workflow
+        if self.launched:
+            self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
+
+    def register_step(self, name: str, step: object) -> None:
+        with self._lock:
+            if name in self.steps:
+                raise DuplicateRegistration(
+                    f"a step named {name!r} is already registered: pass name= to tell them apart"
+                )
+            self.steps[name] = step
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def launch(self) -> None:
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="stepstone-worker")
+        for workflow in list(self.workflows.values()):
+            self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
+        self.launched = True
+
+    def shutdown(self, *, wait: bool) -> None:
+        self.launched = False
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait)
+            self._pool = None
+
+    def _check(self, workflow: Workflow[Any, Any]) -> None:
+        if getattr(workflow, "_engine", None) is not self:
+            raise UnregisteredWorkflow(
+                f"{workflow!r} is not a workflow of this runtime: decorate it with this "
+                "runtime's @rt.workflow()"
+            )
+        if not self.launched:
+            raise NotLaunched(
+                f"workflow {workflow.name!r} was called before Runtime.launch() (or after "
+                "shutdown()): call rt.launch() first, or use `with Runtime(...) as rt:`"
+            )
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        """A workflow called like a function: run it durably in this thread."""
+        parent = _CURRENT.get()
+        if parent is not None:
+            return parent.run_child(workflow, args, kwargs)
+        self._check(workflow)
+        workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
+        result: R = self.run(workflow, workflow_id, args, kwargs, parent_id=None)
+        return result
+
+    def run(
+        self,
+        workflow: Workflow[Any, R],
+        workflow_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent_id: str | None,
+    ) -> R:
+        """Run (or join, or resume) execution `workflow_id` in this thread."""
+        future, mine = self._begin_local(workflow_id)
+        if not mine:
+            return self._wait_local(workflow_id, future)
+        try:
+            outcome = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
+            result: R = outcome() if callable(outcome) else self.wait_outcome(workflow_id, None)
+        except BaseException as exc:
+            self._end_local(workflow_id, future, error=exc)
+            raise
+        self._end_local(workflow_id, future, result=result)
+        return result
+
+    def start(self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Start an execution in the worker pool and return its handle."""
+        from stepstone.runtime.handle import WorkflowHandle
+
+        if _CURRENT.get() is not None and workflow.options.workflow_id is None:
+            raise UsageError(
+                "Runtime.start() inside a workflow needs an explicit workflow id "
+                "(with_options(workflow_id=...)) so that a replay does not start a second "
+                "execution; or call the workflow directly to run it as a child"
+            )
+        self._check(workflow)
+        workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
+        future, mine = self._begin_local(workflow_id)
+        if not mine:
+            return WorkflowHandle(self, workflow_id, future)
+        try:
+            outcome = self._start_or_find(workflow, workflow_id, args, kwargs, None)
+        except BaseException as exc:
+            self._end_local(workflow_id, future, error=exc)
+            raise
+        if not callable(outcome):
+            self._end_local(workflow_id, future, result=None)
+            return WorkflowHandle(self, workflow_id, None)
+        assert self._pool is not None  # noqa: S101 - checked by _check()
+        self._pool.submit(self._run_in_worker, workflow_id, future, outcome)
+        return WorkflowHandle(self, workflow_id, future)
+
+    def _run_in_worker(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> None:
+        try:
+            result = run()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the handle
+            self._end_local(workflow_id, future, error=exc)
+        else:
+            self._end_local(workflow_id, future, result=result)
+
+    def _start_or_find(
+        self,
+        workflow: Workflow[Any, R],
+        workflow_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent_id: str | None,
+    ) -> Callable[[], R] | None:
+        """Write the execution (or find it). Returns what runs it here, or None when it is
+        someone else's to run and its outcome has to be awaited."""
+        check_workflow_id(workflow_id)
+        inputs = self.store.encode(
+            {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {workflow.name!r}"
+        )
+        found = self.store.start_execution(
+            StartRequest(workflow_id, workflow.name, workflow.version, inputs, self.executor_id, parent_id)
+        )
+        if found.created:
+            execution = Execution(self, workflow, workflow_id, found.epoch)
+            return lambda: self._execute(execution, args, kwargs)
+        return self._existing(workflow, workflow_id, found)
+
+    def _existing(self, workflow: Workflow[Any, R], workflow_id: str, found: StartResult) -> Callable[[], R] | None:
+        if found.workflow_name != workflow.name:
+            raise WorkflowIdConflict(workflow_id, found.workflow_name, workflow.name)
+        if found.status == "RUNNING" and found.owner == self.executor_id:
+            # Ours from before a restart, and not running in this process: resume it here.
+            record = self.store.claim_own(workflow_id, self.executor_id)
+            if record is not None:
+                stored = self.store.decode(record.inputs)
+                execution = Execution(self, workflow, workflow_id, record.epoch, record.steps, record.state)
+                return lambda: self._execute(execution, tuple(stored["args"]), stored["kwargs"])
+        return None
+
+    def _execute(self, execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = _CURRENT.set(execution)
+        try:
+            try:
+                result = execution.workflow.fn(*args, **kwargs)
+            except Exception as exc:
+                return execution.fail(exc)
+            return execution.succeed(result)
+        finally:
+            _CURRENT.reset(token)
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def wait_outcome(self, workflow_id: str, deadline: float | None) -> Any:
+        """Poll the stored status until the execution ends, then return or raise its outcome."""
+        delay = 0.005
+        while True:
+            found = self.store.get_status(workflow_id)
+            if found is None:
+                raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
+            status, output, error = found
+            if status in _TERMINAL:
+                return self.outcome(workflow_id, status, output, error)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(
+                    f"workflow {workflow_id!r} is still {status}; it goes on running: "
+                    "call result() again to keep waiting"
+                )
+            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 2, 0.5)
+
+    def outcome(self, workflow_id: str, status: str, output: str | None, error: dict[str, Any] | None) -> Any:
+        if status == "SUCCEEDED":
+            return self.store.decode(output) if output is not None else None
+        if status == "CANCELLED":
+            raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled", workflow_id)
+        record = error or {}
+        error_type, message = error_summary(record)
+        raise WorkflowFailed(workflow_id, error_type, message) from rebuild_error(record, self.store.serializer)
+
+    # -- executions running in this process --------------------------------------------------
+
+    def _begin_local(self, workflow_id: str) -> tuple[Future[Any], bool]:
+        with self._lock:
+            future = self._active.get(workflow_id)
+            if future is not None:
+                return future, False
+            future = Future()
+            self._active[workflow_id] = future
+            return future, True
+
+    def _end_local(self, workflow_id: str, future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            self._active.pop(workflow_id, None)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _wait_local(self, workflow_id: str, future: Future[Any]) -> Any:
+        try:
+            return future.result()
+        except OwnershipLost:
+            return self.wait_outcome(workflow_id, None)

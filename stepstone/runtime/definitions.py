@@ -1,0 +1,151 @@
+"""The objects `@rt.workflow()`, `@rt.step()` and `@rt.transaction()` return.
+
+Each keeps the decorated function's signature for type checkers (ParamSpec), and for
+transaction steps drops the injected connection (Concatenate).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
+
+from stepstone.errors import InvalidWorkflowId, StepOutsideWorkflow
+from stepstone.runtime.context import _CURRENT
+from stepstone.runtime.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from stepstone.runtime._engine import Engine
+
+__all__ = ["Step", "TransactionStep", "Workflow", "check_workflow_id"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_WORKFLOW_ID_LENGTH = 255
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """Return `workflow_id` if it is a valid id; InvalidWorkflowId naming it otherwise."""
+    if not isinstance(workflow_id, str):
+        raise InvalidWorkflowId(
+            f"workflow_id must be a string, got {workflow_id!r} ({type(workflow_id).__name__})"
+        )
+    if not workflow_id:
+        raise InvalidWorkflowId("workflow_id must not be empty: pass an id, or none to get one generated")
+    if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
+        raise InvalidWorkflowId(
+            f"workflow_id {workflow_id[:40]!r}... is {len(workflow_id)} characters long, over the "
+            f"limit of {MAX_WORKFLOW_ID_LENGTH}: use a shorter id (a hash of a long key works)"
+        )
+    if "\x00" in workflow_id:
+        raise InvalidWorkflowId(f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot store")
+    return workflow_id
+
+
+def fingerprint(fn: Callable[..., Any]) -> str:
+    """A short hash of a function's source (of its bytecode if the source is unavailable)."""
+    try:
+        material = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        material = code.co_code if code is not None else repr(fn).encode()
+    return hashlib.sha256(material).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class StartOptions:
+    """Per-call options of a workflow (see `Workflow.with_options`)."""
+
+    workflow_id: str | None = None
+
+
+class Workflow(Generic[P, R]):
+    """A durable workflow. Call it to run it in this thread; `Runtime.start` runs it in the
+    worker pool. `with_options(workflow_id=...)` fixes the id of the next execution."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        fn: Callable[P, R],
+        name: str,
+        version: str,
+        options: StartOptions | None = None,
+    ) -> None:
+        self._engine = engine
+        self.fn = fn
+        self.name = name
+        self.version = version
+        self.fingerprint = fingerprint(fn)
+        self.options = options or StartOptions()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._engine.call(self, args, kwargs)
+
+    def with_options(self, *, workflow_id: str | None = None) -> Workflow[P, R]:
+        """This workflow with options for the executions started through the result.
+
+        >>> checkout.with_options(workflow_id="order-42")("42")   # doctest: +SKIP
+        """
+        if workflow_id is not None:
+            check_workflow_id(workflow_id)
+        bound: Workflow[P, R] = Workflow.__new__(Workflow)
+        bound.__dict__.update(self.__dict__)
+        bound.options = StartOptions(workflow_id=workflow_id)
+        return bound
+
+    def __repr__(self) -> str:
+        return f"<stepstone workflow {self.name!r} version {self.version!r}>"
+
+
+class _StepBase(Generic[P, R]):
+    kind: Literal["step", "transaction"]
+
+    def __init__(self, fn: Callable[..., R], name: str, retry: RetryPolicy) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        execution = _CURRENT.get()
+        if execution is None:
+            raise StepOutsideWorkflow(
+                f"{self.kind} {self.name!r} was called outside a workflow: call it from the body "
+                "of a function decorated with @rt.workflow()"
+            )
+        return execution.run_step(self, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<stepstone {self.kind} {self.name!r}>"
+
+
+class Step(_StepBase[P, R]):
+    """A step: its body runs at least once, and once its result is committed it never runs
+    again for that execution."""
+
+    kind: Literal["step", "transaction"] = "step"
+
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy) -> None:
+        super().__init__(fn, name, retry)
+
+
+class TransactionStep(_StepBase[P, R]):
+    """A transaction step: its body's SQL, its result and the workflow's state commit in one
+    PostgreSQL transaction, exactly once. The body receives the connection first."""
+
+    kind: Literal["step", "transaction"] = "transaction"
+
+    def __init__(
+        self,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        name: str,
+        retry: RetryPolicy,
+    ) -> None:
+        super().__init__(fn, name, retry)

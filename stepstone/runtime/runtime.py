@@ -1,0 +1,179 @@
+"""`Runtime`: the object users create, decorate with and launch."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+
+from stepstone.errors import ConfigurationError, UsageError
+from stepstone.persistence.rows import HealthStatus
+from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
+from stepstone.persistence.store import Store
+from stepstone.runtime._engine import Engine
+from stepstone.runtime.definitions import Step, TransactionStep, Workflow, check_workflow_id
+from stepstone.runtime.handle import WorkflowHandle
+from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["Runtime", "default_executor_id"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_executor_id() -> str:
+    """host name, process id and a random suffix: unique to this process."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _no_bare_decorator(fn: object, decorator: str) -> None:
+    if fn is not None:
+        raise UsageError(f"write @rt.{decorator}() with parentheses, not @rt.{decorator}")
+
+
+class Runtime:
+    """Durable workflows in one PostgreSQL database.
+
+    The database is `dsn`, else the STEPSTONE_DATABASE_URL environment variable, else
+    libpq's defaults (PGHOST, PGDATABASE, PGUSER, ...). Tables live in `schema`. Each
+    Runtime is one executor: `executor_id` names it in the database (by default host name,
+    process id and a random suffix). `workers` threads run the workflows started with
+    `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "stepstone",
+        executor_id: str | None = None,
+        workers: int = 8,
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        serializer: Serializer | None = None,
+        max_value_size: int = DEFAULT_MAX_SIZE,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
+        if executor_id is not None and (not isinstance(executor_id, str) or not 0 < len(executor_id) <= 255):
+            raise ConfigurationError(f"executor_id must be a string of 1 to 255 characters, got {executor_id!r}")
+        self.store = Store(
+            dsn,
+            schema=schema,
+            min_size=pool_min_size,
+            max_size=pool_max_size,
+            serializer=serializer,
+            max_value_size=max_value_size,
+            connect_timeout=connect_timeout,
+        )
+        self.executor_id = executor_id or default_executor_id()
+        self._engine = Engine(self.store, self.executor_id, workers)
+
+    # -- decorators --------------------------------------------------------------------------
+
+    def workflow(
+        self, fn: None = None, /, *, name: str | None = None, version: str = "1"
+    ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
+        """Make a function a durable workflow, registered under `name` (default: its
+        qualified name) and `version`."""
+        _no_bare_decorator(fn, "workflow")
+
+        def decorate(func: Callable[P, R]) -> Workflow[P, R]:
+            workflow = Workflow(self._engine, func, name or func.__qualname__, str(version))
+            self._engine.register_workflow(workflow)
+            return workflow
+
+        return decorate
+
+    def step(
+        self, fn: None = None, /, *, name: str | None = None, retry: RetryPolicy | None = None
+    ) -> Callable[[Callable[P, R]], Step[P, R]]:
+        """Make a function a step: once its result is committed it never runs again for
+        that execution. `retry` says how a failing body is tried again (default: never)."""
+        _no_bare_decorator(fn, "step")
+        policy = _policy(retry)
+
+        def decorate(func: Callable[P, R]) -> Step[P, R]:
+            step = Step(func, name or func.__qualname__, policy)
+            self._engine.register_step(step.name, step)
+            return step
+
+        return decorate
+
+    def transaction(
+        self, fn: None = None, /, *, name: str | None = None, retry: RetryPolicy | None = None
+    ) -> Callable[[Callable[Concatenate[psycopg.Connection[Any], P], R]], TransactionStep[P, R]]:
+        """Make a function a transaction step: it receives a psycopg connection as its first
+        argument (callers omit it), and its SQL commits together with the step's result and
+        the workflow's state, exactly once."""
+        _no_bare_decorator(fn, "transaction")
+        policy = _policy(retry)
+
+        def decorate(func: Callable[Concatenate[psycopg.Connection[Any], P], R]) -> TransactionStep[P, R]:
+            step = TransactionStep(func, name or func.__qualname__, policy)
+            self._engine.register_step(step.name, step)
+            return step
+
+        return decorate
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def launch(self) -> None:
+        """Connect, apply migrations, register this executor and the workflows. Idempotent."""
+        if self._engine.launched:
+            return
+        self.store.open(migrate=True)
+        self.store.register_executor(self.executor_id, socket.gethostname(), os.getpid())
+        self._engine.launch()
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop starting work, wait for running workflows (if `wait`), close the pool."""
+        self._engine.shutdown(wait=wait)
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        self.launch()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # -- executions --------------------------------------------------------------------------
+
+    def start(self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+        """Start an execution in the worker pool and return its handle at once.
+
+        The execution is durable when this returns. Its id is generated unless the
+        workflow comes with one: `rt.start(wf.with_options(workflow_id="..."), ...)`. An id
+        that exists already returns that execution's handle and runs nothing.
+        """
+        handle: WorkflowHandle[R] = self._engine.start(workflow, args, kwargs)
+        return handle
+
+    def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle to any execution by id."""
+        check_workflow_id(workflow_id)
+        return WorkflowHandle(self._engine, workflow_id, None)
+
+    def get_state(self, workflow_id: str) -> dict[str, Any]:
+        """The latest committed state of an execution, from any process."""
+        check_workflow_id(workflow_id)
+        return self.store.get_state(workflow_id)
+
+    def health_status(self) -> HealthStatus:
+        """Whether the database is reachable, its latency, schema version and pool statistics."""
+        return self.store.health_status()
+
+
+def _policy(retry: RetryPolicy | None) -> RetryPolicy:
+    if retry is None:
+        return NO_RETRY
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}")
+    return retry
