@@ -104,9 +104,7 @@ class WorkflowFailed(WorkflowOutcome):
     """The workflow raised. `error_type` and `error_message` are the recorded error;
     `__cause__` is the exception itself when it can be rebuilt in this process."""
 
-    def __init__(
-        self, workflow_id: str, error_type: str, error_message: str
-    ) -> None:
+    def __init__(self, workflow_id: str, error_type: str, error_message: str) -> None:
         super().__init__(
             f"workflow {workflow_id!r} failed with {error_type}: {error_message}",
             workflow_id,

@@ -44,7 +44,8 @@ class Migration:
     def render(self, schema: str) -> sql.Composed:
         """The file's SQL with `{schema}` replaced by the quoted schema name."""
         # The text comes from a file shipped in this package, never from input.
-        return sql.SQL(cast(LiteralString, self.text)).format(schema=sql.Identifier(schema))
+        text = cast(LiteralString, self.text)  # type: ignore[redundant-cast]  # mypy: LiteralString is str
+        return sql.SQL(text).format(schema=sql.Identifier(schema))
 
 
 def load_migrations() -> list[Migration]:
@@ -84,7 +85,8 @@ def _table(schema: str) -> sql.Composed:
 def applied_versions(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> dict[int, str]:
     """Version -> checksum of the migrations applied to `schema`; empty if none."""
     exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", [f"{sql.Identifier(schema).as_string()}.schema_migrations"]
+        "SELECT to_regclass(%s) IS NOT NULL",
+        [f"{sql.Identifier(schema).as_string()}.schema_migrations"],
     ).fetchone()
     if not exists or not exists[0]:
         return {}

@@ -18,7 +18,7 @@ def resolve(dsn: str | None) -> str:
     value = dsn if dsn is not None else os.environ.get(ENV_VAR, "")
     try:
         pg_conninfo.conninfo_to_dict(value)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any parse failure gets the same password-free message
         # The parser's message may quote the string, password included: say it without it.
         raise ConfigurationError(
             "the database URL could not be parsed: write it as "

@@ -19,7 +19,21 @@ def _blocks() -> dict[str, str]:
     text = importlib.resources.files(__package__).joinpath("queries.sql").read_text("utf-8")
     parts = _NAME.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {
+        name: _strip_comments(body) for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+def _strip_comments(body: str) -> str:
+    # Comments document the file; they need not travel to the server with every call.
+    return "\n".join(
+        line for line in body.strip().splitlines() if not line.lstrip().startswith("--")
+    )
+
+
+def _trusted(text: str) -> LiteralString:
+    # The text comes from a file shipped in this package, never from input.
+    return cast(LiteralString, text)  # type: ignore[redundant-cast]  # mypy sees LiteralString as str
 
 
 class Queries:
@@ -28,8 +42,7 @@ class Queries:
     def __init__(self, schema: str) -> None:
         ident = sql.Identifier(schema)
         self._rendered = {
-            # The text comes from a file shipped in this package, never from input.
-            name: sql.SQL(cast(LiteralString, body)).format(schema=ident).as_bytes(None)
+            name: sql.SQL(_trusted(body)).format(schema=ident).as_bytes(None)
             for name, body in _blocks().items()
         }
 

@@ -3,9 +3,11 @@ the store's serializer (`Store.decode`) where you need the values."""
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import datetime as dt
 
 __all__ = [
     "Checkpoint",

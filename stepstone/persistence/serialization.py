@@ -44,7 +44,11 @@ class Serializer(Protocol):
 def describe_type(value: object) -> str:
     """The qualified name of a value's type, as error messages show it."""
     kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
 
 
 def check_size(text: str, limit: int, what: str) -> None:
@@ -118,7 +122,7 @@ def _decode(obj: dict[str, Any]) -> Any:
         case "tuple":
             return tuple(v)
         case "dict":
-            return {key: item for key, item in v}
+            return dict(v)
         case "datetime":
             return dt.datetime.fromisoformat(v)
         case "date":
@@ -156,5 +160,7 @@ def _find_dataclass(path: str) -> Any:
     for part in qualname.split("."):
         target = getattr(target, part, None)
     if not (isinstance(target, type) and dataclasses.is_dataclass(target)):
-        raise ValueError(f"dataclass {path} cannot be rebuilt: {qualname!r} is not a dataclass there")
+        raise ValueError(
+            f"dataclass {path} cannot be rebuilt: {qualname!r} is not a dataclass there"
+        )
     return target

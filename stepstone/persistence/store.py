@@ -10,9 +10,8 @@ its step record together with the COMMIT in a single pipelined round trip.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NoReturn, Self, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar
 
 import psycopg
 import structlog
@@ -53,6 +52,9 @@ from stepstone.persistence.serialization import (
     describe_type,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
 __all__ = ["FENCE_SQLSTATE", "Store"]
 
 T = TypeVar("T")
@@ -88,13 +90,20 @@ class Store:
             raise ConfigurationError(
                 f"schema must be a name of 1 to {_MAX_SCHEMA_LENGTH} characters, got {schema!r}"
             )
-        if not (isinstance(min_size, int) and isinstance(max_size, int) and 0 <= min_size <= max_size and max_size >= 1):
+        if not (
+            isinstance(min_size, int)
+            and isinstance(max_size, int)
+            and 0 <= min_size <= max_size
+            and max_size >= 1
+        ):
             raise ConfigurationError(
                 f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
                 f"got min_size={min_size!r} max_size={max_size!r}"
             )
         if not isinstance(max_value_size, int) or max_value_size < 1:
-            raise ConfigurationError(f"max_value_size must be a positive int, got {max_value_size!r}")
+            raise ConfigurationError(
+                f"max_value_size must be a positive int, got {max_value_size!r}"
+            )
         self.conninfo = _conninfo.resolve(conninfo)
         self.schema = schema
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
@@ -191,7 +200,9 @@ class Store:
 
     def save_workflow(self, name: str, version: str, fingerprint: str) -> WorkflowRow:
         """Register a workflow definition (or refresh its fingerprint and last-seen time)."""
-        row = self._one("save_workflow", {"name": name, "version": version, "fingerprint": fingerprint})
+        row = self._one(
+            "save_workflow", {"name": name, "version": version, "fingerprint": fingerprint}
+        )
         assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
         return WorkflowRow(*row)
 
@@ -248,7 +259,7 @@ class Store:
         """
         with self._pool.connection() as conn:
             try:
-                conn.execute(b"BEGIN")
+                conn.execute(b"BEGIN", prepare=False)
                 result = body(conn)
                 status = conn.info.transaction_status
                 if status == TransactionStatus.INERROR:
@@ -272,7 +283,7 @@ class Store:
             try:
                 with conn.pipeline():
                     conn.execute(self._q["commit_step"], params)
-                    conn.execute(b"COMMIT")
+                    conn.execute(b"COMMIT", prepare=False)
             except psycopg.Error as exc:
                 _rollback_quietly(conn)
                 self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", commit)
@@ -313,7 +324,8 @@ class Store:
 
     def claim_own(self, execution_id: str, owner: str) -> ResumeRecord | None:
         """Take over a RUNNING execution that `owner` already owns, with a new epoch, and load
-        its inputs, recorded steps and committed state, in one statement. None if there is no such execution."""
+        its inputs, recorded steps and committed state, in one statement. None if there is
+        no such execution."""
         row = self._one("claim_own", {"id": execution_id, "owner": owner})
         if row is None:
             return None
@@ -333,7 +345,10 @@ class Store:
         deleted: list[str] | None = None,
     ) -> None:
         """Write state changes (fenced) and snapshot the state as the checkpoint at `seq`."""
-        state = {key: self.encode(value, f"state key {key!r} of {execution_id!r}") for key, value in changes.items()}
+        state = {
+            key: self.encode(value, f"state key {key!r} of {execution_id!r}")
+            for key, value in changes.items()
+        }
         params = {
             "id": execution_id,
             "owner": owner,
@@ -348,13 +363,27 @@ class Store:
         self, execution_id: str, owner: str, epoch: int, seq: int, state: Mapping[str, Any]
     ) -> None:
         """Store `state` as the checkpoint at position `seq` (fenced)."""
-        encoded = {key: self.encode(value, f"state key {key!r} of {execution_id!r}") for key, value in state.items()}
-        params = {"id": execution_id, "owner": owner, "epoch": epoch, "seq": seq, "state": Jsonb(encoded)}
+        encoded = {
+            key: self.encode(value, f"state key {key!r} of {execution_id!r}")
+            for key, value in state.items()
+        }
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "seq": seq,
+            "state": Jsonb(encoded),
+        }
         self._exec("save_checkpoint", params, fence=(execution_id, owner, epoch))
 
-    def recover_from_checkpoint(self, execution_id: str, seq: int | None = None) -> Checkpoint | None:
+    def recover_from_checkpoint(
+        self, execution_id: str, seq: int | None = None
+    ) -> Checkpoint | None:
         """The latest checkpoint at or before position `seq` (the latest of all if None)."""
-        row = self._one("recover_from_checkpoint", {"id": execution_id, "seq": seq if seq is not None else 2**31 - 1})
+        row = self._one(
+            "recover_from_checkpoint",
+            {"id": execution_id, "seq": seq if seq is not None else 2**31 - 1},
+        )
         return Checkpoint(execution_id, row[0], row[1]) if row else None
 
     def get_state(self, execution_id: str) -> dict[str, Any]:
@@ -397,8 +426,22 @@ class Store:
                 except psycopg.errors.UndefinedTable:
                     version = None
         except (psycopg.Error, DatabaseUnreachable) as exc:
-            return HealthStatus(False, None, None, expected, stats, _conninfo.redact(str(exc), self.conninfo))
-        return HealthStatus(True, round(latency, 3), version, expected, stats)
+            error = _conninfo.redact(str(exc), self.conninfo)
+            return HealthStatus(
+                reachable=False,
+                latency_ms=None,
+                schema_version=None,
+                expected_schema_version=expected,
+                pool=stats,
+                error=error,
+            )
+        return HealthStatus(
+            reachable=True,
+            latency_ms=round(latency, 3),
+            schema_version=version,
+            expected_schema_version=expected,
+            pool=stats,
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -443,7 +486,9 @@ class Store:
         except psycopg.Error as exc:
             self._raise(exc, name.replace("_", " "), None)
 
-    def _exec(self, name: str, params: Mapping[str, Any], fence: tuple[str, str, int] | None = None) -> None:
+    def _exec(
+        self, name: str, params: Mapping[str, Any], fence: tuple[str, str, int] | None = None
+    ) -> None:
         try:
             with self._pool.connection() as conn:
                 conn.execute(self._q[name], params)
@@ -468,6 +513,6 @@ class Store:
 def _rollback_quietly(conn: Connection) -> None:
     if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         try:
-            conn.execute(b"ROLLBACK")
+            conn.execute(b"ROLLBACK", prepare=False)
         except psycopg.Error:
             log.warning("rollback_failed", exc_info=True)

@@ -12,7 +12,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -40,6 +39,8 @@ from stepstone.runtime.definitions import MAX_WORKFLOW_ID_LENGTH, Workflow, chec
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stepstone.persistence.store import Store
     from stepstone.runtime.definitions import _StepBase
 
@@ -58,7 +59,7 @@ def _now() -> dt.datetime:
 
 def _call_site() -> str:
     """file:line of the innermost frame outside the stepstone package."""
-    frame = __import__("sys")._getframe(1)  # noqa: SLF001 - only read when reporting an error
+    frame = __import__("sys")._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "<unknown>"
@@ -70,7 +71,7 @@ class _ChildStep:
     kind: Literal["workflow"] = "workflow"
     retry: RetryPolicy = NO_RETRY
 
-    def __init__(self, name: str, run: Callable[[], Any]) -> None:
+    def __init__(self, name: str, run: Callable[..., Any]) -> None:
         self.name = name
         self.fn = run
 
@@ -108,7 +109,9 @@ class Execution:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def run_step(self, step: _StepBase[Any, Any] | _ChildStep, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def run_step(
+        self, step: _StepBase[Any, Any] | _ChildStep, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if self.in_step:
             # A step called from a step's body is part of that step.
             if step.kind != "step":
@@ -126,7 +129,9 @@ class Execution:
             return self._replay(recorded, step.name, seq)
         return self._run_new(step, seq, args, kwargs)
 
-    def run_child(self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+    def run_child(
+        self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
         child_id = workflow.options.workflow_id or self._child_id(self.seq)
         child = _ChildStep(
             workflow.name,
@@ -150,7 +155,13 @@ class Execution:
             raise rebuild_error(recorded.error, self.store.serializer)
         return self.store.decode(recorded.output) if recorded.output is not None else None
 
-    def _run_new(self, step: _StepBase[Any, Any] | _ChildStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run_new(
+        self,
+        step: _StepBase[Any, Any] | _ChildStep,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         policy = step.retry
         started = _now()
         retries: list[str] = []
@@ -160,12 +171,7 @@ class Execution:
             self.in_step = True
             try:
                 if step.kind == "transaction":
-                    result = self.store.run_transaction_step(
-                        lambda conn: step.fn(conn, *args, **kwargs),
-                        lambda value: self._record(step, seq, value, None, attempt, started, retries),
-                    )
-                    self._committed()
-                    return result
+                    return self._run_transaction(step, seq, args, kwargs, attempt, started, retries)
                 result = step.fn(*args, **kwargs)
             except (OwnershipLost, PersistenceError) as exc:
                 # This executor may no longer write this execution: stop running it here.
@@ -186,6 +192,26 @@ class Execution:
             self._commit(self._record(step, seq, result, None, attempt, started, retries))
             return result
 
+    def _run_transaction(
+        self,
+        step: _StepBase[Any, Any] | _ChildStep,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        attempt: int,
+        started: dt.datetime,
+        retries: list[str],
+    ) -> Any:
+        def body(conn: Any) -> Any:
+            return step.fn(conn, *args, **kwargs)
+
+        def record(value: Any) -> StepCommit:
+            return self._record(step, seq, value, None, attempt, started, retries)
+
+        result = self.store.run_transaction_step(body, record)
+        self._committed()
+        return result
+
     def _record(
         self,
         step: _StepBase[Any, Any] | _ChildStep,
@@ -198,7 +224,8 @@ class Execution:
     ) -> StepCommit:
         if error is None:
             output = self.store.encode(
-                result, f"output of step {step.name!r} (position {seq}) of workflow {self.workflow_id!r}"
+                result,
+                f"output of step {step.name!r} (position {seq}) of workflow {self.workflow_id!r}",
             )
             recorded_error = None
         else:
@@ -207,10 +234,20 @@ class Execution:
         changed, deleted = self._state_delta()
         logs: list[dict[str, Any]] = []
         if retries:
-            logs.append({"event": "step_retried", "details": {"step": step.name, "attempts": attempts, "errors": retries}})
+            logs.append(
+                {
+                    "event": "step_retried",
+                    "details": {"step": step.name, "attempts": attempts, "errors": retries},
+                }
+            )
         if recorded_error is not None:
             error_type, message = error_summary(recorded_error)
-            logs.append({"event": "step_failed", "details": {"step": step.name, "error": f"{error_type}: {message}"[:1000]}})
+            logs.append(
+                {
+                    "event": "step_failed",
+                    "details": {"step": step.name, "error": f"{error_type}: {message}"[:1000]},
+                }
+            )
         self._pending = (changed, deleted)
         return StepCommit(
             execution_id=self.workflow_id,
@@ -240,7 +277,7 @@ class Execution:
     # -- state -------------------------------------------------------------------------------
 
     def _state_delta(self) -> tuple[dict[str, str] | None, list[str] | None]:
-        data = self.state._data  # noqa: SLF001 - the engine owns the state's storage
+        data = self.state._data
         if not data and not self.committed:
             return None, None
         changed = {}
@@ -268,7 +305,11 @@ class Execution:
         if unreplayed:
             first = min(unreplayed)
             error = NonDeterminismError(
-                self.workflow_id, first, self.recorded[first].name, None, _definition_site(self.workflow)
+                self.workflow_id,
+                first,
+                self.recorded[first].name,
+                None,
+                _definition_site(self.workflow),
             )
             return self.fail(error)
         try:
@@ -277,9 +318,15 @@ class Execution:
         except UsageError as exc:
             return self.fail(exc)
         self.store.finish_execution(
-            self.workflow_id, self.owner, self.epoch,
-            status="SUCCEEDED", output=output, error=None, seq=self.seq,
-            state=changed, deleted=deleted,
+            self.workflow_id,
+            self.owner,
+            self.epoch,
+            status="SUCCEEDED",
+            output=output,
+            error=None,
+            seq=self.seq,
+            state=changed,
+            deleted=deleted,
         )
         return result
 
@@ -297,13 +344,26 @@ class Execution:
             changed, deleted = None, None  # the failure is recorded even if the state is not
         error_type, message = error_summary(record)
         self.store.finish_execution(
-            self.workflow_id, self.owner, self.epoch,
-            status="FAILED", output=None, error=record, seq=self.seq,
-            state=changed, deleted=deleted, details={"error": f"{error_type}: {message}"[:1000]},
+            self.workflow_id,
+            self.owner,
+            self.epoch,
+            status="FAILED",
+            output=None,
+            error=record,
+            seq=self.seq,
+            state=changed,
+            deleted=deleted,
+            details={"error": f"{error_type}: {message}"[:1000]},
         )
         if isinstance(cause, NonDeterminismError):
-            log.error("nondeterminism_detected", workflow_id=self.workflow_id, seq=cause.seq,
-                      recorded=cause.recorded, called=cause.called, call_site=cause.call_site)
+            log.error(
+                "nondeterminism_detected",
+                workflow_id=self.workflow_id,
+                seq=cause.seq,
+                recorded=cause.recorded,
+                called=cause.called,
+                call_site=cause.call_site,
+            )
         raise WorkflowFailed(self.workflow_id, error_type, message) from cause
 
 
@@ -396,7 +456,8 @@ class Engine:
         """Run (or join, or resume) execution `workflow_id` in this thread."""
         future, mine = self._begin_local(workflow_id)
         if not mine:
-            return self._wait_local(workflow_id, future)
+            joined: R = self._wait_local(workflow_id, future)
+            return joined
         try:
             outcome = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
             result: R = outcome() if callable(outcome) else self.wait_outcome(workflow_id, None)
@@ -406,7 +467,9 @@ class Engine:
         self._end_local(workflow_id, future, result=result)
         return result
 
-    def start(self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def start(
+        self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Start an execution in the worker pool and return its handle."""
         from stepstone.runtime.handle import WorkflowHandle
 
@@ -456,14 +519,18 @@ class Engine:
             {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {workflow.name!r}"
         )
         found = self.store.start_execution(
-            StartRequest(workflow_id, workflow.name, workflow.version, inputs, self.executor_id, parent_id)
+            StartRequest(
+                workflow_id, workflow.name, workflow.version, inputs, self.executor_id, parent_id
+            )
         )
         if found.created:
             execution = Execution(self, workflow, workflow_id, found.epoch)
             return lambda: self._execute(execution, args, kwargs)
         return self._existing(workflow, workflow_id, found)
 
-    def _existing(self, workflow: Workflow[Any, R], workflow_id: str, found: StartResult) -> Callable[[], R] | None:
+    def _existing(
+        self, workflow: Workflow[Any, R], workflow_id: str, found: StartResult
+    ) -> Callable[[], R] | None:
         if found.workflow_name != workflow.name:
             raise WorkflowIdConflict(workflow_id, found.workflow_name, workflow.name)
         if found.status == "RUNNING" and found.owner == self.executor_id:
@@ -471,7 +538,9 @@ class Engine:
             record = self.store.claim_own(workflow_id, self.executor_id)
             if record is not None:
                 stored = self.store.decode(record.inputs)
-                execution = Execution(self, workflow, workflow_id, record.epoch, record.steps, record.state)
+                execution = Execution(
+                    self, workflow, workflow_id, record.epoch, record.steps, record.state
+                )
                 return lambda: self._execute(execution, tuple(stored["args"]), stored["kwargs"])
         return None
 
@@ -480,7 +549,7 @@ class Engine:
         try:
             try:
                 result = execution.workflow.fn(*args, **kwargs)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every workflow error is recorded
                 return execution.fail(exc)
             return execution.succeed(result)
         finally:
@@ -507,14 +576,18 @@ class Engine:
             time.sleep(pause)
             delay = min(delay * 2, 0.5)
 
-    def outcome(self, workflow_id: str, status: str, output: str | None, error: dict[str, Any] | None) -> Any:
+    def outcome(
+        self, workflow_id: str, status: str, output: str | None, error: dict[str, Any] | None
+    ) -> Any:
         if status == "SUCCEEDED":
             return self.store.decode(output) if output is not None else None
         if status == "CANCELLED":
             raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled", workflow_id)
         record = error or {}
         error_type, message = error_summary(record)
-        raise WorkflowFailed(workflow_id, error_type, message) from rebuild_error(record, self.store.serializer)
+        raise WorkflowFailed(workflow_id, error_type, message) from rebuild_error(
+            record, self.store.serializer
+        )
 
     # -- executions running in this process --------------------------------------------------
 
@@ -527,7 +600,14 @@ class Engine:
             self._active[workflow_id] = future
             return future, True
 
-    def _end_local(self, workflow_id: str, future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    def _end_local(
+        self,
+        workflow_id: str,
+        future: Future[Any],
+        *,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
         with self._lock:
             self._active.pop(workflow_id, None)
         if error is not None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepstone.errors import StepError
-from stepstone.persistence.serialization import Serializer
+
+if TYPE_CHECKING:
+    from stepstone.persistence.serialization import Serializer
 
 __all__ = ["encode_error", "error_summary", "rebuild_error"]
 
@@ -27,7 +29,9 @@ def encode_error(exc: BaseException, serializer: Serializer) -> dict[str, Any]:
         "type": f"{kind.__module__}:{kind.__qualname__}",
         "message": str(exc),
         "args": _try_dumps(serializer, list(exc.args)),
-        "attrs": _try_dumps(serializer, _attributes(exc)) if getattr(exc, "__dict__", None) else None,
+        "attrs": _try_dumps(serializer, _attributes(exc))
+        if getattr(exc, "__dict__", None)
+        else None,
         "traceback": "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK:],
     }
     return record

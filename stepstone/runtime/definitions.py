@@ -9,18 +9,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 from stepstone.errors import InvalidWorkflowId, StepOutsideWorkflow
 from stepstone.runtime.context import _CURRENT
-from stepstone.runtime.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import psycopg
 
     from stepstone.runtime._engine import Engine
+    from stepstone.runtime.retry import RetryPolicy
 
 __all__ = ["Step", "TransactionStep", "Workflow", "check_workflow_id"]
 
@@ -37,14 +38,18 @@ def check_workflow_id(workflow_id: object) -> str:
             f"workflow_id must be a string, got {workflow_id!r} ({type(workflow_id).__name__})"
         )
     if not workflow_id:
-        raise InvalidWorkflowId("workflow_id must not be empty: pass an id, or none to get one generated")
+        raise InvalidWorkflowId(
+            "workflow_id must not be empty: pass an id, or none to get one generated"
+        )
     if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
         raise InvalidWorkflowId(
             f"workflow_id {workflow_id[:40]!r}... is {len(workflow_id)} characters long, over the "
             f"limit of {MAX_WORKFLOW_ID_LENGTH}: use a shorter id (a hash of a long key works)"
         )
     if "\x00" in workflow_id:
-        raise InvalidWorkflowId(f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot store")
+        raise InvalidWorkflowId(
+            f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot store"
+        )
     return workflow_id
 
 
@@ -120,7 +125,8 @@ class _StepBase(Generic[P, R]):
                 f"{self.kind} {self.name!r} was called outside a workflow: call it from the body "
                 "of a function decorated with @rt.workflow()"
             )
-        return execution.run_step(self, args, kwargs)
+        result: R = execution.run_step(self, args, kwargs)
+        return result
 
     def __repr__(self) -> str:
         return f"<stepstone {self.kind} {self.name!r}>"

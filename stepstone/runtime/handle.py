@@ -19,7 +19,9 @@ R = TypeVar("R")
 class WorkflowHandle(Generic[R]):
     """An execution: its id, its status and, once it ends, its result."""
 
-    def __init__(self, engine: Engine, workflow_id: str, future: concurrent.futures.Future[Any] | None) -> None:
+    def __init__(
+        self, engine: Engine, workflow_id: str, future: concurrent.futures.Future[Any] | None
+    ) -> None:
         self._engine = engine
         self._future = future
         self.workflow_id = workflow_id

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from stepstone.errors import ConfigurationError, UsageError
-from stepstone.persistence.rows import HealthStatus
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
 from stepstone.runtime._engine import Engine
@@ -18,7 +16,11 @@ from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import psycopg
+
+    from stepstone.persistence.rows import HealthStatus
 
 __all__ = ["Runtime", "default_executor_id"]
 
@@ -61,8 +63,12 @@ class Runtime:
     ) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
-        if executor_id is not None and (not isinstance(executor_id, str) or not 0 < len(executor_id) <= 255):
-            raise ConfigurationError(f"executor_id must be a string of 1 to 255 characters, got {executor_id!r}")
+        if executor_id is not None and (
+            not isinstance(executor_id, str) or not 0 < len(executor_id) <= 255
+        ):
+            raise ConfigurationError(
+                f"executor_id must be a string of 1 to 255 characters, got {executor_id!r}"
+            )
         self.store = Store(
             dsn,
             schema=schema,
@@ -115,7 +121,9 @@ class Runtime:
         _no_bare_decorator(fn, "transaction")
         policy = _policy(retry)
 
-        def decorate(func: Callable[Concatenate[psycopg.Connection[Any], P], R]) -> TransactionStep[P, R]:
+        def decorate(
+            func: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        ) -> TransactionStep[P, R]:
             step = TransactionStep(func, name or func.__qualname__, policy)
             self._engine.register_step(step.name, step)
             return step
@@ -146,7 +154,9 @@ class Runtime:
 
     # -- executions --------------------------------------------------------------------------
 
-    def start(self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+    def start(
+        self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> WorkflowHandle[R]:
         """Start an execution in the worker pool and return its handle at once.
 
         The execution is durable when this returns. Its id is generated unless the

@@ -1,0 +1,204 @@
+"""What each hot-path operation costs, counted by the server and on the wire.
+
+The runtime talks to a throwaway cluster with pg_stat_statements loaded (statements as the
+server counts them) through a proxy that counts the server's ReadyForQuery messages (round
+trips). Transactions are counted as transaction ids the server assigned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+
+from stepstone import Runtime, migrations
+from tests.support.cluster import Cluster, cluster
+from tests.support.wire import CountingProxy
+
+DB = "counted"
+
+
+@dataclass
+class Cost:
+    round_trips: int
+    statements: dict[str, int]
+    transactions: int
+
+    @property
+    def total_statements(self) -> int:
+        return sum(self.statements.values())
+
+
+class Meter:
+    """Measures what a block of client code costs on the server."""
+
+    def __init__(self, server: Cluster, proxy: CountingProxy) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.admin = server.connect("postgres")
+        self.admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def begin(self) -> None:
+        self.admin.execute("SELECT pg_stat_statements_reset()")
+        self._xid = self._next_xid()
+        self.proxy.reset()
+
+    def end(self) -> Cost:
+        round_trips = self.proxy.round_trips
+        transactions = self._next_xid() - self._xid
+        rows = self.admin.execute(
+            "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE d.datname = %s",
+            [DB],
+        ).fetchall()
+        return Cost(round_trips, {str(q): int(c) for q, c in rows}, transactions)
+
+    def _next_xid(self) -> int:
+        row = self.admin.execute(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Cluster]:
+    with cluster({"shared_preload_libraries": "'pg_stat_statements'"}) as c:
+        with c.connect() as conn:
+            conn.execute(f"CREATE DATABASE {DB}")
+        with c.connect(DB) as conn:
+            migrations.migrate(conn, "stepstone")
+            conn.execute("CREATE TABLE marks (id bigserial PRIMARY KEY, note text NOT NULL)")
+        yield c
+
+
+@pytest.fixture
+def proxy(server: Cluster) -> Iterator[CountingProxy]:
+    p = CountingProxy("127.0.0.1", server.port)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def meter(server: Cluster, proxy: CountingProxy) -> Iterator[Meter]:
+    m = Meter(server, proxy)
+    yield m
+    m.admin.close()
+
+
+@pytest.fixture
+def counted_rt(proxy: CountingProxy) -> Iterator[Runtime]:
+    # One pooled connection, so that every statement is prepared after the warm-up.
+    runtime = Runtime(
+        proxy.dsn(DB), executor_id="counted", pool_min_size=1, pool_max_size=1, workers=1
+    )
+    yield runtime
+    runtime.shutdown()
+
+
+def _warm(fn: Any, *args: Any) -> None:
+    # psycopg prepares a statement on its sixth execution (one extra round trip, once per
+    # connection); measure the steady state after that.
+    for _ in range(8):
+        fn(*args)
+
+
+def _only(cost: Cost, name: str) -> int:
+    return sum(calls for query, calls in cost.statements.items() if name in query)
+
+
+def test_empty_workflow_costs_one_round_trip_to_start_and_one_to_finish(
+    counted_rt: Runtime, meter: Meter
+) -> None:
+    """A workflow with no steps: start and completion, one statement and one commit each."""
+
+    @counted_rt.workflow()
+    def nothing() -> int:
+        return 1
+
+    counted_rt.launch()
+    _warm(nothing)
+    meter.begin()
+    assert nothing() == 1
+    cost = meter.end()
+    assert cost.round_trips == 2
+    assert cost.total_statements == 2
+    assert _only(cost, "start_execution") == 1
+    assert _only(cost, "finish_execution") == 1
+    assert cost.transactions == 2
+
+
+def test_plain_step_costs_exactly_one_round_trip_and_one_commit(
+    counted_rt: Runtime, meter: Meter
+) -> None:
+    """Each plain step adds one statement, one round trip and one transaction, and no BEGIN."""
+
+    @counted_rt.step()
+    def echo(n: int) -> int:
+        return n
+
+    @counted_rt.workflow()
+    def steps(n: int) -> int:
+        return sum(echo(i) for i in range(n))
+
+    counted_rt.launch()
+    _warm(steps, 3)
+    for n in (1, 10):
+        meter.begin()
+        assert steps(n) == sum(range(n))
+        cost = meter.end()
+        assert cost.round_trips == 2 + n
+        assert _only(cost, "commit_step") == n
+        assert cost.total_statements == 2 + n
+        assert cost.transactions == 2 + n
+        assert not any(q.upper() in ("BEGIN", "COMMIT") for q in cost.statements)
+
+
+def test_transaction_step_adds_no_round_trip_to_the_users_transaction(
+    counted_rt: Runtime, meter: Meter, proxy: CountingProxy
+) -> None:
+    """A transaction step with k statements costs BEGIN + k + one round trip carrying the
+    step record and COMMIT together: what the bare psycopg transaction costs, in one
+    transaction."""
+
+    @counted_rt.transaction()
+    def mark(conn: psycopg.Connection[Any], notes: list[str]) -> int:
+        for note in notes:
+            conn.execute("INSERT INTO marks (note) VALUES (%s)", [note])
+        return len(notes)
+
+    @counted_rt.workflow()
+    def marking(notes: list[str]) -> int:
+        return mark(notes)
+
+    counted_rt.launch()
+    _warm(marking, ["warm"])
+
+    # The same transaction written by hand with psycopg, through the same proxy.
+    with psycopg.connect(proxy.dsn(DB)) as bare:
+        for _ in range(8):
+            with bare.transaction():
+                bare.execute("INSERT INTO marks (note) VALUES (%s)", ["bare"])
+                bare.execute("INSERT INTO marks (note) VALUES (%s)", ["bare"])
+        proxy.reset()
+        with bare.transaction():
+            bare.execute("INSERT INTO marks (note) VALUES (%s)", ["bare"])
+            bare.execute("INSERT INTO marks (note) VALUES (%s)", ["bare"])
+        bare_round_trips = proxy.round_trips
+
+    for k in (1, 2, 5):
+        meter.begin()
+        assert marking([f"n{i}" for i in range(k)]) == k
+        cost = meter.end()
+        step_round_trips = cost.round_trips - 2  # minus start and completion
+        assert step_round_trips == k + 2
+        assert _only(cost, "INSERT INTO marks") == k
+        assert _only(cost, "commit_step") == 1
+        assert _only(cost, "BEGIN") == 1
+        assert _only(cost, "COMMIT") == 1
+        assert cost.transactions == 1 + 2  # the step's one transaction, plus start and completion
+        if k == 2:
+            assert step_round_trips == bare_round_trips
