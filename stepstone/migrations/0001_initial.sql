@@ -68,7 +68,8 @@ CREATE TABLE {schema}.states (
 );
 
 -- A snapshot of the whole state at a step boundary: seq is the number of steps completed
--- when it was taken, so fork and recovery can start from position seq with this state.
+-- when it was taken (the latest such snapshot: a completion that changes state after the
+-- last step replaces it), so fork and recovery can start from position seq with this state.
 CREATE TABLE {schema}.checkpoints (
     execution_id text        NOT NULL REFERENCES {schema}.executions (id) ON DELETE CASCADE,
     seq          integer     NOT NULL CHECK (seq >= 0),

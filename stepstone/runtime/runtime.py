@@ -87,11 +87,11 @@ class Runtime:
         self, fn: None = None, /, *, name: str | None = None, version: str = "1"
     ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
         """Make a function a durable workflow, registered under `name` (default: its
-        qualified name) and `version`."""
+        qualified name, e.g. `checkout` or `Orders.checkout`) and `version`."""
         _no_bare_decorator(fn, "workflow")
 
         def decorate(func: Callable[P, R]) -> Workflow[P, R]:
-            workflow = Workflow(self._engine, func, name or func.__qualname__, str(version))
+            workflow = Workflow(self._engine, func, name or _default_name(func), str(version))
             self._engine.register_workflow(workflow)
             return workflow
 
@@ -106,7 +106,7 @@ class Runtime:
         policy = _policy(retry)
 
         def decorate(func: Callable[P, R]) -> Step[P, R]:
-            step = Step(func, name or func.__qualname__, policy)
+            step = Step(func, name or _default_name(func), policy)
             self._engine.register_step(step.name, step)
             return step
 
@@ -124,7 +124,7 @@ class Runtime:
         def decorate(
             func: Callable[Concatenate[psycopg.Connection[Any], P], R],
         ) -> TransactionStep[P, R]:
-            step = TransactionStep(func, name or func.__qualname__, policy)
+            step = TransactionStep(func, name or _default_name(func), policy)
             self._engine.register_step(step.name, step)
             return step
 
@@ -179,6 +179,11 @@ class Runtime:
     def health_status(self) -> HealthStatus:
         """Whether the database is reachable, its latency, schema version and pool statistics."""
         return self.store.health_status()
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    # The qualified name, without the enclosing function of a nested definition.
+    return func.__qualname__.rpartition("<locals>.")[2]
 
 
 def _policy(retry: RetryPolicy | None) -> RetryPolicy:
