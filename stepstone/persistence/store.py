@@ -138,7 +138,7 @@ class Store:
             raise DatabaseUnreachable(
                 f"cannot connect to PostgreSQL at {self.describe()}: {reason}. Check that the "
                 f"server runs and the database exists, or set the DSN (or {_conninfo.ENV_VAR})"
-            ) from None
+            ) from exc
 
     def migrate(self) -> list[int]:
         """Apply pending migrations to this store's schema; return the versions applied."""

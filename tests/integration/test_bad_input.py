@@ -1,0 +1,192 @@
+"""Bad input gets a clear error and leaves the database as it was."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from typing import Any
+
+import pytest
+
+import stepstone
+from stepstone import (
+    ConfigurationError,
+    DatabaseUnreachable,
+    DuplicateRegistration,
+    InvalidWorkflowId,
+    Runtime,
+    UsageError,
+    WorkflowFailed,
+)
+
+
+def _count_executions(rt: Runtime) -> int:
+    with rt.store.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM stepstone.executions").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize(
+    ("workflow_id", "message"),
+    [
+        ("", "must not be empty"),
+        ("x" * 256, "is 256 characters long, over the limit of 255"),
+        (42, "must be a string, got 42 (int)"),
+        (None, None),  # None means "generate one": allowed
+        ("nul\x00byte", "contains a NUL character"),
+    ],
+)
+def test_invalid_workflow_ids_are_refused_before_anything_is_written(
+    rt: Runtime, workflow_id: Any, message: str | None
+) -> None:
+    """Empty, too long, non-string and NUL-bearing ids raise InvalidWorkflowId; no row."""
+
+    @rt.workflow()
+    def flow() -> int:
+        return 1
+
+    rt.launch()
+    if message is None:
+        assert flow.with_options(workflow_id=workflow_id)() == 1
+        assert _count_executions(rt) == 1
+        return
+    pattern = re.escape(message)
+    with pytest.raises(InvalidWorkflowId, match=pattern):
+        flow.with_options(workflow_id=workflow_id)()
+    with pytest.raises(InvalidWorkflowId, match=pattern):
+        rt.handle(workflow_id)
+    with pytest.raises(InvalidWorkflowId, match=pattern):
+        rt.get_state(workflow_id)
+    assert _count_executions(rt) == 0
+
+
+def test_longest_valid_id_is_accepted(rt: Runtime) -> None:
+    """255 characters is within the limit."""
+
+    @rt.workflow()
+    def flow() -> int:
+        return 1
+
+    rt.launch()
+    assert flow.with_options(workflow_id="é" * 255)() == 1
+    assert rt.handle("é" * 255).status() == "SUCCEEDED"
+
+
+def test_workflows_and_steps_registered_twice_under_one_name_are_refused(rt: Runtime) -> None:
+    """A second definition under a used name raises and tells how to tell them apart."""
+
+    @rt.workflow()
+    def flow() -> None:
+        return None
+
+    with pytest.raises(
+        DuplicateRegistration, match=r"workflow named 'flow' is already registered.*name="
+    ):
+
+        @rt.workflow(name="flow")
+        def flow_again() -> None:
+            return None
+
+    @rt.step()
+    def act() -> None:
+        return None
+
+    with pytest.raises(DuplicateRegistration, match=r"step named 'act' is already registered"):
+
+        @rt.transaction(name="act")
+        def act_again(conn: Any) -> None:
+            return None
+
+    rt.launch()
+    assert rt.store.load_workflow("flow") is not None
+
+
+def test_unreachable_database_at_launch_names_host_and_database_but_not_the_password() -> None:
+    """launch() against a closed port raises DatabaseUnreachable with host, port and db."""
+    rt = Runtime("postgresql://shop:s3cret-pw@127.0.0.1:1/orders", connect_timeout=2)
+    with pytest.raises(DatabaseUnreachable) as info:
+        rt.launch()
+    message = str(info.value)
+    assert "host=127.0.0.1 port=1 dbname=orders user=shop" in message
+    assert "s3cret-pw" not in message
+    assert "s3cret-pw" not in "".join(traceback.format_exception(info.value))
+
+
+def test_missing_database_at_launch_is_reported_the_same_way(db: str) -> None:
+    """A server that is up but lacks the database names the database."""
+    missing = db.replace("dbname=stepstone_test_", "dbname=absent_")
+    with pytest.raises(DatabaseUnreachable, match="dbname=absent_"):
+        Runtime(missing).launch()
+
+
+def test_unparsable_dsn_is_a_configuration_error_without_the_password() -> None:
+    """A malformed connection string is refused at construction, password not repeated."""
+    with pytest.raises(ConfigurationError) as info:
+        Runtime("host=x password=hunter2 this-is-not-key-value")
+    assert "hunter2" not in str(info.value)
+
+
+def test_environment_variable_supplies_the_database(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a dsn argument, STEPSTONE_DATABASE_URL is used."""
+    monkeypatch.setenv("STEPSTONE_DATABASE_URL", db)
+    with Runtime() as rt:
+        assert rt.health_status().healthy
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": 0}, "workers must be an int >= 1, got 0"),
+        ({"schema": ""}, "schema must be a name of 1 to 63 characters"),
+        ({"schema": "s" * 64}, "schema must be a name of 1 to 63 characters"),
+        ({"pool_min_size": 5, "pool_max_size": 2}, "min_size=5 max_size=2"),
+        ({"executor_id": ""}, "executor_id must be a string of 1 to 255 characters"),
+        ({"max_value_size": 0}, "max_value_size must be a positive int, got 0"),
+    ],
+)
+def test_invalid_settings_are_refused(db: str, kwargs: dict[str, Any], message: str) -> None:
+    """Each invalid setting raises ConfigurationError naming it and its value."""
+    with pytest.raises(ConfigurationError, match=message):
+        Runtime(db, **kwargs)
+
+
+def test_retry_must_be_a_retry_policy(rt: Runtime) -> None:
+    """A retry= that is not a RetryPolicy is refused at decoration time."""
+    with pytest.raises(ConfigurationError, match="retry must be a RetryPolicy, got 3"):
+        rt.step(retry=3)  # type: ignore[arg-type]
+
+
+def test_non_string_state_keys_are_refused(rt: Runtime) -> None:
+    """State keys are strings: another key type fails the workflow with a clear message."""
+
+    @rt.workflow()
+    def keyed() -> None:
+        stepstone.current().state[1] = "x"  # type: ignore[index]
+
+    rt.launch()
+    with pytest.raises(WorkflowFailed, match=r"state keys must be strings, got 1 \(int\)") as info:
+        keyed()
+    assert isinstance(info.value.__cause__, UsageError)
+
+
+def test_transaction_step_inside_a_step_is_refused(rt: Runtime) -> None:
+    """A transaction step cannot hide inside a plain step's body."""
+
+    @rt.transaction()
+    def inner(conn: Any) -> None:
+        return None
+
+    @rt.step()
+    def outer() -> None:
+        inner()
+
+    @rt.workflow()
+    def nested() -> None:
+        outer()
+
+    rt.launch()
+    with pytest.raises(WorkflowFailed, match="called inside the body of another step"):
+        nested()
