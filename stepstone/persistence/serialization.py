@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import datetime as dt
 import decimal
-import importlib
 import json
 import sys
 import uuid
@@ -52,12 +51,15 @@ def describe_type(value: object) -> str:
 
 
 def check_size(text: str, limit: int, what: str) -> None:
-    """Raise SerializationError if `text` encodes to more than `limit` bytes."""
-    # len(text) bounds the UTF-8 size from below and 4 * len(text) from above: the encode
-    # only happens for values near the limit.
-    if len(text) * 4 <= limit:
-        return
-    size = len(text.encode())
+    """Raise SerializationError if `text` is not valid UTF-8 text (lone surrogates) or
+    encodes to more than `limit` bytes."""
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"{what} contains text that is not valid Unicode ({exc.reason} at position "
+            f"{exc.start}): PostgreSQL cannot store it; clean the string first"
+        ) from exc
     if size > limit:
         raise SerializationError(
             f"{what} is {size} bytes once serialized, over the limit of {limit} bytes: "
@@ -142,20 +144,28 @@ def _decode(obj: dict[str, Any]) -> Any:
         case "frozenset":
             return frozenset(v)
         case "dataclass":
-            return _find_dataclass(obj["t"])(**v)
+            return _build_dataclass(_find_dataclass(obj["t"]), v)
     raise ValueError(f"unknown serialized type tag {tag!r}")
 
 
+def _build_dataclass(kind: Any, values: dict[str, Any]) -> Any:
+    fields = dataclasses.fields(kind)
+    obj = kind(**{f.name: values[f.name] for f in fields if f.init and f.name in values})
+    for f in fields:
+        if not f.init and f.name in values:
+            object.__setattr__(obj, f.name, values[f.name])  # frozen dataclasses too
+    return obj
+
+
 def _find_dataclass(path: str) -> Any:
+    # Only types already imported by this process are used: data never imports modules.
     module_name, _, qualname = path.partition(":")
     module = sys.modules.get(module_name)
     if module is None:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(
-                f"dataclass {path} cannot be rebuilt: module {module_name!r} is not importable"
-            ) from exc
+        raise ValueError(
+            f"dataclass {path} cannot be rebuilt: module {module_name!r} is not imported in "
+            "this process; import it before reading this value"
+        )
     target: Any = module
     for part in qualname.split("."):
         target = getattr(target, part, None)

@@ -48,7 +48,8 @@ def check_workflow_id(workflow_id: object) -> str:
         )
     if "\x00" in workflow_id:
         raise InvalidWorkflowId(
-            f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot store"
+            f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot "
+            "store: remove it from the id"
         )
     return workflow_id
 

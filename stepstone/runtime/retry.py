@@ -26,13 +26,13 @@ class RetryPolicy:
     non_retryable: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if not _is_int(self.max_attempts) or self.max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
         for name in ("initial_interval", "max_interval"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
+            if not _is_number(value) or not value >= 0:
                 raise ConfigurationError(f"{name} must be a number of seconds >= 0, got {value!r}")
-        if not isinstance(self.backoff, int | float) or self.backoff < 1:
+        if not _is_number(self.backoff) or not self.backoff >= 1:
             raise ConfigurationError(f"backoff must be a number >= 1, got {self.backoff!r}")
         kinds = self.non_retryable
         if not isinstance(kinds, tuple) or not all(
@@ -44,7 +44,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        return float(min(self.max_interval, self.initial_interval * self.backoff ** (attempt - 1)))
+        try:
+            grown = self.initial_interval * self.backoff ** (attempt - 1)
+        except OverflowError:
+            return float(self.max_interval)
+        return float(min(self.max_interval, grown))
 
     def retries(self, exc: BaseException, attempt: int) -> bool:
         """Whether a body that raised `exc` on attempt `attempt` is tried again."""
@@ -53,6 +57,15 @@ class RetryPolicy:
             and isinstance(exc, Exception)
             and not isinstance(exc, (StepstoneError, *self.non_retryable))
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    # NaN compares false with everything, so callers check `not value >= bound`.
+    return _is_int(value) or isinstance(value, float)
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)

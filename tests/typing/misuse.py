@@ -1,0 +1,35 @@
+"""Calls that are wrong: mypy --strict must flag each line carrying an E comment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from stepstone import Runtime
+
+rt = Runtime()
+
+
+@rt.step()
+def double(n: int) -> int:
+    return n * 2
+
+
+@rt.transaction()
+def write(conn: psycopg.Connection[Any], note: str) -> None:
+    conn.execute("INSERT INTO notes VALUES (%s)", [note])
+
+
+@rt.workflow()
+def flow(n: int) -> str:
+    double("two")  # E: wrong argument type to a step
+    write(conn=None, note="x")  # E: the connection is injected, not passed
+    write(1)  # E: wrong argument type to a transaction step
+    return str(double(n))
+
+
+flow("1")  # E: wrong argument type to a workflow
+rt.start(flow, "1")  # E: rt.start checks the workflow's arguments
+flag: int = rt.start(flow, 1).result()  # E: result() has the workflow's return type
+rt.start(flow)  # E: missing argument

@@ -1,0 +1,65 @@
+"""Realistic user code: must pass `mypy --strict` with stepstone's annotations."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import psycopg
+
+import stepstone
+from stepstone import RetryPolicy, Runtime, WorkflowHandle
+
+rt = Runtime("postgresql://localhost/app", schema="shop", workers=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    order_id: str
+    amount_cents: int
+
+
+@rt.step(retry=RetryPolicy(max_attempts=5, initial_interval=0.1, backoff=2.0, non_retryable=(ValueError,)))
+def charge(order: Order, *, currency: str = "EUR") -> str:
+    return f"charged {order.amount_cents} {currency}"
+
+
+@rt.transaction()
+def reserve(conn: psycopg.Connection[Any], order: Order) -> int:
+    row = conn.execute("UPDATE stock SET n = n - 1 WHERE sku = %s RETURNING n", [order.order_id]).fetchone()
+    return int(row[0]) if row else 0
+
+
+@rt.transaction(name="audit")
+def audit(conn: psycopg.Connection[tuple[Any, ...]], message: str) -> None:
+    conn.execute("INSERT INTO audit (message) VALUES (%s)", [message])
+
+
+@rt.workflow(version="2")
+def checkout(order: Order) -> str:
+    left: int = reserve(order)
+    ctx = stepstone.current()
+    ctx.state["stage"] = "reserved"
+    ctx.state["left"] = left
+    audit(f"reserved {ctx.workflow_id}")
+    receipt: str = charge(order, currency="USD")
+    return receipt
+
+
+@rt.workflow()
+def batch(orders: list[Order]) -> list[str]:
+    return [checkout(order) for order in orders]
+
+
+def main() -> None:
+    rt.launch()
+    direct: str = checkout(Order("o-1", 1200))
+    handle: WorkflowHandle[str] = rt.start(checkout.with_options(workflow_id="order-o-2"), Order("o-2", 500))
+    result: str = handle.result(timeout=30)
+    many: WorkflowHandle[list[str]] = rt.start(batch, [Order("o-3", 1)])
+    status: str = rt.handle("order-o-2").status()
+    state: dict[str, Any] = rt.get_state("order-o-2")
+    print(direct, result, many.result(), status, state, rt.health_status().healthy)
+    rt.shutdown()
+    with Runtime() as other:
+        print(other.executor_id)
