@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from stepstone import Runtime
+
+if TYPE_CHECKING:
+    import psycopg
 
 dsn, executor_id, workflow_id, kill_at, notes_file = sys.argv[1:6]
 rt = Runtime(dsn, executor_id=executor_id)
@@ -54,5 +55,5 @@ def order(order_id: str) -> str:
 
 
 rt.launch()
-print(order.with_options(workflow_id=workflow_id)(workflow_id))  # noqa: T201
+print(order.with_options(workflow_id=workflow_id)(workflow_id))
 rt.shutdown()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import pytest
 
 import stepstone
 from stepstone import NonDeterminismError, Runtime, WorkflowFailed
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class Crash(BaseException):
@@ -87,7 +89,7 @@ def test_recorded_error_of_an_unknown_type_replays_as_step_error(rt: Runtime) ->
     def flow() -> str:
         try:
             boom()
-        except Exception as exc:  # noqa: BLE001 - the test inspects what replay raises
+        except Exception as exc:
             seen = f"{type(exc).__name__}: {exc}"
         stop()
         return seen

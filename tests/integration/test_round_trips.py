@@ -7,9 +7,8 @@ trips). Transactions are counted as transaction ids the server assigned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -17,6 +16,9 @@ import pytest
 from stepstone import Runtime, migrations
 from tests.support.cluster import Cluster, cluster
 from tests.support.wire import CountingProxy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DB = "counted"
 

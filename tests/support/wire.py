@@ -7,6 +7,7 @@ before they are forwarded, so a count read after a client call returns includes 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -122,8 +123,6 @@ class CountingProxy:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from stepstone import Runtime
+
+if TYPE_CHECKING:
+    import psycopg
 
 rt = Runtime()
 

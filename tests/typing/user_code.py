@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 import stepstone
 from stepstone import RetryPolicy, Runtime, WorkflowHandle
+
+if TYPE_CHECKING:
+    import psycopg
 
 rt = Runtime("postgresql://localhost/app", schema="shop", workers=4)
 
@@ -19,14 +20,20 @@ class Order:
     amount_cents: int
 
 
-@rt.step(retry=RetryPolicy(max_attempts=5, initial_interval=0.1, backoff=2.0, non_retryable=(ValueError,)))
+@rt.step(
+    retry=RetryPolicy(
+        max_attempts=5, initial_interval=0.1, backoff=2.0, non_retryable=(ValueError,)
+    )
+)
 def charge(order: Order, *, currency: str = "EUR") -> str:
     return f"charged {order.amount_cents} {currency}"
 
 
 @rt.transaction()
 def reserve(conn: psycopg.Connection[Any], order: Order) -> int:
-    row = conn.execute("UPDATE stock SET n = n - 1 WHERE sku = %s RETURNING n", [order.order_id]).fetchone()
+    row = conn.execute(
+        "UPDATE stock SET n = n - 1 WHERE sku = %s RETURNING n", [order.order_id]
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -54,7 +61,9 @@ def batch(orders: list[Order]) -> list[str]:
 def main() -> None:
     rt.launch()
     direct: str = checkout(Order("o-1", 1200))
-    handle: WorkflowHandle[str] = rt.start(checkout.with_options(workflow_id="order-o-2"), Order("o-2", 500))
+    handle: WorkflowHandle[str] = rt.start(
+        checkout.with_options(workflow_id="order-o-2"), Order("o-2", 500)
+    )
     result: str = handle.result(timeout=30)
     many: WorkflowHandle[list[str]] = rt.start(batch, [Order("o-3", 1)])
     status: str = rt.handle("order-o-2").status()

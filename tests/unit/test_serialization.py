@@ -237,7 +237,7 @@ NEGATIVE_OFFSET = dt.timezone(dt.timedelta(hours=-3, minutes=-15))
 @pytest.mark.parametrize(
     "value",
     [
-        dt.datetime(2024, 2, 29, 13, 45, 7, 123456),  # noqa: DTZ001 - naive on purpose
+        dt.datetime(2024, 2, 29, 13, 45, 7, 123456),
         dt.datetime(2024, 2, 29, 13, 45, 7, 1, tzinfo=dt.UTC),
         dt.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=IST),
         dt.datetime(2000, 1, 1, tzinfo=NEGATIVE_OFFSET),
@@ -254,7 +254,7 @@ def test_datetimes_round_trip_with_offset_and_microseconds(value: dt.datetime) -
 
 def test_naive_datetime_stays_naive() -> None:
     """A naive datetime does not come back aware (aware and naive never compare equal)."""
-    value = dt.datetime(2024, 1, 1, 0, 0, 0, 5)  # noqa: DTZ001 - naive on purpose
+    value = dt.datetime(2024, 1, 1, 0, 0, 0, 5)
     assert roundtrip(value).tzinfo is None
 
 
@@ -343,7 +343,7 @@ def test_kitchen_sink_round_trips() -> None:
         "ids": {uuid.UUID(int=1), uuid.UUID(int=2)},
         (1, "k"): frozenset({b"\x00", dt.date(2020, 1, 1)}),
         "times": [dt.time(1, 2, 3), dt.timedelta(seconds=-1), decimal.Decimal("2.500")],
-        "ship": Shipment("S", (1, 2, 3), dt.datetime(2020, 1, 1), []),  # noqa: DTZ001
+        "ship": Shipment("S", (1, 2, 3), dt.datetime(2020, 1, 1), []),
     }
     assert_same(value, roundtrip(value))
 

@@ -12,8 +12,19 @@ HERE = Path(__file__).resolve().parents[1] / "typing"
 
 def _mypy(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes", str(path)],
-        capture_output=True, text=True, check=False, cwd=HERE.parents[1],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--show-error-codes",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=HERE.parents[1],
     )
 
 
