@@ -52,7 +52,9 @@ def flows(rt: Runtime) -> dict[str, Any]:
     return {"steps": steps, "one_transaction": one_transaction}
 
 
-def test_floor_one_durable_insert(benchmark: BenchmarkFixture, bench_db: str, flows: dict[str, Any]) -> None:
+def test_floor_one_durable_insert(
+    benchmark: BenchmarkFixture, bench_db: str, flows: dict[str, Any]
+) -> None:
     """psycopg: INSERT one ~200-byte row and COMMIT."""
     with psycopg.connect(bench_db) as conn:
 
@@ -64,12 +66,16 @@ def test_floor_one_durable_insert(benchmark: BenchmarkFixture, bench_db: str, fl
 
 
 @pytest.mark.parametrize("n", [0, 1, 10])
-def test_workflow_of_n_plain_steps(benchmark: BenchmarkFixture, flows: dict[str, Any], n: int) -> None:
+def test_workflow_of_n_plain_steps(
+    benchmark: BenchmarkFixture, flows: dict[str, Any], n: int
+) -> None:
     """A workflow of n trivial steps, called directly."""
     steps = flows["steps"]
     benchmark.pedantic(steps, args=(n,), rounds=200, warmup_rounds=20)
 
 
-def test_workflow_with_one_transaction_step(benchmark: BenchmarkFixture, flows: dict[str, Any]) -> None:
+def test_workflow_with_one_transaction_step(
+    benchmark: BenchmarkFixture, flows: dict[str, Any]
+) -> None:
     """A workflow whose one transaction step inserts one row."""
     benchmark.pedantic(flows["one_transaction"], rounds=200, warmup_rounds=20)

@@ -165,11 +165,14 @@ class NonDeterminismError(StepstoneError):
 class OwnershipLost(StepstoneError):
     """Another executor claimed this execution; this one must stop running it."""
 
-    def __init__(self, workflow_id: str, executor_id: str, epoch: int) -> None:
+    def __init__(
+        self, workflow_id: str, executor_id: str, epoch: int, detail: str | None = None
+    ) -> None:
+        found = f" ({detail})" if detail else ""
         super().__init__(
-            f"executor {executor_id!r} no longer owns workflow {workflow_id!r} at epoch {epoch}: "
-            "another executor claimed it, so nothing more of it was committed here and this "
-            "executor stopped running it"
+            f"executor {executor_id!r} no longer owns workflow {workflow_id!r} at epoch {epoch}"
+            f"{found}: another executor claimed it, so nothing more of it was committed here "
+            "and this executor stopped running it"
         )
         self.workflow_id = workflow_id
         self.executor_id = executor_id

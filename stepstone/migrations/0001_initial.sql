@@ -125,20 +125,36 @@ SELECT e.id                         AS execution_id,
          WHERE lg.execution_id = e.id AND lg.event = 'execution_resumed') l ON true;
 
 -- The fence: raises (SQLSTATE SS001) unless p_owner still owns the running execution at
--- p_epoch. FOR SHARE makes a concurrent claim wait for this transaction, and a claim that
--- committed first makes the row no longer match, so the lookup can never be overtaken.
--- It raises instead of matching nothing so that a COMMIT pipelined behind it cannot commit.
-CREATE FUNCTION {schema}.fence(p_id text, p_owner text, p_epoch bigint) RETURNS void
+-- p_epoch. The row is locked (FOR SHARE, or FOR NO KEY UPDATE when the caller updates it
+-- next), so a concurrent claim waits for this transaction, and a claim that committed first
+-- is the version read here, so the check can never be overtaken. It raises instead of
+-- matching nothing so that a COMMIT pipelined behind it cannot commit. The row is found by
+-- its primary key alone (executions_pkey); the other columns are compared afterwards.
+CREATE FUNCTION {schema}.fence(
+    p_id text, p_owner text, p_epoch bigint, p_exclusive boolean DEFAULT false
+) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    found_owner  text;
+    found_epoch  bigint;
+    found_status text;
 BEGIN
-    PERFORM 1 FROM {schema}.executions
-     WHERE id = p_id AND owner = p_owner AND epoch = p_epoch AND status = 'RUNNING'
-       FOR SHARE;
-    IF NOT FOUND THEN
+    IF p_exclusive THEN
+        SELECT owner, epoch, status INTO found_owner, found_epoch, found_status
+          FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
+    ELSE
+        SELECT owner, epoch, status INTO found_owner, found_epoch, found_status
+          FROM {schema}.executions WHERE id = p_id FOR SHARE;
+    END IF;
+    IF found_owner IS DISTINCT FROM p_owner OR found_epoch IS DISTINCT FROM p_epoch
+       OR found_status IS DISTINCT FROM 'RUNNING' THEN
         RAISE EXCEPTION USING
             ERRCODE = 'SS001',
             MESSAGE = format('executor %s no longer owns execution %s at epoch %s',
-                             p_owner, p_id, p_epoch);
+                             p_owner, p_id, p_epoch),
+            DETAIL = format('the execution has owner %s, epoch %s, status %s',
+                            coalesce(found_owner, '(none)'), coalesce(found_epoch::text, '(none)'),
+                            coalesce(found_status, '(no such execution)'));
     END IF;
 END $$;
 
@@ -220,16 +236,11 @@ CREATE FUNCTION {schema}.finish_execution(
 ) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM {schema}.fence(p_id, p_owner, p_epoch, true);
     UPDATE {schema}.executions
        SET status = p_status, output = p_output, error = p_error,
            finished_at = now(), updated_at = now()
-     WHERE id = p_id AND owner = p_owner AND epoch = p_epoch AND status = 'RUNNING';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'SS001',
-            MESSAGE = format('executor %s no longer owns execution %s at epoch %s',
-                             p_owner, p_id, p_epoch);
-    END IF;
+     WHERE id = p_id;
     IF p_state IS NOT NULL OR p_deleted IS NOT NULL THEN
         PERFORM {schema}.write_state(p_id, p_seq, p_state, p_deleted);
     END IF;

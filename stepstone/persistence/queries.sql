@@ -63,14 +63,14 @@ SELECT seq, state
 -- id): bump the epoch so that any older run of it is fenced out, record the resumption and
 -- return the inputs with every recorded step and the committed state, in one statement. executions_pkey, steps_pkey.
 WITH previous AS (
-    SELECT id, owner, epoch FROM {schema}.executions
-     WHERE id = %(id)s AND status = 'RUNNING' AND owner = %(owner)s
-       FOR UPDATE
+    SELECT id, owner, epoch, status FROM {schema}.executions
+     WHERE id = %(id)s
+       FOR NO KEY UPDATE
 ), claimed AS (
     UPDATE {schema}.executions e
        SET epoch = e.epoch + 1, updated_at = now()
       FROM previous p
-     WHERE e.id = p.id
+     WHERE e.id = p.id AND p.status = 'RUNNING' AND p.owner = %(owner)s
  RETURNING e.id, e.workflow_name, e.workflow_version, e.inputs, e.epoch, p.owner AS previous_owner,
            p.epoch AS previous_epoch
 ), logged AS (

@@ -501,7 +501,7 @@ class Store:
         if exc.sqlstate == FENCE_SQLSTATE and fence is not None:
             if isinstance(fence, StepCommit):
                 fence = (fence.execution_id, fence.owner, fence.epoch)
-            raise OwnershipLost(*fence) from exc
+            raise OwnershipLost(*fence, detail=exc.diag.message_detail) from exc
         if not self._opened:
             raise PersistenceError(
                 f"{action} failed: the store is closed (call open(); Runtime.launch() does)"
