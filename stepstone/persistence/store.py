@@ -345,10 +345,7 @@ class Store:
         deleted: list[str] | None = None,
     ) -> None:
         """Write state changes (fenced) and snapshot the state as the checkpoint at `seq`."""
-        state = {
-            key: self.encode(value, f"state key {key!r} of {execution_id!r}")
-            for key, value in changes.items()
-        }
+        state = self._encode_state(execution_id, changes)
         params = {
             "id": execution_id,
             "owner": owner,
@@ -363,10 +360,7 @@ class Store:
         self, execution_id: str, owner: str, epoch: int, seq: int, state: Mapping[str, Any]
     ) -> None:
         """Store `state` as the checkpoint at position `seq` (fenced)."""
-        encoded = {
-            key: self.encode(value, f"state key {key!r} of {execution_id!r}")
-            for key, value in state.items()
-        }
+        encoded = self._encode_state(execution_id, state)
         params = {
             "id": execution_id,
             "owner": owner,
@@ -453,6 +447,12 @@ class Store:
         else:
             with self.connect() as conn:
                 yield conn
+
+    def _encode_state(self, execution_id: str, state: Mapping[str, Any]) -> dict[str, str]:
+        return {
+            key: self.encode(value, f"state key {key!r} of {execution_id!r}")
+            for key, value in state.items()
+        }
 
     def _commit_params(self, c: StepCommit) -> dict[str, Any]:
         return {
