@@ -10,12 +10,14 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnreachable",
     "DuplicateRegistration",
+    "ExecutorIdInUse",
     "InvalidWorkflowId",
     "MigrationError",
     "NonDeterminismError",
     "NotLaunched",
     "OwnershipLost",
     "PersistenceError",
+    "RecoveryLimitExceeded",
     "ResultTimeout",
     "SerializationError",
     "StepError",
@@ -40,6 +42,10 @@ class StepstoneError(Exception):
 
 class ConfigurationError(StepstoneError):
     """A setting is invalid: a DSN, a schema name, a pool size, a retry policy."""
+
+
+class ExecutorIdInUse(ConfigurationError):
+    """Another live process holds this executor id."""
 
 
 class UsageError(StepstoneError):
@@ -160,6 +166,20 @@ class NonDeterminismError(StepstoneError):
         self.recorded = recorded
         self.called = called
         self.call_site = call_site
+
+
+class RecoveryLimitExceeded(StepstoneError):
+    """An execution was recovered more often than the runtime's max_recoveries."""
+
+    def __init__(self, workflow_id: str, recoveries: int, limit: int) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} was recovered {recoveries} times, more than "
+            f"max_recoveries={limit}: it was marked FAILED to end a crash loop; find what kills "
+            "the process while it runs, then start it again under a new id"
+        )
+        self.workflow_id = workflow_id
+        self.recoveries = recoveries
+        self.limit = limit
 
 
 class OwnershipLost(StepstoneError):

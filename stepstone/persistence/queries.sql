@@ -16,10 +16,86 @@ SELECT name, version, fingerprint, first_seen, last_seen
  LIMIT 1;
 
 -- name: register_executor
-INSERT INTO {schema}.executors AS x (id, hostname, pid)
-VALUES (%(id)s, %(hostname)s, %(pid)s)
+INSERT INTO {schema}.executors AS x (id, hostname, pid, lease_seconds, workflows)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(lease)s, %(workflows)s)
     ON CONFLICT (id) DO UPDATE
-   SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, started_at = now(), heartbeat_at = now();
+   SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, lease_seconds = EXCLUDED.lease_seconds,
+       workflows = EXCLUDED.workflows, started_at = now(), heartbeat_at = now();
+
+-- name: lock_executor
+-- A session-level advisory lock on the executor id, held by the heartbeat connection for
+-- the life of the process: a second live process with the same id cannot take it, and it
+-- is released the moment the holder's connection dies.
+SELECT pg_try_advisory_lock(%(key)s);
+
+-- name: describe_executor
+SELECT hostname, pid, extract(epoch FROM now() - heartbeat_at) FROM {schema}.executors WHERE id = %(id)s;
+
+-- name: heartbeat
+-- One statement touching one row per interval, however many executions the executor runs.
+-- executors_pkey.
+UPDATE {schema}.executors SET heartbeat_at = now() WHERE id = %(id)s;
+
+-- name: expire_executor
+-- On shutdown: the lease ends now, so any execution left behind is claimable at once.
+UPDATE {schema}.executors SET heartbeat_at = '-infinity' WHERE id = %(id)s;
+
+-- name: claim_all_own
+-- At launch: every running execution this executor id owned before it restarted, that it
+-- runs and that is not running in this process. executions_running_owner_idx.
+SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state
+  FROM {schema}.claim(%(owner)s, ARRAY(
+         SELECT e.id FROM {schema}.executions e
+          WHERE e.status = 'RUNNING' AND e.owner = %(owner)s
+            AND (e.workflow_name, e.workflow_version) IN
+                (SELECT n, v FROM unnest(%(names)s::text[], %(versions)s::text[]) AS r (n, v))
+            AND e.id <> ALL (%(active)s::text[])
+            FOR NO KEY UPDATE SKIP LOCKED), %(reason)s);
+
+-- name: release_unregistered_own
+-- Own running executions whose definition this executor lacks lose their owner, so that an
+-- executor that has it claims them. executions_running_owner_idx.
+WITH released AS (
+    UPDATE {schema}.executions e
+       SET owner = NULL, epoch = e.epoch + 1, updated_at = now()
+     WHERE e.status = 'RUNNING' AND e.owner = %(owner)s
+       AND (e.workflow_name, e.workflow_version) NOT IN
+           (SELECT n, v FROM unnest(%(names)s::text[], %(versions)s::text[]) AS r (n, v))
+ RETURNING e.id, e.workflow_name, e.workflow_version, e.epoch
+), logged AS (
+    INSERT INTO {schema}.logs (execution_id, event, actor, details)
+    SELECT r.id, 'execution_released', %(owner)s,
+           jsonb_build_object('reason', 'definition not registered by this executor',
+                              'workflow', r.workflow_name, 'version', r.workflow_version,
+                              'epoch', r.epoch)
+      FROM released r
+)
+SELECT id, workflow_name, workflow_version FROM released;
+
+-- name: sweep
+-- One statement per sweep interval (see the sweep function).
+SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state
+  FROM {schema}.sweep(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
+
+-- name: running_owned_by
+-- executions_running_owner_idx.
+SELECT id FROM {schema}.executions WHERE status = 'RUNNING' AND owner = %(owner)s;
+
+-- name: health_counts
+-- executions_active_idx; executors_pkey for the owners.
+SELECT count(*) FILTER (WHERE e.status = 'RUNNING'),
+       count(*) FILTER (WHERE e.status = 'ENQUEUED'),
+       count(*) FILTER (WHERE e.status = 'RUNNING' AND (e.owner IS NULL OR o.heartbeat_at < now() - make_interval(secs => o.lease_seconds))),
+       count(*) FILTER (WHERE e.status = 'RUNNING'
+                          AND (e.owner IS NULL OR o.heartbeat_at < now() - make_interval(secs => o.lease_seconds))
+                          AND NOT EXISTS (
+                              SELECT 1 FROM {schema}.executors l
+                               WHERE l.heartbeat_at >= now() - make_interval(secs => l.lease_seconds)
+                                 AND l.workflows @> jsonb_build_array(jsonb_build_array(e.workflow_name, e.workflow_version)))),
+       extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.status = 'RUNNING'))
+  FROM {schema}.executions e
+  LEFT JOIN {schema}.executors o ON o.id = e.owner
+ WHERE e.status IN ('ENQUEUED', 'RUNNING');
 
 -- name: start_execution
 -- Hot (one per start). executions_pkey.
@@ -59,34 +135,16 @@ SELECT seq, state
  LIMIT 1;
 
 -- name: claim_own
--- Resume an execution this executor owns (after a restart, or when called again with its
--- id): bump the epoch so that any older run of it is fenced out, record the resumption and
--- return the inputs with every recorded step and the committed state, in one statement. executions_pkey, steps_pkey.
-WITH previous AS (
-    SELECT id, owner, epoch, status FROM {schema}.executions
-     WHERE id = %(id)s
-       FOR NO KEY UPDATE
-), claimed AS (
-    UPDATE {schema}.executions e
-       SET epoch = e.epoch + 1, updated_at = now()
-      FROM previous p
-     WHERE e.id = p.id AND p.status = 'RUNNING' AND p.owner = %(owner)s
- RETURNING e.id, e.workflow_name, e.workflow_version, e.inputs, e.epoch, p.owner AS previous_owner,
-           p.epoch AS previous_epoch
-), logged AS (
-    INSERT INTO {schema}.logs (execution_id, event, actor, details)
-    SELECT c.id, 'execution_resumed', %(owner)s,
-           jsonb_build_object('epoch', c.epoch, 'previous_owner', c.previous_owner,
-                              'previous_epoch', c.previous_epoch)
-      FROM claimed c
-)
-SELECT c.workflow_name, c.workflow_version, c.inputs, c.epoch,
-       (SELECT coalesce(json_agg(json_build_array(s.seq, s.name, s.kind, s.output, s.error)
-                                 ORDER BY s.seq), '[]')
-          FROM {schema}.steps s WHERE s.execution_id = c.id),
-       (SELECT coalesce(json_object_agg(st.key, st.value), '{{}}')
-          FROM {schema}.states st WHERE st.execution_id = c.id)
-  FROM claimed c;
+-- Resume one execution this executor owns (called again with its id, or left behind by a
+-- database error): bump the epoch so that any older run of it is fenced out, record the
+-- resumption and return the inputs with every recorded step and the committed state, in
+-- one statement. executions_pkey.
+SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state
+  FROM {schema}.claim(%(owner)s, ARRAY(
+         SELECT e.id
+           FROM (SELECT x.id, x.status, x.owner FROM {schema}.executions x
+                  WHERE x.id = %(id)s OFFSET 0 FOR NO KEY UPDATE) e
+          WHERE e.status = 'RUNNING' AND e.owner = %(owner)s), %(reason)s);
 
 -- name: get_execution
 -- executions_pkey.

@@ -20,6 +20,7 @@ __all__ = [
     "StartResult",
     "StepCommit",
     "StepRow",
+    "SweepResult",
     "WorkflowRow",
 ]
 
@@ -143,8 +144,24 @@ class ResumeRecord:
     workflow_version: str
     inputs: str
     epoch: int
+    recoveries: int
     steps: dict[int, RecordedStep]
     state: dict[str, str]
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ResumeRecord:
+        """From (id, name, version, inputs, epoch, recoveries, steps json, state json)."""
+        ident, name, version, inputs, epoch, recoveries, steps, state = row
+        recorded = {s[0]: RecordedStep(s[0], s[1], s[2], s[3], s[4]) for s in steps}
+        return cls(ident, name, version, inputs, epoch, recoveries, recorded, state)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one sweep claimed, and the expired executions it could not run."""
+
+    claimed: list[ResumeRecord]
+    unclaimable: list[tuple[str, str, str]]
 
 
 @dataclass(slots=True)
@@ -178,6 +195,11 @@ class HealthStatus:
     expected_schema_version: int
     pool: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    running: int | None = None
+    enqueued: int | None = None
+    expired_lease: int | None = None
+    unclaimable: int | None = None
+    oldest_running_seconds: float | None = None
 
     @property
     def schema_current(self) -> bool:
@@ -186,5 +208,6 @@ class HealthStatus:
 
     @property
     def healthy(self) -> bool:
-        """Reachable with a current schema."""
-        return self.reachable and self.schema_current
+        """Reachable with a current schema, and no running execution that no live executor
+        can run."""
+        return self.reachable and self.schema_current and not self.unclaimable

@@ -31,17 +31,18 @@ from stepstone.errors import (
 )
 from stepstone.persistence import _conninfo
 from stepstone.persistence._queries import Queries
+from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.rows import (
     Checkpoint,
     ExecutionRow,
     HealthStatus,
     LogRow,
-    RecordedStep,
     ResumeRecord,
     StartRequest,
     StartResult,
     StepCommit,
     StepRow,
+    SweepResult,
     WorkflowRow,
 )
 from stepstone.persistence.serialization import (
@@ -53,7 +54,7 @@ from stepstone.persistence.serialization import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 __all__ = ["FENCE_SQLSTATE", "Store"]
 
@@ -109,7 +110,7 @@ class Store:
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self.max_value_size = max_value_size
         self._connect_timeout = connect_timeout
-        self._q = Queries(schema)
+        self.queries = Queries(schema)
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             self.conninfo,
             min_size=min_size,
@@ -211,10 +212,6 @@ class Store:
         row = self._one("load_workflow", {"name": name, "version": version})
         return WorkflowRow(*row) if row else None
 
-    def register_executor(self, executor_id: str, hostname: str, pid: int) -> None:
-        """Create or refresh this executor's heartbeat row."""
-        self._exec("register_executor", {"id": executor_id, "hostname": hostname, "pid": pid})
-
     # -- the hot path ------------------------------------------------------------------------
 
     def start_execution(self, request: StartRequest) -> StartResult:
@@ -244,7 +241,7 @@ class Store:
         params = self._commit_params(commit)
         try:
             with self._pool.connection() as conn:
-                conn.execute(self._q["commit_step"], params)
+                conn.execute(self.queries["commit_step"], params)
         except psycopg.Error as exc:
             self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", commit)
 
@@ -282,7 +279,7 @@ class Store:
                 conn.row_factory = tuple_row  # undo any row factory the step set
             try:
                 with conn.pipeline():
-                    conn.execute(self._q["commit_step"], params)
+                    conn.execute(self.queries["commit_step"], params)
                     conn.execute(b"COMMIT", prepare=False)
             except psycopg.Error as exc:
                 _rollback_quietly(conn)
@@ -318,20 +315,83 @@ class Store:
         }
         try:
             with self._pool.connection() as conn:
-                conn.execute(self._q["finish_execution"], params)
+                conn.execute(self.queries["finish_execution"], params)
         except psycopg.Error as exc:
             self._raise(exc, f"finishing {execution_id!r}", (execution_id, owner, epoch))
 
-    def claim_own(self, execution_id: str, owner: str) -> ResumeRecord | None:
+    # -- recovery ----------------------------------------------------------------------------
+
+    def executor_session(
+        self,
+        executor_id: str,
+        *,
+        hostname: str,
+        pid: int,
+        lease_seconds: float,
+        workflows: list[tuple[str, str]],
+    ) -> ExecutorSession:
+        """This process's executor registration (see ExecutorSession); not yet opened."""
+        return ExecutorSession(
+            self,
+            executor_id,
+            hostname=hostname,
+            pid=pid,
+            lease_seconds=lease_seconds,
+            workflows=workflows,
+        )
+
+    def claim_own(
+        self, execution_id: str, owner: str, reason: str = "called_again"
+    ) -> ResumeRecord | None:
         """Take over a RUNNING execution that `owner` already owns, with a new epoch, and load
         its inputs, recorded steps and committed state, in one statement. None if there is
         no such execution."""
-        row = self._one("claim_own", {"id": execution_id, "owner": owner})
-        if row is None:
-            return None
-        name, version, inputs, epoch, steps, state = row
-        recorded = {s[0]: RecordedStep(s[0], s[1], s[2], s[3], s[4]) for s in steps}
-        return ResumeRecord(execution_id, name, version, inputs, epoch, recorded, state)
+        row = self._one("claim_own", {"id": execution_id, "owner": owner, "reason": reason})
+        return ResumeRecord.from_row(row) if row else None
+
+    def claim_all_own(
+        self, owner: str, registered: Sequence[tuple[str, str]], active: Collection[str]
+    ) -> list[ResumeRecord]:
+        """Take over, in one statement, every RUNNING execution `owner` owns whose definition
+        is in `registered` and whose id is not in `active`."""
+        names, versions = _split(registered)
+        params = {
+            "owner": owner,
+            "names": names,
+            "versions": versions,
+            "active": list(active),
+            "reason": "restart",
+        }
+        return [ResumeRecord.from_row(row) for row in self._all("claim_all_own", params)]
+
+    def release_unregistered(
+        self, owner: str, registered: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str, str]]:
+        """Give up `owner`'s RUNNING executions whose definition is not in `registered`, so an
+        executor that has it claims them; return (id, workflow name, version) of each."""
+        names, versions = _split(registered)
+        rows = self._all(
+            "release_unregistered_own", {"owner": owner, "names": names, "versions": versions}
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def sweep(self, owner: str, registered: Sequence[tuple[str, str]], limit: int) -> SweepResult:
+        """Claim up to `limit` running executions whose owner's lease expired (or that have
+        no owner) and whose definition is in `registered`, in one statement; also report
+        expired ones whose definition is not."""
+        names, versions = _split(registered)
+        rows = self._all(
+            "sweep", {"owner": owner, "names": names, "versions": versions, "limit": limit}
+        )
+        claimed = [ResumeRecord.from_row(row[1:]) for row in rows if row[0] == "claimed"]
+        unclaimable = [
+            (str(row[1]), str(row[2]), str(row[3])) for row in rows if row[0] == "unclaimable"
+        ]
+        return SweepResult(claimed, unclaimable)
+
+    def running_owned_by(self, owner: str) -> list[str]:
+        """Ids of the RUNNING executions `owner` owns."""
+        return [str(row[0]) for row in self._all("running_owned_by", {"owner": owner})]
 
     # -- state and checkpoints ---------------------------------------------------------------
 
@@ -415,10 +475,13 @@ class Store:
                 conn.execute(b"SELECT 1").fetchone()
                 latency = (time.perf_counter() - started) * 1000
                 try:
-                    row = conn.execute(self._q["schema_version"]).fetchone()
+                    row = conn.execute(self.queries["schema_version"]).fetchone()
                     version = row[0] if row else None
                 except psycopg.errors.UndefinedTable:
                     version = None
+                counts: tuple[Any, ...] | None = None
+                if version == expected:
+                    counts = conn.execute(self.queries["health_counts"]).fetchone()
         except (psycopg.Error, DatabaseUnreachable) as exc:
             error = _conninfo.redact(str(exc), self.conninfo)
             return HealthStatus(
@@ -429,12 +492,18 @@ class Store:
                 pool=stats,
                 error=error,
             )
+        running, enqueued, expired, unclaimable, oldest = counts or (None,) * 5
         return HealthStatus(
             reachable=True,
             latency_ms=round(latency, 3),
             schema_version=version,
             expected_schema_version=expected,
             pool=stats,
+            running=running,
+            enqueued=enqueued,
+            expired_lease=expired,
+            unclaimable=unclaimable,
+            oldest_running_seconds=float(oldest) if oldest is not None else None,
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -475,14 +544,14 @@ class Store:
     def _one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         try:
             with self._pool.connection() as conn:
-                return conn.execute(self._q[name], params).fetchone()
+                return conn.execute(self.queries[name], params).fetchone()
         except psycopg.Error as exc:
             self._raise(exc, name.replace("_", " "), None)
 
     def _all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         try:
             with self._pool.connection() as conn:
-                return conn.execute(self._q[name], params).fetchall()
+                return conn.execute(self.queries[name], params).fetchall()
         except psycopg.Error as exc:
             self._raise(exc, name.replace("_", " "), None)
 
@@ -491,7 +560,7 @@ class Store:
     ) -> None:
         try:
             with self._pool.connection() as conn:
-                conn.execute(self._q[name], params)
+                conn.execute(self.queries[name], params)
         except psycopg.Error as exc:
             self._raise(exc, name.replace("_", " "), fence)
 
@@ -508,6 +577,10 @@ class Store:
             ) from exc
         reason = _conninfo.redact(str(exc).strip(), self.conninfo)
         raise PersistenceError(f"{action} failed on {self.describe()}: {reason}") from exc
+
+
+def _split(registered: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    return [name for name, _ in registered], [version for _, version in registered]
 
 
 def _rollback_quietly(conn: Connection) -> None:

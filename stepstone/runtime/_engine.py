@@ -23,6 +23,7 @@ from stepstone.errors import (
     NotLaunched,
     OwnershipLost,
     PersistenceError,
+    RecoveryLimitExceeded,
     ResultTimeout,
     StepstoneError,
     UnregisteredWorkflow,
@@ -32,7 +33,13 @@ from stepstone.errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
-from stepstone.persistence.rows import RecordedStep, StartRequest, StartResult, StepCommit
+from stepstone.persistence.rows import (
+    RecordedStep,
+    ResumeRecord,
+    StartRequest,
+    StartResult,
+    StepCommit,
+)
 from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_error
 from stepstone.runtime.context import _CURRENT, State, WorkflowContext
 from stepstone.runtime.definitions import MAX_WORKFLOW_ID_LENGTH, Workflow, check_workflow_id
@@ -375,16 +382,25 @@ def _definition_site(workflow: Workflow[Any, Any]) -> str:
 class Engine:
     """Registers definitions and runs executions for one Runtime (one executor)."""
 
-    def __init__(self, store: Store, executor_id: str, workers: int) -> None:
+    def __init__(self, store: Store, executor_id: str, workers: int, max_recoveries: int) -> None:
         self.store = store
         self.executor_id = executor_id
         self.workflows: dict[str, Workflow[Any, Any]] = {}
         self.steps: dict[str, object] = {}
+        self.max_recoveries = max_recoveries
         self._workers = workers
         self._active: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._in_flight = 0
+        self._orphans: set[str] = set()
+        self._reconcile = False
         self.launched = False
+
+    def registered(self) -> list[tuple[str, str]]:
+        """(name, version) of every registered workflow."""
+        with self._lock:
+            return [(w.name, w.version) for w in self.workflows.values()]
 
     # -- registration ------------------------------------------------------------------------
 
@@ -492,9 +508,17 @@ class Engine:
         if not callable(outcome):
             self._end_local(workflow_id, future, result=None)
             return WorkflowHandle(self, workflow_id, None)
-        assert self._pool is not None  # noqa: S101 - checked by _check()
-        self._pool.submit(self._run_in_worker, workflow_id, future, outcome)
+        self._submit(workflow_id, future, outcome)
         return WorkflowHandle(self, workflow_id, future)
+
+    def _submit(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> None:
+        pool = self._pool
+        if pool is None:
+            self._end_local(workflow_id, future, error=NotLaunched("the runtime was shut down"))
+            return
+        with self._lock:
+            self._in_flight += 1
+        pool.submit(self._run_in_worker, workflow_id, future, run)
 
     def _run_in_worker(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> None:
         try:
@@ -503,6 +527,51 @@ class Engine:
             self._end_local(workflow_id, future, error=exc)
         else:
             self._end_local(workflow_id, future, result=result)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many more executions the worker pool should take on now."""
+        with self._lock:
+            return max(0, 2 * self._workers - self._in_flight)
+
+    def active_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._active)
+
+    def take_orphans(self) -> tuple[set[str], bool]:
+        """Own executions a database error stopped here, and whether all own running
+        executions should be checked (a start may have failed after its commit)."""
+        with self._lock:
+            orphans, self._orphans = self._orphans, set()
+            reconcile, self._reconcile = self._reconcile, False
+            return orphans, reconcile
+
+    def give_back_orphans(self, orphans: set[str]) -> None:
+        with self._lock:
+            self._orphans |= orphans
+            self._reconcile = True
+
+    def resume(self, record: ResumeRecord) -> bool:
+        """Run a claimed execution in the worker pool; False if it cannot run here."""
+        workflow = self.workflows.get(record.workflow_name)
+        if workflow is None or workflow.version != record.workflow_version or self._pool is None:
+            return False
+        future, mine = self._begin_local(record.id)
+        if not mine:
+            return False
+        execution = Execution(self, workflow, record.id, record.epoch, record.steps, record.state)
+        if record.recoveries > self.max_recoveries:
+            error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
+            self._submit(record.id, future, lambda: execution.fail(error))
+            return True
+        stored = self.store.decode(record.inputs)
+        args, kwargs = tuple(stored["args"]), stored["kwargs"]
+        self._submit(record.id, future, lambda: self._execute(execution, args, kwargs))
+        return True
 
     def _start_or_find(
         self,
@@ -534,7 +603,8 @@ class Engine:
         if found.workflow_name != workflow.name:
             raise WorkflowIdConflict(workflow_id, found.workflow_name, workflow.name)
         if found.status == "RUNNING" and found.owner == self.executor_id:
-            # Ours from before a restart, and not running in this process: resume it here.
+            # Ours, and not running in this process (a restart or a database error stopped
+            # it): resume it here.
             record = self.store.claim_own(workflow_id, self.executor_id)
             if record is not None:
                 stored = self.store.decode(record.inputs)
@@ -610,6 +680,10 @@ class Engine:
     ) -> None:
         with self._lock:
             self._active.pop(workflow_id, None)
+            if isinstance(error, PersistenceError):
+                # Stopped by the database, still RUNNING and ours: the sweep resumes it.
+                self._orphans.add(workflow_id)
+                self._reconcile = True
         if error is not None:
             future.set_exception(error)
         else:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 from stepstone.errors import ConfigurationError, UsageError
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
+from stepstone.recovery.heartbeat import Heartbeat
+from stepstone.recovery.sweeper import Sweeper, recover_own
 from stepstone.runtime._engine import Engine
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow, check_workflow_id
 from stepstone.runtime.handle import WorkflowHandle
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
     import psycopg
 
+    from stepstone.persistence.executors import ExecutorSession
     from stepstone.persistence.rows import HealthStatus
 
 __all__ = ["Runtime", "default_executor_id"]
@@ -60,9 +63,16 @@ class Runtime:
         serializer: Serializer | None = None,
         max_value_size: int = DEFAULT_MAX_SIZE,
         connect_timeout: float = 10.0,
+        lease_seconds: float = 30.0,
+        heartbeat_interval: float = 5.0,
+        sweep_interval: float = 5.0,
+        max_recoveries: int = 20,
     ) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
+        _check_timings(lease_seconds, heartbeat_interval, sweep_interval)
+        if not isinstance(max_recoveries, int) or max_recoveries < 0:
+            raise ConfigurationError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
         if executor_id is not None and (
             not isinstance(executor_id, str) or not 0 < len(executor_id) <= 255
         ):
@@ -79,7 +89,14 @@ class Runtime:
             connect_timeout=connect_timeout,
         )
         self.executor_id = executor_id or default_executor_id()
-        self._engine = Engine(self.store, self.executor_id, workers)
+        self._engine = Engine(self.store, self.executor_id, workers, max_recoveries)
+        self._connect_timeout = connect_timeout
+        self._lease = float(lease_seconds)
+        self._heartbeat_interval = float(heartbeat_interval)
+        self._sweep_interval = float(sweep_interval)
+        self._session: ExecutorSession | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._sweeper: Sweeper | None = None
 
     # -- decorators --------------------------------------------------------------------------
 
@@ -93,6 +110,8 @@ class Runtime:
         def decorate(func: Callable[P, R]) -> Workflow[P, R]:
             workflow = Workflow(self._engine, func, name or _default_name(func), str(version))
             self._engine.register_workflow(workflow)
+            if self._session is not None:
+                self._session.register(self._engine.registered())
             return workflow
 
         return decorate
@@ -133,16 +152,51 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def launch(self) -> None:
-        """Connect, apply migrations, register this executor and the workflows. Idempotent."""
+        """Connect and migrate; take this executor id (waiting up to connect_timeout for a
+        previous holder to go away); register the workflows; resume the executions this
+        executor id owned before it restarted and those whose owner's lease expired; start
+        the heartbeat and the sweep. Idempotent."""
         if self._engine.launched:
             return
         self.store.open(migrate=True)
-        self.store.register_executor(self.executor_id, socket.gethostname(), os.getpid())
+        session = self.store.executor_session(
+            self.executor_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            lease_seconds=self._lease,
+            workflows=self._engine.registered(),
+        )
+        try:
+            session.open(wait=self._connect_timeout)
+        except BaseException:
+            self.store.close()
+            raise
+        self._session = session
         self._engine.launch()
+        self._heartbeat = Heartbeat(session, self._heartbeat_interval)
+        self._heartbeat.start()
+        self._sweeper = Sweeper(self._engine, self.store, self._sweep_interval)
+        try:
+            recover_own(self._engine, self.store)
+            self._sweeper.sweep_once()
+        except BaseException:
+            self.shutdown(wait=False)
+            raise
+        self._sweeper.start()
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop starting work, wait for running workflows (if `wait`), close the pool."""
+        """Stop claiming work, wait for running workflows (if `wait`), end this executor's
+        lease (so another executor can claim anything left at once), close the pool."""
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         self._engine.shutdown(wait=wait)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        if self._session is not None:
+            self._session.close(expire=True)
+            self._session = None
         self.store.close()
 
     def __enter__(self) -> Self:
@@ -179,6 +233,23 @@ class Runtime:
     def health_status(self) -> HealthStatus:
         """Whether the database is reachable, its latency, schema version and pool statistics."""
         return self.store.health_status()
+
+
+def _check_timings(lease: object, heartbeat: object, sweep: object) -> None:
+    for name, value in (
+        ("lease_seconds", lease),
+        ("heartbeat_interval", heartbeat),
+        ("sweep_interval", sweep),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+    assert isinstance(lease, int | float)  # noqa: S101 - narrowed above
+    assert isinstance(heartbeat, int | float)  # noqa: S101 - narrowed above
+    if heartbeat >= lease:
+        raise ConfigurationError(
+            f"heartbeat_interval ({heartbeat} s) must be shorter than lease_seconds ({lease} s), "
+            "or every lease expires between two heartbeats; a third of the lease is usual"
+        )
 
 
 def _default_name(func: Callable[..., Any]) -> str:

@@ -11,7 +11,14 @@ import pytest
 
 from stepstone.persistence._queries import Queries
 
-PARAMS: dict[str, Any] = {"id": "wf-1", "owner": "exec-a", "seq": 3, "name": "flow", "version": "1"}
+PARAMS: dict[str, Any] = {
+    "id": "wf-1",
+    "owner": "exec-a",
+    "seq": 3,
+    "name": "flow",
+    "version": "1",
+    "reason": "test",
+}
 
 CASES = [
     ("get_execution", "executions_pkey"),

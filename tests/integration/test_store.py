@@ -179,7 +179,13 @@ def test_claim_own_bumps_the_epoch_and_loads_everything_in_one_query(store: Stor
         store.commit_step(_commit(1, epoch=1))
     store.commit_step(_commit(1, epoch=2))
     resumed = [log for log in store.list_logs("wf-1") if log.event == "execution_resumed"]
-    assert resumed[0].details == {"epoch": 2, "previous_owner": "exec-a", "previous_epoch": 1}
+    assert resumed[0].details == {
+        "epoch": 2,
+        "previous_owner": "exec-a",
+        "previous_epoch": 1,
+        "reason": "called_again",
+    }
+    assert record.recoveries == 1
 
 
 def test_health_status_reports_latency_pool_and_schema(store: Store) -> None:
@@ -189,7 +195,13 @@ def test_health_status_reports_latency_pool_and_schema(store: Store) -> None:
     assert status.healthy
     assert status.latency_ms is not None
     assert status.latency_ms > 0
-    assert status.schema_version == status.expected_schema_version == 1
+    assert status.schema_version == status.expected_schema_version == 2
+    assert (status.running, status.enqueued, status.expired_lease, status.unclaimable) == (
+        0,
+        0,
+        0,
+        0,
+    )
     assert status.pool["pool_max"] == 10
 
 

@@ -17,6 +17,7 @@ from stepstone.migrations import Migration
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+ALL_VERSIONS = [m.version for m in migrations.load_migrations()]
 ENTITIES = {"workflows", "executions", "states", "steps", "logs", "checkpoints", "executors"}
 METRIC_VIEWS = {"step_metrics", "execution_metrics"}
 
@@ -40,7 +41,7 @@ def test_migrate_creates_the_seven_entities_with_their_indexes(
     conn: psycopg.Connection[tuple[object, ...]],
 ) -> None:
     """A fresh database gets every table, the metric views and the hot-path indexes."""
-    assert migrations.migrate(conn, "stepstone") == [1]
+    assert migrations.migrate(conn, "stepstone") == ALL_VERSIONS
     relations = _relations(conn, "stepstone")
     assert {name for name, kind in relations.items() if kind == "r"} >= ENTITIES | {
         "schema_migrations"
@@ -69,7 +70,7 @@ def test_rerunning_migrate_is_a_no_op(conn: psycopg.Connection[tuple[object, ...
     rows = conn.execute(
         "SELECT version, name, checksum FROM stepstone.schema_migrations"
     ).fetchall()
-    assert rows == [(1, "initial", migrations.load_migrations()[0].checksum)]
+    assert rows == [(m.version, m.name, m.checksum) for m in migrations.load_migrations()]
 
 
 def test_schema_name_is_configurable_and_quoted(
@@ -81,7 +82,9 @@ def test_schema_name_is_configurable_and_quoted(
     migrations.migrate(conn, "other")
     assert set(_relations(conn, odd)) >= ENTITIES
     assert set(_relations(conn, "other")) >= ENTITIES
-    assert migrations.applied_versions(conn, odd) == {1: migrations.load_migrations()[0].checksum}
+    assert migrations.applied_versions(conn, odd) == {
+        m.version: m.checksum for m in migrations.load_migrations()
+    }
 
 
 def test_changed_applied_migration_is_refused(
@@ -137,10 +140,12 @@ def test_two_processes_migrating_at_once_both_succeed_and_apply_once(empty_db: s
         outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     reports = sorted(out for out, _ in outputs)
-    assert "applied 1" in reports[0]
+    assert f"applied {', '.join(map(str, ALL_VERSIONS))}" in reports[0]
     assert "applied none (already current)" in reports[1]
     with psycopg.connect(empty_db) as check:
-        assert check.execute("SELECT count(*) FROM stepstone.schema_migrations").fetchone() == (1,)
+        assert check.execute("SELECT count(*) FROM stepstone.schema_migrations").fetchone() == (
+            len(ALL_VERSIONS),
+        )
 
 
 def test_cli_migrate_runs_as_a_command_and_as_a_module(empty_db: str) -> None:
@@ -162,15 +167,15 @@ def test_cli_migrate_runs_as_a_command_and_as_a_module(empty_db: str) -> None:
     assert second.returncode == 0, second.stderr
     with psycopg.connect(empty_db, autocommit=True) as conn:
         for schema in ("a", "b"):
-            assert migrations.applied_versions(conn, schema).keys() == {1}
+            assert sorted(migrations.applied_versions(conn, schema)) == ALL_VERSIONS
 
 
 def test_launch_migrates_a_fresh_database(empty_db: str) -> None:
     """Runtime.launch() applies the migrations before anything else."""
     with Runtime(empty_db, schema="app_flows") as rt:
-        assert rt.health_status().schema_version == 1
+        assert rt.health_status().schema_version == ALL_VERSIONS[-1]
     with psycopg.connect(empty_db) as conn:
         found = conn.execute(
             sql.SQL("SELECT count(*) FROM {}.schema_migrations").format(sql.Identifier("app_flows"))
         ).fetchone()
-    assert found == (1,)
+    assert found == (len(ALL_VERSIONS),)

@@ -1,0 +1,108 @@
+"""Finding interrupted executions and handing them to the engine.
+
+`recover_own` runs once at launch: it resumes the executions this executor id owned before
+it restarted, and releases those whose definition it lacks. The `Sweeper` runs every sweep
+interval: it resumes own executions that a database error stopped, and claims executions
+whose owner's lease expired, as many as the worker pool has room for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from stepstone.errors import StepstoneError
+from stepstone.recovery._loop import Loop
+
+if TYPE_CHECKING:
+    from stepstone.persistence.store import Store
+    from stepstone.runtime._engine import Engine
+
+__all__ = ["Sweeper", "recover_own"]
+
+log = structlog.get_logger("stepstone.recovery")
+
+
+def recover_own(engine: Engine, store: Store) -> int:
+    """Resume this executor's interrupted executions; return how many were resumed."""
+    registered = engine.registered()
+    for workflow_id, name, version in store.release_unregistered(engine.executor_id, registered):
+        log.warning(
+            "execution_released",
+            workflow_id=workflow_id,
+            workflow=name,
+            version=version,
+            reason="this executor does not register that workflow version; an executor that does will claim it",
+        )
+    records = store.claim_all_own(engine.executor_id, registered, engine.active_ids())
+    resumed = sum(engine.resume(record) for record in records)
+    if records:
+        log.info(
+            "executions_recovered", count=resumed, reason="restart", executor_id=engine.executor_id
+        )
+    return resumed
+
+
+class Sweeper:
+    """Claims expired executions (and own leftovers) every `interval` seconds."""
+
+    def __init__(self, engine: Engine, store: Store, interval: float) -> None:
+        self._engine = engine
+        self._store = store
+        self._reported: set[str] = set()
+        self._loop = Loop("sweep", interval, self.sweep_once)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    def sweep_once(self) -> bool:
+        """One sweep; True when it claimed a full batch, so that more may be waiting."""
+        self._resume_leftovers()
+        limit = self._engine.capacity()
+        result = self._store.sweep(self._engine.executor_id, self._engine.registered(), limit)
+        for record in result.claimed:
+            self._engine.resume(record)
+        if result.claimed:
+            log.info(
+                "executions_recovered",
+                count=len(result.claimed),
+                reason="expired_lease",
+                executor_id=self._engine.executor_id,
+            )
+        for workflow_id, name, version in result.unclaimable:
+            if workflow_id not in self._reported:
+                self._reported.add(workflow_id)
+                log.warning(
+                    "execution_unclaimable",
+                    workflow_id=workflow_id,
+                    workflow=name,
+                    version=version,
+                    reason="its owner's lease expired but this executor does not register that workflow version",
+                )
+        return limit > 0 and len(result.claimed) >= limit
+
+    def _resume_leftovers(self) -> None:
+        orphans, reconcile = self._engine.take_orphans()
+        if not orphans and not reconcile:
+            return
+        try:
+            if reconcile:
+                orphans |= (
+                    set(self._store.running_owned_by(self._engine.executor_id))
+                    - self._engine.active_ids()
+                )
+            while orphans:
+                workflow_id = next(iter(orphans))
+                record = self._store.claim_own(
+                    workflow_id, self._engine.executor_id, reason="retry"
+                )
+                orphans.discard(workflow_id)
+                if record is not None:
+                    self._engine.resume(record)
+        except StepstoneError:
+            self._engine.give_back_orphans(orphans)
+            raise
