@@ -272,6 +272,15 @@ class Store:
                     )
                 commit = record(result)
                 params = self._commit_params(commit)
+            except Exception as exc:
+                if conn.broken or conn.closed:
+                    # The server went away under the step: not the step's failure.
+                    raise PersistenceError(
+                        f"the connection was lost during a transaction step on {self.describe()}: "
+                        f"{_conninfo.redact(str(exc).strip(), self.conninfo)}"
+                    ) from exc
+                _rollback_quietly(conn)
+                raise
             except BaseException:
                 _rollback_quietly(conn)
                 raise

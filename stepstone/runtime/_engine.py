@@ -58,6 +58,7 @@ log = structlog.get_logger("stepstone.runtime")
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # noqa: PTH120 - compared with frame paths
 _TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+_MAX_POLL_OUTAGE = 60.0  # seconds a waiting result() tolerates an unreachable database
 
 
 def _now() -> dt.datetime:
@@ -630,8 +631,20 @@ class Engine:
     def wait_outcome(self, workflow_id: str, deadline: float | None) -> Any:
         """Poll the stored status until the execution ends, then return or raise its outcome."""
         delay = 0.005
+        failing_since: float | None = None
         while True:
-            found = self.store.get_status(workflow_id)
+            try:
+                found = self.store.get_status(workflow_id)
+                failing_since = None
+            except PersistenceError:
+                # The database is briefly unreachable (a restart): keep waiting, for a while.
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > _MAX_POLL_OUTAGE or (deadline is not None and now >= deadline):
+                    raise
+                time.sleep(min(delay, 0.5))
+                delay = min(delay * 2, 0.5)
+                continue
             if found is None:
                 raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
             status, output, error = found
@@ -692,5 +705,5 @@ class Engine:
     def _wait_local(self, workflow_id: str, future: Future[Any]) -> Any:
         try:
             return future.result()
-        except OwnershipLost:
+        except (OwnershipLost, PersistenceError):
             return self.wait_outcome(workflow_id, None)

@@ -6,7 +6,7 @@ import concurrent.futures
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from stepstone.errors import OwnershipLost, ResultTimeout, WorkflowNotFound
+from stepstone.errors import OwnershipLost, PersistenceError, ResultTimeout, WorkflowNotFound
 
 if TYPE_CHECKING:
     from stepstone.runtime._engine import Engine
@@ -48,8 +48,8 @@ class WorkflowHandle(Generic[R]):
                     f"workflow {self.workflow_id!r} did not finish within {timeout} s; it goes "
                     "on running: call result() again to keep waiting"
                 ) from None
-            except OwnershipLost:
-                pass  # another executor took it over: its outcome is in the database
+            except (OwnershipLost, PersistenceError):
+                pass  # it goes on elsewhere, or here after a retry: the outcome will be stored
             else:
                 return result
         outcome: R = self._engine.wait_outcome(self.workflow_id, deadline)

@@ -7,7 +7,8 @@ trips). Transactions are counted as transaction ids the server assigned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -15,55 +16,13 @@ import pytest
 
 from stepstone import Runtime, migrations
 from tests.support.cluster import Cluster, cluster
+from tests.support.metering import Cost, Meter
 from tests.support.wire import CountingProxy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 DB = "counted"
-
-
-@dataclass
-class Cost:
-    round_trips: int
-    statements: dict[str, int]
-    transactions: int
-
-    @property
-    def total_statements(self) -> int:
-        return sum(self.statements.values())
-
-
-class Meter:
-    """Measures what a block of client code costs on the server."""
-
-    def __init__(self, server: Cluster, proxy: CountingProxy) -> None:
-        self.server = server
-        self.proxy = proxy
-        self.admin = server.connect("postgres")
-        self.admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-
-    def begin(self) -> None:
-        self.admin.execute("SELECT pg_stat_statements_reset()")
-        self._xid = self._next_xid()
-        self.proxy.reset()
-
-    def end(self) -> Cost:
-        round_trips = self.proxy.round_trips
-        transactions = self._next_xid() - self._xid
-        rows = self.admin.execute(
-            "SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-            "WHERE d.datname = %s",
-            [DB],
-        ).fetchall()
-        return Cost(round_trips, {str(q): int(c) for q, c in rows}, transactions)
-
-    def _next_xid(self) -> int:
-        row = self.admin.execute(
-            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +45,7 @@ def proxy(server: Cluster) -> Iterator[CountingProxy]:
 
 @pytest.fixture
 def meter(server: Cluster, proxy: CountingProxy) -> Iterator[Meter]:
-    m = Meter(server, proxy)
+    m = Meter(server, proxy, DB)
     yield m
     m.admin.close()
 
@@ -204,3 +163,50 @@ def test_transaction_step_adds_no_round_trip_to_the_users_transaction(
         assert cost.transactions == 1 + 2  # the step's one transaction, plus start and completion
         if k == 2:
             assert step_round_trips == bare_round_trips
+
+
+def test_idle_executor_sends_one_heartbeat_and_one_sweep_per_interval(
+    proxy: CountingProxy, meter: Meter
+) -> None:
+    """An executor with running executions sends, while it waits, only its heartbeat (one
+    statement touching one row per interval) and its sweep (one statement per interval)."""
+    release = threading.Event()
+    runtime = Runtime(
+        proxy.dsn(DB),
+        executor_id="idle",
+        workers=4,
+        lease_seconds=2,
+        heartbeat_interval=0.2,
+        sweep_interval=0.3,
+    )
+
+    @runtime.step()
+    def wait() -> None:
+        release.wait(30)
+
+    @runtime.workflow()
+    def parked() -> None:
+        wait()
+
+    runtime.launch()
+    try:
+        for _ in range(20):
+            runtime.start(parked)
+        # The started ones reach their step, and psycopg prepares the heartbeat and the sweep
+        # statements (on their sixth call, with one extra round trip each).
+        time.sleep(2.5)
+        meter.begin()
+        time.sleep(3.0)
+        cost = meter.end()
+    finally:
+        release.set()
+        runtime.shutdown()
+    heartbeats = meter.calls(cost, "SET heartbeat_at = now()")
+    sweeps = meter.calls(cost, ".sweep(")
+    # 3 s at 0.2 s and 0.3 s intervals, with 10% jitter either way.
+    assert 12 <= heartbeats <= 17, cost.statements
+    assert 8 <= sweeps <= 12, cost.statements
+    assert cost.total_statements == heartbeats + sweeps, cost.statements
+    heartbeat_rows = sum(r for q, r in cost.rows.items() if "SET heartbeat_at = now()" in q)
+    assert heartbeat_rows == heartbeats  # one row each, with 20 executions running
+    assert cost.round_trips == heartbeats + sweeps
