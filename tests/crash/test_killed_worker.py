@@ -1,76 +1,102 @@
-"""A worker killed with SIGKILL mid-workflow; a new process with its executor id resumes it."""
+"""Workers killed with SIGKILL at each point of a workflow, then a new process: with the
+same executor id (it resumes at launch) and with another (it claims the expired lease)."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-from pathlib import Path
+import time
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
+if TYPE_CHECKING:
+    from tests.crash.conftest import Workers
+
 POINTS = [
     "before_first_commit",
-    "inside_transaction_after_sql",
-    "between_steps",
     "inside_plain_step",
+    "between_steps",
+    "inside_transaction_after_sql",
+    "after_step_commit",
+    "during_completion",
 ]
 
 
-def _worker(db: str, kill_at: str, notes: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.crash.worker",
-            db,
-            "worker-1",
-            "order-7",
-            kill_at,
-            str(notes),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-
-
-@pytest.mark.parametrize("kill_at", POINTS)
-def test_killed_execution_resumes_with_exactly_once_transaction_effects(
-    db: str, tmp_path: Path, kill_at: str
-) -> None:
-    """After SIGKILL at each point, the same executor id resumes on restart: the execution
-    succeeds, the transaction step's effect exists once, a plain step ran at most once more."""
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("CREATE TABLE effects (order_id text, what text)")
-    notes = tmp_path / "notes"
-    notes.touch()
-
-    killed = _worker(db, kill_at, notes)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    charges_before = notes.read_text().count("charge")
-
-    resumed = _worker(db, "nowhere", notes)
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.strip().splitlines()[-1] == "charged order-7, done"
-
-    with psycopg.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM effects").fetchone() == (1,)
-        status = conn.execute(
-            "SELECT status FROM stepstone.executions WHERE id = 'order-7'"
-        ).fetchone()
-        events = [
-            str(r[0])
-            for r in conn.execute(
-                "SELECT event FROM stepstone.logs WHERE execution_id = 'order-7' ORDER BY id"
+def _kill_during_completion(workers: Workers) -> None:
+    """Start a worker whose completion blocks on a lock the test holds, then kill it there."""
+    # Activity is watched from its own autocommit connection: inside a transaction,
+    # pg_stat_activity is a snapshot that does not change.
+    with (
+        psycopg.connect(workers.db) as holder,
+        psycopg.connect(workers.db, autocommit=True) as watch,
+    ):
+        holder_pid = holder.info.backend_pid
+        proc = workers.start("worker-1", "order", "during_completion")
+        deadline = time.monotonic() + 30
+        while "charge order-7" not in workers.note_lines():
+            assert time.monotonic() < deadline and proc.poll() is None, (
+                proc.stderr.read() if proc.stderr else ""
             )
-        ]
-    assert status == ("SUCCEEDED",)
-    assert notes.read_text().count("charge") <= charges_before + 1
-    assert notes.read_text().count("charge") >= 1
-    assert events[0] == "execution_started"
-    assert "execution_resumed" in events
-    assert events[-1] == "execution_succeeded"
+            time.sleep(0.01)
+        holder.execute("SELECT 1 FROM stepstone.executions WHERE id = 'order-7' FOR SHARE")
+        (workers.notes / "go").touch()
+        while True:  # until the completion (the only writer of that row now) waits for the lock
+            blocked = watch.execute(
+                "SELECT pid FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+                [holder_pid],
+            ).fetchall()
+            if len(blocked) == 1:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        # A server waiting on a lock notices a dead client only when it next talks to it
+        # (or with client_connection_check_interval): end that backend as it would, so that
+        # the completion does not land after its process died.
+        watch.execute("SELECT pg_terminate_backend(%s)", [blocked[0][0]])
+        while watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [blocked[0][0]]
+        ).fetchone() != (0,):
+            time.sleep(0.01)
+        holder.rollback()
+
+
+@pytest.mark.parametrize("restart_as", ["worker-1", "worker-2"])
+@pytest.mark.parametrize("kill_at", POINTS)
+def test_killed_worker_execution_is_recovered_exactly_once(
+    workers: Workers, kill_at: str, restart_as: str
+) -> None:
+    """Whatever the point of death: the execution ends SUCCEEDED with the right result, the
+    transaction step's effect exists exactly once, the plain step ran at most once more than
+    before the crash, and the audit log records the recovery."""
+    if kill_at == "during_completion":
+        _kill_during_completion(workers)
+    else:
+        killed = workers.run("worker-1", "order", kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    charges_before = workers.note_lines().count("charge order-7")
+
+    served = workers.run(restart_as, "serve")
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.strip().endswith("served")
+
+    with psycopg.connect(workers.db) as conn:
+        execution = conn.execute(
+            "SELECT status, output, owner FROM stepstone.executions WHERE id = 'order-7'"
+        ).fetchone()
+        effects = conn.execute(
+            "SELECT count(*) FROM effects WHERE execution_id = 'order-7' AND step = 'reserve'"
+        ).fetchone()
+        resumed = conn.execute(
+            "SELECT actor, details->>'reason' FROM stepstone.logs "
+            "WHERE execution_id = 'order-7' AND event = 'execution_resumed'"
+        ).fetchall()
+    assert execution == ("SUCCEEDED", '"charged order-7, done"', restart_as)
+    assert effects == (1,)
+    charges = workers.note_lines().count("charge order-7")
+    assert 1 <= charges <= charges_before + 1
+    expected_reason = "restart" if restart_as == "worker-1" else "expired_lease"
+    assert resumed == [(restart_as, expected_reason)]

@@ -1,13 +1,24 @@
-"""A worker process for crash tests: runs one order workflow, killing itself at a point.
+"""A worker process for crash tests.
 
-usage: python -m tests.crash.worker DSN EXECUTOR_ID WORKFLOW_ID KILL_AT NOTES_FILE
+    python -m tests.crash.worker DSN EXECUTOR_ID MODE NOTES_DIR [KILL_AT]
+
+MODE `order`: run the `order` workflow for id "order-7", killing itself with SIGKILL at
+KILL_AT (see POINTS in test_killed_worker.py), then print the result.
+MODE `serve`: launch (which recovers what there is to recover) and wait until every
+execution in the database has ended, then print "served".
+MODE `load`: start executions load-0 .. load-39 of the `multi` workflow (idempotent by id)
+and wait for all of them, then print "loaded".
+Leases are short (1 s) so that tests run quickly.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepstone import Runtime
@@ -15,8 +26,17 @@ from stepstone import Runtime
 if TYPE_CHECKING:
     import psycopg
 
-dsn, executor_id, workflow_id, kill_at, notes_file = sys.argv[1:6]
-rt = Runtime(dsn, executor_id=executor_id)
+dsn, executor_id, mode, notes_dir = sys.argv[1:5]
+kill_at = sys.argv[5] if len(sys.argv) > 5 else ""
+notes = Path(notes_dir)
+rt = Runtime(
+    dsn,
+    executor_id=executor_id,
+    workers=8,
+    lease_seconds=1.0,
+    heartbeat_interval=0.2,
+    sweep_interval=0.2,
+)
 
 
 def die_at(point: str) -> None:
@@ -25,7 +45,7 @@ def die_at(point: str) -> None:
 
 
 def note(what: str) -> None:
-    with open(notes_file, "a") as f:  # noqa: PTH123 - plain append, synced before going on
+    with (notes / "notes").open("a") as f:
         f.write(what + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -33,15 +53,19 @@ def note(what: str) -> None:
 
 @rt.transaction()
 def reserve(conn: psycopg.Connection[Any], order_id: str) -> int:
-    conn.execute("INSERT INTO effects (order_id, what) VALUES (%s, 'reserved')", [order_id])
+    conn.execute("INSERT INTO effects (execution_id, step) VALUES (%s, 'reserve')", [order_id])
     die_at("inside_transaction_after_sql")
     return 1
 
 
 @rt.step()
 def charge(order_id: str) -> str:
-    note("charge")
+    note(f"charge {order_id}")
     die_at("inside_plain_step")
+    gate = notes / "go"
+    if kill_at == "during_completion":
+        while not gate.exists():  # the test takes a lock that will block the completion
+            time.sleep(0.01)
     return f"charged {order_id}"
 
 
@@ -51,9 +75,50 @@ def order(order_id: str) -> str:
     reserve(order_id)
     die_at("between_steps")
     receipt = charge(order_id)
+    die_at("after_step_commit")
     return f"{receipt}, done"
 
 
+@rt.transaction()
+def record(conn: psycopg.Connection[Any], execution_id: str, step: str) -> None:
+    conn.execute("INSERT INTO effects (execution_id, step) VALUES (%s, %s)", [execution_id, step])
+
+
+@rt.step()
+def work(execution_id: str, step: str, pause: float) -> str:
+    note(f"{step} {execution_id}")
+    time.sleep(pause)
+    return step
+
+
+@rt.workflow()
+def multi(n: int) -> int:
+    pauses = random.Random(n)  # noqa: S311 - deterministic per execution, so replays agree
+    execution_id = f"load-{n}"
+    for i in range(3):
+        record(execution_id, f"t{i}")
+        work(execution_id, f"p{i}", pauses.uniform(0.0, 0.05))
+    return n
+
+
+def all_ended() -> bool:
+    with rt.store.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM stepstone.executions WHERE status NOT IN ('SUCCEEDED', 'FAILED')"
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
 rt.launch()
-print(order.with_options(workflow_id=workflow_id)(workflow_id))
+if mode == "order":
+    print(order.with_options(workflow_id="order-7")("order-7"))  # noqa: T201
+elif mode == "serve":
+    while not all_ended():
+        time.sleep(0.05)
+    print("served")  # noqa: T201
+elif mode == "load":
+    handles = [rt.start(multi.with_options(workflow_id=f"load-{n}"), n) for n in range(40)]
+    for handle in handles:
+        handle.result(timeout=120)
+    print("loaded")  # noqa: T201
 rt.shutdown()
