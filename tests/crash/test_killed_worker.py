@@ -35,9 +35,8 @@ def _kill_during_completion(workers: Workers) -> None:
         proc = workers.start("worker-1", "order", "during_completion")
         deadline = time.monotonic() + 30
         while "charge order-7" not in workers.note_lines():
-            assert time.monotonic() < deadline and proc.poll() is None, (
-                proc.stderr.read() if proc.stderr else ""
-            )
+            assert time.monotonic() < deadline
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.01)
         holder.execute("SELECT 1 FROM stepstone.executions WHERE id = 'order-7' FOR SHARE")
         (workers.notes / "go").touch()

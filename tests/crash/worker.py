@@ -3,7 +3,8 @@
     python -m tests.crash.worker DSN EXECUTOR_ID MODE NOTES_DIR [KILL_AT]
 
 MODE `order`: run the `order` workflow for id "order-7", killing itself with SIGKILL at
-KILL_AT (see POINTS in test_killed_worker.py), then print the result.
+KILL_AT (see POINTS in test_killed_worker.py), or pausing 3 s there if KILL_AT is
+"pause:<point>", then print the result (exit status 3 if it lost the execution).
 MODE `serve`: launch (which recovers what there is to recover) and wait until every
 execution in the database has ended, then print "served".
 MODE `load`: start executions load-0 .. load-39 of the `multi` workflow (idempotent by id)
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepstone import Runtime
+from stepstone import OwnershipLost, Runtime
 
 if TYPE_CHECKING:
     import psycopg
@@ -42,6 +43,9 @@ rt = Runtime(
 def die_at(point: str) -> None:
     if point == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
+    if f"pause:{point}" == kill_at:  # the test freezes the process here (SIGSTOP)
+        note(f"paused {point}")
+        time.sleep(3)
 
 
 def note(what: str) -> None:
@@ -93,7 +97,7 @@ def work(execution_id: str, step: str, pause: float) -> str:
 
 @rt.workflow()
 def multi(n: int) -> int:
-    pauses = random.Random(n)  # noqa: S311 - deterministic per execution, so replays agree
+    pauses = random.Random(n)
     execution_id = f"load-{n}"
     for i in range(3):
         record(execution_id, f"t{i}")
@@ -111,14 +115,19 @@ def all_ended() -> bool:
 
 rt.launch()
 if mode == "order":
-    print(order.with_options(workflow_id="order-7")("order-7"))  # noqa: T201
+    try:
+        print(order.with_options(workflow_id="order-7")("order-7"))
+    except OwnershipLost as exc:
+        print(f"ownership lost: {exc}")
+        rt.shutdown()
+        sys.exit(3)
 elif mode == "serve":
     while not all_ended():
         time.sleep(0.05)
-    print("served")  # noqa: T201
+    print("served")
 elif mode == "load":
     handles = [rt.start(multi.with_options(workflow_id=f"load-{n}"), n) for n in range(40)]
     for handle in handles:
         handle.result(timeout=120)
-    print("loaded")  # noqa: T201
+    print("loaded")
 rt.shutdown()
