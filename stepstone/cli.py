@@ -67,6 +67,11 @@ def _health_fields(status: object) -> dict[str, object]:
         "latency_ms",
         "schema_version",
         "expected_schema_version",
+        "running",
+        "enqueued",
+        "expired_lease",
+        "unclaimable",
+        "oldest_running_seconds",
         "pool",
         "error",
     )

@@ -640,7 +640,9 @@ class Engine:
                 # The database is briefly unreachable (a restart): keep waiting, for a while.
                 now = time.monotonic()
                 failing_since = failing_since or now
-                if now - failing_since > _MAX_POLL_OUTAGE or (deadline is not None and now >= deadline):
+                if now - failing_since > _MAX_POLL_OUTAGE or (
+                    deadline is not None and now >= deadline
+                ):
                     raise
                 time.sleep(min(delay, 0.5))
                 delay = min(delay * 2, 0.5)
