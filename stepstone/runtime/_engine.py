@@ -1,31 +1,24 @@
-"""The engine: runs executions, steps and replays, and decides what each outcome means.
-
-It never builds SQL: every write goes through the Store, one call per step commit, start
-and completion.
+"""The engine: registers definitions, starts, joins and resumes executions, and runs them in
+this thread or in the worker pool. What happens inside one execution is in _execution.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import os
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from stepstone.errors import (
     DuplicateRegistration,
-    NonDeterminismError,
     NotLaunched,
     OwnershipLost,
     PersistenceError,
     RecoveryLimitExceeded,
     ResultTimeout,
-    StepstoneError,
     UnregisteredWorkflow,
     UsageError,
     WorkflowCancelled,
@@ -33,351 +26,24 @@ from stepstone.errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
-from stepstone.persistence.rows import (
-    RecordedStep,
-    ResumeRecord,
-    StartRequest,
-    StartResult,
-    StepCommit,
-)
-from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_error
-from stepstone.runtime.context import _CURRENT, State, WorkflowContext
-from stepstone.runtime.definitions import MAX_WORKFLOW_ID_LENGTH, Workflow, check_workflow_id
-from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult
+from stepstone.runtime._errorcodec import error_summary, rebuild_error
+from stepstone.runtime._execution import Execution
+from stepstone.runtime.context import _CURRENT
+from stepstone.runtime.definitions import Workflow, check_workflow_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from stepstone.persistence.store import Store
-    from stepstone.runtime.definitions import _StepBase
 
-__all__ = ["Engine", "Execution"]
+__all__ = ["Engine"]
 
 R = TypeVar("R")
 log = structlog.get_logger("stepstone.runtime")
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # noqa: PTH120 - compared with frame paths
 _TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 _MAX_POLL_OUTAGE = 60.0  # seconds a waiting result() tolerates an unreachable database
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _call_site() -> str:
-    """file:line of the innermost frame outside the stepstone package."""
-    frame = __import__("sys")._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame = frame.f_back
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "<unknown>"
-
-
-class _ChildStep:
-    """A child workflow called from a workflow, recorded in the parent like a step."""
-
-    kind: Literal["workflow"] = "workflow"
-    retry: RetryPolicy = NO_RETRY
-
-    def __init__(self, name: str, run: Callable[..., Any]) -> None:
-        self.name = name
-        self.fn = run
-
-
-class Execution:
-    """One execution being run (or replayed) in this thread."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        workflow: Workflow[Any, Any],
-        workflow_id: str,
-        epoch: int,
-        recorded: dict[int, RecordedStep] | None = None,
-        committed_state: dict[str, str] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.store = engine.store
-        self.workflow = workflow
-        self.workflow_id = workflow_id
-        self.owner = engine.executor_id
-        self.epoch = epoch
-        self.recorded = recorded or {}
-        self.seq = 0
-        self.state = State()
-        self.committed = dict(committed_state or {})
-        self.context = WorkflowContext(self)
-        self.doomed: StepstoneError | None = None
-        self.in_step = False
-        self._pending: tuple[dict[str, str] | None, list[str] | None] = (None, None)
-
-    @property
-    def replaying(self) -> bool:
-        return self.seq in self.recorded
-
-    # -- steps -------------------------------------------------------------------------------
-
-    def run_step(
-        self, step: _StepBase[Any, Any] | _ChildStep, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if self.in_step:
-            # A step called from a step's body is part of that step.
-            if step.kind != "step":
-                raise UsageError(
-                    f"{step.kind} {step.name!r} was called inside the body of another step of "
-                    f"workflow {self.workflow_id!r}: call it from the workflow body instead"
-                )
-            return step.fn(*args, **kwargs)
-        seq = self.seq
-        self.seq += 1
-        if self.doomed is not None:
-            raise self.doomed
-        recorded = self.recorded.get(seq)
-        if recorded is not None:
-            return self._replay(recorded, step.name, seq)
-        return self._run_new(step, seq, args, kwargs)
-
-    def run_child(
-        self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> R:
-        child_id = workflow.options.workflow_id or self._child_id(self.seq)
-        child = _ChildStep(
-            workflow.name,
-            lambda: self.engine.run(workflow, child_id, args, kwargs, parent_id=self.workflow_id),
-        )
-        result: R = self.run_step(child, (), {})
-        return result
-
-    def _child_id(self, seq: int) -> str:
-        candidate = f"{self.workflow_id}/{seq}"
-        if len(candidate) <= MAX_WORKFLOW_ID_LENGTH:
-            return candidate
-        return f"{hashlib.sha256(self.workflow_id.encode()).hexdigest()}/{seq}"
-
-    def _replay(self, recorded: RecordedStep, name: str, seq: int) -> Any:
-        if recorded.name != name:
-            error = NonDeterminismError(self.workflow_id, seq, recorded.name, name, _call_site())
-            self.doomed = error
-            raise error
-        if recorded.error is not None:
-            raise rebuild_error(recorded.error, self.store.serializer)
-        return self.store.decode(recorded.output) if recorded.output is not None else None
-
-    def _run_new(
-        self,
-        step: _StepBase[Any, Any] | _ChildStep,
-        seq: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        policy = step.retry
-        started = _now()
-        retries: list[str] = []
-        attempt = 0
-        while True:
-            attempt += 1
-            self.in_step = True
-            try:
-                if step.kind == "transaction":
-                    return self._run_transaction(step, seq, args, kwargs, attempt, started, retries)
-                result = step.fn(*args, **kwargs)
-            except (OwnershipLost, PersistenceError) as exc:
-                # This executor may no longer write this execution: stop running it here.
-                self.doomed = exc
-                raise
-            except Exception as exc:
-                if policy.retries(exc, attempt):
-                    retries.append(f"{type(exc).__name__}: {exc}"[:500])
-                    self.in_step = False
-                    time.sleep(policy.delay(attempt))
-                    continue
-                if isinstance(exc, UsageError):
-                    raise  # misuse (unserializable output, ...): nothing is recorded for it
-                self._commit(self._record(step, seq, None, exc, attempt, started, retries))
-                raise
-            finally:
-                self.in_step = False
-            self._commit(self._record(step, seq, result, None, attempt, started, retries))
-            return result
-
-    def _run_transaction(
-        self,
-        step: _StepBase[Any, Any] | _ChildStep,
-        seq: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        attempt: int,
-        started: dt.datetime,
-        retries: list[str],
-    ) -> Any:
-        def body(conn: Any) -> Any:
-            return step.fn(conn, *args, **kwargs)
-
-        def record(value: Any) -> StepCommit:
-            return self._record(step, seq, value, None, attempt, started, retries)
-
-        result = self.store.run_transaction_step(body, record)
-        self._committed()
-        return result
-
-    def _record(
-        self,
-        step: _StepBase[Any, Any] | _ChildStep,
-        seq: int,
-        result: Any,
-        error: BaseException | None,
-        attempts: int,
-        started: dt.datetime,
-        retries: list[str],
-    ) -> StepCommit:
-        if error is None:
-            output = self.store.encode(
-                result,
-                f"output of step {step.name!r} (position {seq}) of workflow {self.workflow_id!r}",
-            )
-            recorded_error = None
-        else:
-            output = None
-            recorded_error = encode_error(error, self.store.serializer)
-        changed, deleted = self._state_delta()
-        logs: list[dict[str, Any]] = []
-        if retries:
-            logs.append(
-                {
-                    "event": "step_retried",
-                    "details": {"step": step.name, "attempts": attempts, "errors": retries},
-                }
-            )
-        if recorded_error is not None:
-            error_type, message = error_summary(recorded_error)
-            logs.append(
-                {
-                    "event": "step_failed",
-                    "details": {"step": step.name, "error": f"{error_type}: {message}"[:1000]},
-                }
-            )
-        self._pending = (changed, deleted)
-        return StepCommit(
-            execution_id=self.workflow_id,
-            owner=self.owner,
-            epoch=self.epoch,
-            seq=seq,
-            name=step.name,
-            kind=step.kind,
-            output=output,
-            error=recorded_error,
-            attempts=attempts,
-            started_at=started,
-            finished_at=_now(),
-            state=changed,
-            deleted=deleted,
-            logs=logs or None,
-        )
-
-    def _commit(self, commit: StepCommit) -> None:
-        try:
-            self.store.commit_step(commit)
-        except (OwnershipLost, PersistenceError) as exc:
-            self.doomed = exc
-            raise
-        self._committed()
-
-    # -- state -------------------------------------------------------------------------------
-
-    def _state_delta(self) -> tuple[dict[str, str] | None, list[str] | None]:
-        data = self.state._data
-        if not data and not self.committed:
-            return None, None
-        changed = {}
-        for key, value in data.items():
-            text = self.store.encode(value, f"state key {key!r} of workflow {self.workflow_id!r}")
-            if self.committed.get(key) != text:
-                changed[key] = text
-        deleted = [key for key in self.committed if key not in data]
-        return changed or None, deleted or None
-
-    def _committed(self) -> None:
-        changed, deleted = self._pending
-        if changed:
-            self.committed.update(changed)
-        for key in deleted or ():
-            self.committed.pop(key, None)
-        self._pending = (None, None)
-
-    # -- completion --------------------------------------------------------------------------
-
-    def succeed(self, result: Any) -> Any:
-        if self.doomed is not None:
-            return self.fail(self.doomed)
-        unreplayed = [seq for seq in self.recorded if seq >= self.seq]
-        if unreplayed:
-            first = min(unreplayed)
-            error = NonDeterminismError(
-                self.workflow_id,
-                first,
-                self.recorded[first].name,
-                None,
-                _definition_site(self.workflow),
-            )
-            return self.fail(error)
-        try:
-            output = self.store.encode(result, f"output of workflow {self.workflow_id!r}")
-            changed, deleted = self._state_delta()
-        except UsageError as exc:
-            return self.fail(exc)
-        self.store.finish_execution(
-            self.workflow_id,
-            self.owner,
-            self.epoch,
-            status="SUCCEEDED",
-            output=output,
-            error=None,
-            seq=self.seq,
-            state=changed,
-            deleted=deleted,
-        )
-        return result
-
-    def fail(self, exc: BaseException) -> Any:
-        doomed = self.doomed
-        if isinstance(doomed, OwnershipLost | PersistenceError):
-            raise doomed
-        if isinstance(exc, OwnershipLost | PersistenceError):
-            raise exc
-        cause = doomed if doomed is not None else exc
-        record = encode_error(cause, self.store.serializer)
-        try:
-            changed, deleted = self._state_delta()
-        except UsageError:
-            changed, deleted = None, None  # the failure is recorded even if the state is not
-        error_type, message = error_summary(record)
-        self.store.finish_execution(
-            self.workflow_id,
-            self.owner,
-            self.epoch,
-            status="FAILED",
-            output=None,
-            error=record,
-            seq=self.seq,
-            state=changed,
-            deleted=deleted,
-            details={"error": f"{error_type}: {message}"[:1000]},
-        )
-        if isinstance(cause, NonDeterminismError):
-            log.error(
-                "nondeterminism_detected",
-                workflow_id=self.workflow_id,
-                seq=cause.seq,
-                recorded=cause.recorded,
-                called=cause.called,
-                call_site=cause.call_site,
-            )
-        raise WorkflowFailed(self.workflow_id, error_type, message) from cause
-
-
-def _definition_site(workflow: Workflow[Any, Any]) -> str:
-    code = getattr(workflow.fn, "__code__", None)
-    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else workflow.name
 
 
 class Engine:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from stepstone.errors import UsageError
 
 if TYPE_CHECKING:
-    from stepstone.runtime._engine import Execution
+    from stepstone.runtime._execution import Execution
 
 __all__ = ["State", "WorkflowContext", "current"]
 
