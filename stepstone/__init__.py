@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stepstone._version import __version__
 from stepstone.errors import (
     ConfigurationError,
     DatabaseUnreachable,
@@ -38,8 +39,6 @@ from stepstone.runtime import (
     WorkflowHandle,
     current,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import LiteralString, cast
 
 import psycopg
-import structlog
 from psycopg import sql
 
 from stepstone.errors import MigrationError, PersistenceError
+from stepstone.telemetry import EventLog
 
 __all__ = ["Migration", "applied_versions", "latest_version", "load_migrations", "migrate"]
 
-log = structlog.get_logger("stepstone.migrations")
+log = EventLog("stepstone")
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -43,7 +43,7 @@ UPDATE {schema}.executors SET heartbeat_at = '-infinity' WHERE id = %(id)s;
 -- name: claim_all_own
 -- At launch: every running execution this executor id owned before it restarted, that it
 -- runs and that is not running in this process. executions_running_owner_idx.
-SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state
+SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
   FROM {schema}.claim(%(owner)s, ARRAY(
          SELECT e.id FROM {schema}.executions e
           WHERE e.status = 'RUNNING' AND e.owner = %(owner)s
@@ -74,7 +74,7 @@ SELECT id, workflow_name, workflow_version FROM released;
 
 -- name: sweep
 -- One statement per sweep interval (see the sweep function).
-SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state
+SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
   FROM {schema}.sweep(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
 
 -- name: running_owned_by
@@ -139,7 +139,7 @@ SELECT seq, state
 -- database error): bump the epoch so that any older run of it is fenced out, record the
 -- resumption and return the inputs with every recorded step and the committed state, in
 -- one statement. executions_pkey.
-SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state
+SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
   FROM {schema}.claim(%(owner)s, ARRAY(
          SELECT e.id
            FROM (SELECT x.id, x.status, x.owner FROM {schema}.executions x

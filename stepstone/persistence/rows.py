@@ -147,13 +147,14 @@ class ResumeRecord:
     recoveries: int
     steps: dict[int, RecordedStep]
     state: dict[str, str]
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> ResumeRecord:
-        """From (id, name, version, inputs, epoch, recoveries, steps json, state json)."""
-        ident, name, version, inputs, epoch, recoveries, steps, state = row
+        """From (id, name, version, inputs, epoch, recoveries, steps, state, trace context)."""
+        ident, name, version, inputs, epoch, recoveries, steps, state, trace_context = row
         recorded = {s[0]: RecordedStep(s[0], s[1], s[2], s[3], s[4]) for s in steps}
-        return cls(ident, name, version, inputs, epoch, recoveries, recorded, state)
+        return cls(ident, name, version, inputs, epoch, recoveries, recorded, state, trace_context)
 
 
 @dataclass(frozen=True, slots=True)

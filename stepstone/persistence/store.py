@@ -163,6 +163,10 @@ class Store:
             self._pool.close()
             self._opened = False
 
+    def pool_stats(self) -> dict[str, int]:
+        """The connection pool's statistics (psycopg-pool's get_stats()); empty when closed."""
+        return dict(self._pool.get_stats()) if self._opened else {}
+
     def __enter__(self) -> Self:
         self.open()
         return self
@@ -477,7 +481,7 @@ class Store:
     def health_status(self) -> HealthStatus:
         """Reachability, round-trip latency, schema version and pool statistics."""
         expected = migrations.latest_version()
-        stats = dict(self._pool.get_stats()) if self._opened else {}
+        stats = self.pool_stats()
         try:
             with self._connection_for_health() as conn:
                 started = time.perf_counter()

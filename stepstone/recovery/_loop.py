@@ -6,12 +6,12 @@ import random
 import threading
 from typing import TYPE_CHECKING
 
-import structlog
+from stepstone.telemetry import EventLog
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-log = structlog.get_logger("stepstone.recovery")
+log = EventLog("stepstone")
 
 __all__ = ["Loop"]
 

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import structlog
-
 from stepstone.errors import StepstoneError
 from stepstone.recovery._loop import Loop
 
 if TYPE_CHECKING:
+    from stepstone.persistence.rows import ResumeRecord
     from stepstone.persistence.store import Store
     from stepstone.runtime._engine import Engine
 
 __all__ = ["Sweeper", "recover_own"]
 
-log = structlog.get_logger("stepstone.recovery")
-
 
 def recover_own(engine: Engine, store: Store) -> int:
     """Resume this executor's interrupted executions; return how many were resumed."""
     registered = engine.registered()
+    log = engine.telemetry.log
     for workflow_id, name, version in store.release_unregistered(engine.executor_id, registered):
         log.warning(
             "execution_released",
@@ -36,11 +34,23 @@ def recover_own(engine: Engine, store: Store) -> int:
             reason="this executor does not register that workflow version; an executor that does will claim it",
         )
     records = store.claim_all_own(engine.executor_id, registered, engine.active_ids())
-    resumed = sum(engine.resume(record) for record in records)
-    if records:
-        log.info(
-            "executions_recovered", count=resumed, reason="restart", executor_id=engine.executor_id
-        )
+    return _resume(engine, records, "restart")
+
+
+def _resume(engine: Engine, records: list[ResumeRecord], reason: str) -> int:
+    resumed = 0
+    for record in records:
+        if engine.resume(record):
+            resumed += 1
+            engine.telemetry.log.info(
+                "execution_recovered",
+                workflow_id=record.id,
+                workflow=record.workflow_name,
+                reason=reason,
+                epoch=record.epoch,
+                recoveries=record.recoveries,
+            )
+    engine.telemetry.recovered(reason, resumed)
     return resumed
 
 
@@ -64,19 +74,11 @@ class Sweeper:
         self._resume_leftovers()
         limit = self._engine.capacity()
         result = self._store.sweep(self._engine.executor_id, self._engine.registered(), limit)
-        for record in result.claimed:
-            self._engine.resume(record)
-        if result.claimed:
-            log.info(
-                "executions_recovered",
-                count=len(result.claimed),
-                reason="expired_lease",
-                executor_id=self._engine.executor_id,
-            )
+        _resume(self._engine, result.claimed, "expired_lease")
         for workflow_id, name, version in result.unclaimable:
             if workflow_id not in self._reported:
                 self._reported.add(workflow_id)
-                log.warning(
+                self._engine.telemetry.log.warning(
                     "execution_unclaimable",
                     workflow_id=workflow_id,
                     workflow=name,
@@ -102,7 +104,7 @@ class Sweeper:
                 )
                 orphans.discard(workflow_id)
                 if record is not None:
-                    self._engine.resume(record)
+                    _resume(self._engine, [record], "retry")
         except StepstoneError:
             self._engine.give_back_orphans(orphans)
             raise

@@ -10,7 +10,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import structlog
+from opentelemetry import trace
 
 from stepstone.errors import (
     DuplicateRegistration,
@@ -31,6 +31,7 @@ from stepstone.runtime._errorcodec import error_summary, rebuild_error
 from stepstone.runtime._execution import Execution
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Workflow, check_workflow_id
+from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 R = TypeVar("R")
-log = structlog.get_logger("stepstone.runtime")
 
 _TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 _MAX_POLL_OUTAGE = 60.0  # seconds a waiting result() tolerates an unreachable database
@@ -49,8 +49,16 @@ _MAX_POLL_OUTAGE = 60.0  # seconds a waiting result() tolerates an unreachable d
 class Engine:
     """Registers definitions and runs executions for one Runtime (one executor)."""
 
-    def __init__(self, store: Store, executor_id: str, workers: int, max_recoveries: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor_id: str,
+        workers: int,
+        max_recoveries: int,
+        telemetry: Telemetry,
+    ) -> None:
         self.store = store
+        self.telemetry = telemetry
         self.executor_id = executor_id
         self.workflows: dict[str, Workflow[Any, Any]] = {}
         self.steps: dict[str, object] = {}
@@ -230,14 +238,8 @@ class Engine:
         future, mine = self._begin_local(record.id)
         if not mine:
             return False
-        execution = Execution(self, workflow, record.id, record.epoch, record.steps, record.state)
-        if record.recoveries > self.max_recoveries:
-            error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
-            self._submit(record.id, future, lambda: execution.fail(error))
-            return True
-        stored = self.store.decode(record.inputs)
-        args, kwargs = tuple(stored["args"]), stored["kwargs"]
-        self._submit(record.id, future, lambda: self._execute(execution, args, kwargs))
+        execution, body = self._resumed(workflow, record)
+        self._submit(record.id, future, lambda: self._execute(execution, body))
         return True
 
     def _start_or_find(
@@ -254,14 +256,29 @@ class Engine:
         inputs = self.store.encode(
             {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {workflow.name!r}"
         )
+        # The span exists before the execution row so that its trace context is stored with
+        # it (a recovered run continues that trace). If the id exists already, the span is
+        # dropped unended: it is never exported.
+        span = self.telemetry.workflow_span(
+            workflow.name, workflow_id, parent=None, recovered=False
+        )
         found = self.store.start_execution(
             StartRequest(
-                workflow_id, workflow.name, workflow.version, inputs, self.executor_id, parent_id
+                workflow_id,
+                workflow.name,
+                workflow.version,
+                inputs,
+                self.executor_id,
+                parent_id,
+                trace_context=self.telemetry.carrier(span),
             )
         )
         if found.created:
-            execution = Execution(self, workflow, workflow_id, found.epoch)
-            return lambda: self._execute(execution, args, kwargs)
+            self.telemetry.workflow_started(workflow.name)
+            execution = Execution(
+                self, workflow, workflow_id, found.epoch, span=span, recovered=False
+            )
+            return lambda: self._execute(execution, lambda: workflow.fn(*args, **kwargs))
         return self._existing(workflow, workflow_id, found)
 
     def _existing(
@@ -274,23 +291,101 @@ class Engine:
             # it): resume it here.
             record = self.store.claim_own(workflow_id, self.executor_id)
             if record is not None:
-                stored = self.store.decode(record.inputs)
-                execution = Execution(
-                    self, workflow, workflow_id, record.epoch, record.steps, record.state
-                )
-                return lambda: self._execute(execution, tuple(stored["args"]), stored["kwargs"])
+                self.telemetry.recovered("called_again", 1)
+                execution, body = self._resumed(workflow, record)
+                return lambda: self._execute(execution, body)
         return None
 
-    def _execute(self, execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = _CURRENT.set(execution)
-        try:
+    def _resumed(
+        self, workflow: Workflow[Any, R], record: ResumeRecord
+    ) -> tuple[Execution, Callable[[], R]]:
+        """The execution a claim took over, continuing its stored trace, and what runs it."""
+        span = self.telemetry.workflow_span(
+            workflow.name,
+            record.id,
+            parent=self.telemetry.parent_from(record.trace_context),
+            recovered=True,
+        )
+        execution = Execution(
+            self,
+            workflow,
+            record.id,
+            record.epoch,
+            record.steps,
+            record.state,
+            span=span,
+            recovered=True,
+        )
+        if record.recoveries > self.max_recoveries:
+            error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
+
+            def refuse() -> R:
+                raise error
+
+            return execution, refuse
+        stored = self.store.decode(record.inputs)
+        args, kwargs = tuple(stored["args"]), stored["kwargs"]
+        return execution, lambda: workflow.fn(*args, **kwargs)
+
+    def _execute(self, execution: Execution, body: Callable[[], Any]) -> Any:
+        """Run one execution in this thread, inside its span, and report how it ended."""
+        telemetry = self.telemetry
+        name, workflow_id = execution.workflow.name, execution.workflow_id
+        clock = time.perf_counter()
+        with trace.use_span(
+            execution.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
+            token = _CURRENT.set(execution)
+            telemetry.workflow_running(1)
+            telemetry.log.info(
+                "workflow_started",
+                workflow_id=workflow_id,
+                workflow=name,
+                epoch=execution.epoch,
+                recovered=execution.recovered,
+            )
             try:
-                result = execution.workflow.fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - every workflow error is recorded
-                return execution.fail(exc)
-            return execution.succeed(result)
-        finally:
-            _CURRENT.reset(token)
+                try:
+                    result = body()
+                except Exception as exc:  # noqa: BLE001 - every workflow error is recorded
+                    execution.fail(exc)  # records it and raises
+                outcome = execution.succeed(result)
+            except WorkflowFailed as failed:
+                self._ended(execution, "FAILED", clock, failed.__cause__ or failed)
+                raise
+            except (OwnershipLost, PersistenceError) as exc:
+                Telemetry.failed(execution.span, exc)
+                telemetry.log.warning(
+                    "workflow_interrupted",
+                    workflow_id=workflow_id,
+                    workflow=name,
+                    epoch=execution.epoch,
+                    reason=type(exc).__name__,
+                    error=str(exc)[:500],
+                )
+                raise
+            finally:
+                telemetry.workflow_running(-1)
+                _CURRENT.reset(token)
+            self._ended(execution, "SUCCEEDED", clock, None)
+            return outcome
+
+    def _ended(
+        self, execution: Execution, status: str, clock: float, error: BaseException | None
+    ) -> None:
+        seconds = time.perf_counter() - clock
+        self.telemetry.workflow_completed(
+            execution.workflow.name, status, seconds, recovered=execution.recovered
+        )
+        if error is not None:
+            Telemetry.failed(execution.span, error)
+        self.telemetry.log.info(
+            "workflow_completed",
+            workflow_id=execution.workflow_id,
+            workflow=execution.workflow.name,
+            status=status,
+            duration=round(seconds, 6),
+        )
 
     # -- outcomes ----------------------------------------------------------------------------
 

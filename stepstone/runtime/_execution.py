@@ -10,9 +10,9 @@ import datetime as dt
 import hashlib
 import os
 import time
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
-import structlog
+from opentelemetry import trace
 
 from stepstone.errors import (
     NonDeterminismError,
@@ -27,6 +27,7 @@ from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_e
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.definitions import MAX_WORKFLOW_ID_LENGTH
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["Execution"]
 
 R = TypeVar("R")
-log = structlog.get_logger("stepstone.runtime")
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # noqa: PTH120 - compared with frame paths
 
@@ -77,9 +77,15 @@ class Execution:
         epoch: int,
         recorded: dict[int, RecordedStep] | None = None,
         committed_state: dict[str, str] | None = None,
+        *,
+        span: trace.Span,
+        recovered: bool,
     ) -> None:
         self.engine = engine
         self.store = engine.store
+        self.telemetry = engine.telemetry
+        self.span = span
+        self.recovered = recovered
         self.workflow = workflow
         self.workflow_id = workflow_id
         self.owner = engine.executor_id
@@ -92,6 +98,7 @@ class Execution:
         self.doomed: StepstoneError | None = None
         self.in_step = False
         self._pending: tuple[dict[str, str] | None, list[str] | None] = (None, None)
+        self._commit_started = 0.0
 
     @property
     def replaying(self) -> bool:
@@ -152,9 +159,57 @@ class Execution:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        clock = time.perf_counter()
+        retries: list[str] = []
+        with self.telemetry.step_span(step.name, seq, step.kind, self.workflow_id) as span:
+            try:
+                result = self._attempts(step, seq, args, kwargs, retries)
+            except BaseException as exc:
+                outcome = (
+                    "abandoned"
+                    if isinstance(exc, StepstoneError) or not isinstance(exc, Exception)
+                    else "failed"
+                )
+                span.set_attribute("stepstone.step.attempt", len(retries) + 1)
+                Telemetry.failed(span, exc)
+                self.telemetry.step_finished(
+                    self.workflow.name,
+                    step.name,
+                    step.kind,
+                    outcome,
+                    time.perf_counter() - clock,
+                    len(retries),
+                )
+                raise
+            span.set_attribute("stepstone.step.attempt", len(retries) + 1)
+            self.telemetry.step_finished(
+                self.workflow.name,
+                step.name,
+                step.kind,
+                "succeeded",
+                time.perf_counter() - clock,
+                len(retries),
+            )
+            self.telemetry.log.debug(
+                "step_committed",
+                workflow_id=self.workflow_id,
+                step=step.name,
+                seq=seq,
+                kind=step.kind,
+                attempts=len(retries) + 1,
+            )
+            return result
+
+    def _attempts(
+        self,
+        step: _StepBase[Any, Any] | _ChildStep,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retries: list[str],
+    ) -> Any:
         policy = step.retry
         started = _now()
-        retries: list[str] = []
         attempt = 0
         while True:
             attempt += 1
@@ -169,9 +224,23 @@ class Execution:
                 raise
             except Exception as exc:
                 if policy.retries(exc, attempt):
-                    retries.append(f"{type(exc).__name__}: {exc}"[:500])
+                    error = f"{type(exc).__name__}: {exc}"[:500]
+                    retries.append(error)
                     self.in_step = False
-                    time.sleep(policy.delay(attempt))
+                    delay = policy.delay(attempt)
+                    trace.get_current_span().add_event(
+                        "retry", {"stepstone.step.attempt": attempt, "exception.message": error}
+                    )
+                    self.telemetry.log.info(
+                        "step_retried",
+                        workflow_id=self.workflow_id,
+                        step=step.name,
+                        seq=seq,
+                        attempt=attempt,
+                        error=error,
+                        delay=delay,
+                    )
+                    time.sleep(delay)
                     continue
                 if isinstance(exc, UsageError):
                     raise  # misuse (unserializable output, ...): nothing is recorded for it
@@ -199,6 +268,7 @@ class Execution:
             return self._record(step, seq, value, None, attempt, started, retries)
 
         result = self.store.run_transaction_step(body, record)
+        self.telemetry.step_committed("transaction", time.perf_counter() - self._commit_started)
         self._committed()
         return result
 
@@ -239,6 +309,7 @@ class Execution:
                 }
             )
         self._pending = (changed, deleted)
+        self._commit_started = time.perf_counter()
         return StepCommit(
             execution_id=self.workflow_id,
             owner=self.owner,
@@ -262,6 +333,7 @@ class Execution:
         except (OwnershipLost, PersistenceError) as exc:
             self.doomed = exc
             raise
+        self.telemetry.step_committed(commit.kind, time.perf_counter() - self._commit_started)
         self._committed()
 
     # -- state -------------------------------------------------------------------------------
@@ -320,7 +392,7 @@ class Execution:
         )
         return result
 
-    def fail(self, exc: BaseException) -> Any:
+    def fail(self, exc: BaseException) -> NoReturn:
         doomed = self.doomed
         if isinstance(doomed, OwnershipLost | PersistenceError):
             raise doomed
@@ -346,7 +418,7 @@ class Execution:
             details={"error": f"{error_type}: {message}"[:1000]},
         )
         if isinstance(cause, NonDeterminismError):
-            log.error(
+            self.telemetry.log.error(
                 "nondeterminism_detected",
                 workflow_id=self.workflow_id,
                 seq=cause.seq,

@@ -7,6 +7,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
+from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, UsageError
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
@@ -16,11 +17,15 @@ from stepstone.runtime._engine import Engine
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow, check_workflow_id
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import psycopg
+    from opentelemetry._logs import LoggerProvider
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
     from stepstone.persistence.executors import ExecutorSession
     from stepstone.persistence.rows import HealthStatus
@@ -49,6 +54,8 @@ class Runtime:
     Runtime is one executor: `executor_id` names it in the database (by default host name,
     process id and a random suffix). `workers` threads run the workflows started with
     `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections.
+    Spans, metrics and log records go to the OpenTelemetry providers given here, else to
+    the global ones.
     """
 
     def __init__(
@@ -67,6 +74,9 @@ class Runtime:
         heartbeat_interval: float = 5.0,
         sweep_interval: float = 5.0,
         max_recoveries: int = 20,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        logger_provider: LoggerProvider | None = None,
     ) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
@@ -89,7 +99,15 @@ class Runtime:
             connect_timeout=connect_timeout,
         )
         self.executor_id = executor_id or default_executor_id()
-        self._engine = Engine(self.store, self.executor_id, workers, max_recoveries)
+        self.telemetry = Telemetry(
+            __version__,
+            self.store.pool_stats,
+            self.executor_id,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            logger_provider=logger_provider,
+        )
+        self._engine = Engine(self.store, self.executor_id, workers, max_recoveries, self.telemetry)
         self._connect_timeout = connect_timeout
         self._lease = float(lease_seconds)
         self._heartbeat_interval = float(heartbeat_interval)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from stepstone import DatabaseUnreachable, OwnershipLost, PersistenceError, Store
+from stepstone import DatabaseUnreachable, OwnershipLost, PersistenceError, Store, migrations
 from stepstone.persistence import StartRequest, StepCommit
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def test_health_status_reports_latency_pool_and_schema(store: Store) -> None:
     assert status.healthy
     assert status.latency_ms is not None
     assert status.latency_ms > 0
-    assert status.schema_version == status.expected_schema_version == 2
+    assert status.schema_version == status.expected_schema_version == migrations.latest_version()
     assert (status.running, status.enqueued, status.expired_lease, status.unclaimable) == (
         0,
         0,

@@ -1,0 +1,220 @@
+"""Spans and metric instruments, taken from the application's OpenTelemetry providers.
+
+Only `opentelemetry-api` is used here: the tracer and meter come from the global providers
+(proxies until the application installs real ones), so with no SDK configured everything
+below is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from stepstone.telemetry._log import EventLog
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from opentelemetry._logs import LoggerProvider
+
+__all__ = ["METRICS", "Telemetry"]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+METRICS: dict[str, tuple[str, str]] = {
+    # name: (unit, description) -- the README lists the same table
+    "stepstone.workflow.started": (
+        "{execution}",
+        "Executions started (not counting joins of existing ids)",
+    ),
+    "stepstone.workflow.completed": ("{execution}", "Executions that ended, by status"),
+    "stepstone.workflow.duration": (
+        "s",
+        "Time one run of an execution took in this process, by status",
+    ),
+    "stepstone.step.duration": (
+        "s",
+        "Time an executed step took, retries included (replays are not counted)",
+    ),
+    "stepstone.step.retries": ("{retry}", "Step attempts that failed and were retried"),
+    "stepstone.step.commit.duration": (
+        "s",
+        "Time to commit a step record (for a transaction step: with its SQL)",
+    ),
+    "stepstone.executions.recovered": (
+        "{execution}",
+        "Executions resumed by this executor, by reason",
+    ),
+    "stepstone.executions.active": ("{execution}", "Executions running in this process"),
+    "stepstone.db.pool.connections": (
+        "{connection}",
+        "Connections in the pool, by state (idle, used)",
+    ),
+    "stepstone.db.pool.waiting": ("{request}", "Requests waiting for a pooled connection"),
+}
+
+
+def _instrument(meter: metrics.Meter, kind: str, name: str, **kwargs: Any) -> Any:
+    unit, description = METRICS[name]
+    factory = getattr(meter, f"create_{kind}")
+    return factory(name, unit=unit, description=description, **kwargs)
+
+
+class Telemetry:
+    """The spans and measurements of one Runtime."""
+
+    def __init__(
+        self,
+        version: str,
+        pool_stats: Callable[[], dict[str, int]],
+        executor_id: str,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        logger_provider: LoggerProvider | None = None,
+    ) -> None:
+        self.tracer = trace.get_tracer("stepstone", version, tracer_provider)
+        meter = metrics.get_meter("stepstone", version, meter_provider)
+        self.log = EventLog("stepstone", logger_provider)
+        self._started = _instrument(meter, "counter", "stepstone.workflow.started")
+        self._completed = _instrument(meter, "counter", "stepstone.workflow.completed")
+        self._workflow_duration = _instrument(meter, "histogram", "stepstone.workflow.duration")
+        self._step_duration = _instrument(meter, "histogram", "stepstone.step.duration")
+        self._retries = _instrument(meter, "counter", "stepstone.step.retries")
+        self._commit_duration = _instrument(meter, "histogram", "stepstone.step.commit.duration")
+        self._recovered = _instrument(meter, "counter", "stepstone.executions.recovered")
+        self._active = _instrument(meter, "up_down_counter", "stepstone.executions.active")
+        self._pool_stats = pool_stats
+        self._executor = {"stepstone.executor.id": executor_id}
+        _instrument(
+            meter,
+            "observable_gauge",
+            "stepstone.db.pool.connections",
+            callbacks=[self._observe_connections],
+        )
+        _instrument(
+            meter,
+            "observable_gauge",
+            "stepstone.db.pool.waiting",
+            callbacks=[self._observe_waiting],
+        )
+
+    # -- trace context -----------------------------------------------------------------------
+
+    @staticmethod
+    def carrier(span: trace.Span) -> dict[str, str] | None:
+        """The W3C trace context of `span`, to store with the execution (None if not sampled
+        or not recording)."""
+        if not span.get_span_context().is_valid:
+            return None
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+        return carrier
+
+    @staticmethod
+    def parent_from(carrier: dict[str, str] | None) -> otel_context.Context | None:
+        """The context a stored carrier describes, to continue its trace."""
+        if not carrier:
+            return None
+        return _PROPAGATOR.extract(carrier)
+
+    # -- spans -------------------------------------------------------------------------------
+
+    def workflow_span(
+        self,
+        name: str,
+        workflow_id: str,
+        *,
+        parent: otel_context.Context | None,
+        recovered: bool,
+    ) -> trace.Span:
+        """A span for one run of an execution (not yet current: `running()` activates it)."""
+        return self.tracer.start_span(
+            f"workflow {name}",
+            context=parent,
+            attributes={
+                "stepstone.workflow.id": workflow_id,
+                "stepstone.workflow.name": name,
+                "stepstone.recovered": recovered,
+            },
+        )
+
+    @contextmanager
+    def step_span(self, name: str, seq: int, kind: str, workflow_id: str) -> Iterator[trace.Span]:
+        """The span of one executed step, current while the body runs."""
+        attributes: dict[str, str | int] = {
+            "stepstone.workflow.id": workflow_id,
+            "stepstone.step.name": name,
+            "stepstone.step.seq": seq,
+            "stepstone.step.kind": kind,
+        }
+        with self.tracer.start_as_current_span(
+            f"step {name}",
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    @staticmethod
+    def failed(span: trace.Span, exc: BaseException) -> None:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def workflow_started(self, name: str) -> None:
+        self._started.add(1, {"stepstone.workflow.name": name})
+
+    def workflow_running(self, delta: int) -> None:
+        self._active.add(delta, self._executor)
+
+    def workflow_completed(
+        self, name: str, status: str, seconds: float, *, recovered: bool
+    ) -> None:
+        attributes = {"stepstone.workflow.name": name, "stepstone.status": status}
+        self._completed.add(1, attributes)
+        self._workflow_duration.record(seconds, {**attributes, "stepstone.recovered": recovered})
+
+    def step_finished(
+        self, workflow: str, step: str, kind: str, outcome: str, seconds: float, retries: int
+    ) -> None:
+        attributes = {
+            "stepstone.workflow.name": workflow,
+            "stepstone.step.name": step,
+            "stepstone.step.kind": kind,
+            "stepstone.outcome": outcome,
+        }
+        self._step_duration.record(seconds, attributes)
+        if retries:
+            self._retries.add(
+                retries, {"stepstone.workflow.name": workflow, "stepstone.step.name": step}
+            )
+
+    def step_committed(self, kind: str, seconds: float) -> None:
+        self._commit_duration.record(seconds, {"stepstone.step.kind": kind})
+
+    def recovered(self, reason: str, count: int) -> None:
+        if count:
+            self._recovered.add(count, {"stepstone.recovery.reason": reason, **self._executor})
+
+    def _observe_connections(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._pool_stats()
+        if not stats:
+            return []
+        size = stats.get("pool_size", 0)
+        idle = stats.get("pool_available", 0)
+        return [
+            Observation(idle, {**self._executor, "state": "idle"}),
+            Observation(max(0, size - idle), {**self._executor, "state": "used"}),
+        ]
+
+    def _observe_waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._pool_stats()
+        return [Observation(stats.get("requests_waiting", 0), self._executor)] if stats else []

@@ -1,0 +1,96 @@
+"""stepstone's structured events: to structlog, and with trace correlation to OpenTelemetry.
+
+Events have stable snake_case names (`workflow_started`, `step_committed`,
+`execution_recovered`, ...) and fields. Each is handed to structlog — configured by the
+application, never by the library — and, at or above the bridge level, emitted as an
+OpenTelemetry log record in the current span's context, so that it exports over OTLP with
+its trace and span ids. While the application has not configured structlog, events below
+WARNING are not printed (they would otherwise land on stdout by structlog's default).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import _logs, trace
+from opentelemetry._logs import SeverityNumber
+
+if TYPE_CHECKING:
+    from opentelemetry._logs import LoggerProvider
+    from structlog.typing import EventDict, WrappedLogger
+
+__all__ = ["EventLog", "add_trace_context", "set_bridge_level"]
+
+_SEVERITY = {
+    logging.DEBUG: (SeverityNumber.DEBUG, "DEBUG", "debug"),
+    logging.INFO: (SeverityNumber.INFO, "INFO", "info"),
+    logging.WARNING: (SeverityNumber.WARN, "WARN", "warning"),
+    logging.ERROR: (SeverityNumber.ERROR, "ERROR", "error"),
+}
+
+_bridge_level = logging.INFO
+
+
+def set_bridge_level(level: int) -> None:
+    """Events at or above `level` are emitted as OpenTelemetry log records (default INFO)."""
+    global _bridge_level  # noqa: PLW0603 - one process-wide setting, set by configure()
+    _bridge_level = level
+
+
+def _attribute(value: Any) -> Any:
+    return value if isinstance(value, str | bool | int | float) else str(value)
+
+
+class EventLog:
+    """Emits stepstone's events under one logger name."""
+
+    def __init__(self, name: str, logger_provider: LoggerProvider | None = None) -> None:
+        self._structlog = structlog.get_logger(name)
+        self._otel = _logs.get_logger(name, logger_provider=logger_provider)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.emit(logging.ERROR, event, fields)
+
+    def emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        severity, severity_text, method = _SEVERITY[level]
+        to_structlog = level >= logging.WARNING or structlog.is_configured()
+        to_otel = level >= _bridge_level
+        if not (to_structlog or to_otel):
+            return
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            fields["trace_id"] = format(span_context.trace_id, "032x")
+            fields["span_id"] = format(span_context.span_id, "016x")
+        if to_structlog:
+            getattr(self._structlog, method)(event, **fields)
+        if to_otel:
+            self._otel.emit(
+                severity_number=severity,
+                severity_text=severity_text,
+                body=event,
+                event_name=event,
+                attributes={key: _attribute(value) for key, value in fields.items()},
+            )
+
+
+def add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """A structlog processor adding the current trace and span ids to every event.
+
+    >>> structlog.configure(processors=[add_trace_context, structlog.dev.ConsoleRenderer()])  # doctest: +SKIP
+    """
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault("trace_id", format(span_context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(span_context.span_id, "016x"))
+    return event_dict
