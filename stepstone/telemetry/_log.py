@@ -11,6 +11,7 @@ WARNING are not printed (they would otherwise land on stdout by structlog's defa
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -68,20 +69,22 @@ class EventLog:
         to_otel = level >= _bridge_level
         if not (to_structlog or to_otel):
             return
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            fields["trace_id"] = format(span_context.trace_id, "032x")
-            fields["span_id"] = format(span_context.span_id, "016x")
-        if to_structlog:
-            getattr(self._structlog, method)(event, **fields)
         if to_otel:
+            # The record takes its trace and span ids from the current context.
             self._otel.emit(
+                timestamp=time.time_ns(),
                 severity_number=severity,
                 severity_text=severity_text,
                 body=event,
                 event_name=event,
                 attributes={key: _attribute(value) for key, value in fields.items()},
             )
+        if to_structlog:
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                fields["trace_id"] = format(span_context.trace_id, "032x")
+                fields["span_id"] = format(span_context.span_id, "016x")
+            getattr(self._structlog, method)(event, **fields)
 
 
 def add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

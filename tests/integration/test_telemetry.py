@@ -1,0 +1,370 @@
+"""Traces, metrics and logs, checked exactly through the SDK's in-memory exporters."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+import structlog
+from opentelemetry import trace
+from structlog.testing import capture_logs
+
+import stepstone
+from stepstone import RetryPolicy, Runtime, WorkflowFailed
+from stepstone.telemetry import add_trace_context
+from tests.support.otel import Recorded, render
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class Crash(BaseException):
+    """Stands for the process dying."""
+
+
+@pytest.fixture
+def recorded() -> Recorded:
+    return Recorded()
+
+
+@pytest.fixture
+def traced(db: str, recorded: Recorded) -> Iterator[Runtime]:
+    runtime = Runtime(db, executor_id="traced", **recorded.providers())
+    yield runtime
+    runtime.shutdown()
+
+
+def test_span_tree_of_a_workflow_with_steps_and_a_child(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """One span per execution and per executed step, children nested, attributes set."""
+    rt = traced
+    rt.launch()
+    with rt.store.connection() as conn:
+        conn.execute("CREATE TABLE notes (body text)")
+
+    @rt.transaction()
+    def note(conn: psycopg.Connection[Any], body: str) -> None:
+        conn.execute("INSERT INTO notes VALUES (%s)", [body])
+
+    @rt.step()
+    def charge(amount: int) -> str:
+        return f"charged {amount}"
+
+    @rt.workflow()
+    def receipt(text: str) -> str:
+        note(text)
+        return text.upper()
+
+    @rt.workflow()
+    def checkout(amount: int) -> str:
+        note("reserved")
+        paid = charge(amount)
+        return receipt(paid)
+
+    assert checkout.with_options(workflow_id="co-1")(5) == "CHARGED 5"
+    keys = (
+        "stepstone.workflow.id",
+        "stepstone.step.seq",
+        "stepstone.step.attempt",
+        "stepstone.recovered",
+    )
+    assert render(recorded.finished(), keys) == "\n".join(
+        [
+            "workflow checkout [stepstone.workflow.id=co-1, stepstone.recovered=False]",
+            "  step note [stepstone.workflow.id=co-1, stepstone.step.seq=0, stepstone.step.attempt=1]",
+            "  step charge [stepstone.workflow.id=co-1, stepstone.step.seq=1, stepstone.step.attempt=1]",
+            "  step receipt [stepstone.workflow.id=co-1, stepstone.step.seq=2, stepstone.step.attempt=1]",
+            "    workflow receipt [stepstone.workflow.id=co-1/2, stepstone.recovered=False]",
+            "      step note [stepstone.workflow.id=co-1/2, stepstone.step.seq=0, stepstone.step.attempt=1]",
+        ]
+    )
+    spans = recorded.finished()
+    assert len({s.context.trace_id for s in spans}) == 1
+    (workflow,) = [s for s in spans if s.name == "workflow checkout"]
+    assert workflow.attributes is not None
+    assert workflow.attributes["stepstone.workflow.name"] == "checkout"
+    (step,) = [s for s in spans if s.name == "step charge"]
+    assert step.attributes is not None
+    assert (step.attributes["stepstone.step.name"], step.attributes["stepstone.step.kind"]) == (
+        "charge",
+        "step",
+    )
+
+
+def test_errors_and_retries_mark_the_spans(traced: Runtime, recorded: Recorded) -> None:
+    """A retried step has retry events; a failed step and workflow have ERROR status and the
+    exception recorded."""
+    rt = traced
+    attempts: list[int] = []
+
+    @rt.step(retry=RetryPolicy(max_attempts=2, initial_interval=0))
+    def flaky() -> None:
+        attempts.append(1)
+        raise ConnectionError(f"down {len(attempts)}")
+
+    @rt.workflow()
+    def fragile() -> None:
+        flaky()
+
+    rt.launch()
+    with pytest.raises(WorkflowFailed):
+        fragile.with_options(workflow_id="f-1")()
+    assert render(recorded.finished(), ("stepstone.step.attempt",)) == "\n".join(
+        ["workflow fragile ERROR", "  step flaky ERROR [stepstone.step.attempt=2]"]
+    )
+    step = next(s for s in recorded.finished() if s.name == "step flaky")
+    assert [(e.name, (e.attributes or {}).get("stepstone.step.attempt")) for e in step.events] == [
+        ("retry", 1),
+        ("exception", None),
+    ]
+    assert step.status.description == "ConnectionError: down 2"
+    workflow = next(s for s in recorded.finished() if s.name == "workflow fragile")
+    assert [e.attributes["exception.type"] for e in workflow.events if e.attributes] == [
+        "ConnectionError"
+    ]
+
+
+def test_callers_trace_is_the_parent_and_is_stored_with_the_execution(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """Started inside a span of the caller, the workflow span is its child (also from the
+    worker pool), and the execution row keeps the W3C context of the workflow span."""
+    rt = traced
+
+    @rt.workflow()
+    def noop() -> int:
+        return 1
+
+    rt.launch()
+    tracer = recorded.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("http request") as request:
+        noop.with_options(workflow_id="n-1")()
+        rt.start(noop.with_options(workflow_id="n-2")).result(timeout=10)
+    assert render(recorded.finished()) == "http request\n  workflow noop\n  workflow noop"
+    for workflow_id in ("n-1", "n-2"):
+        with rt.store.connection() as conn:
+            row = conn.execute(
+                "SELECT trace_context FROM stepstone.executions WHERE id = %s", [workflow_id]
+            ).fetchone()
+        assert row is not None
+        version, trace_id, span_id, flags = row[0]["traceparent"].split("-")
+        assert int(trace_id, 16) == request.get_span_context().trace_id
+        spans = {s.context.span_id for s in recorded.finished() if s.name == "workflow noop"}
+        assert int(span_id, 16) in spans
+
+
+def test_resumed_execution_continues_the_trace_without_spans_for_replayed_steps(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """After an interruption, the resumed run is a child of the original workflow span (same
+    trace id), marked recovered, with spans only for the steps that ran again."""
+    rt = traced
+    crash = {"now": True}
+
+    @rt.step()
+    def first() -> int:
+        return 1
+
+    @rt.step()
+    def second() -> int:
+        if crash["now"]:
+            raise Crash
+        return 2
+
+    @rt.workflow()
+    def twice() -> int:
+        return first() + second()
+
+    rt.launch()
+    with pytest.raises(Crash):
+        twice.with_options(workflow_id="t-1")()
+    original = {s.name: s for s in recorded.finished()}
+    recorded.spans.clear()
+    crash["now"] = False
+    assert twice.with_options(workflow_id="t-1")() == 3
+    resumed = recorded.finished()
+    assert render(resumed, ("stepstone.recovered",)) == "\n".join(
+        ["workflow twice [stepstone.recovered=True]", "  step second"]
+    )
+    workflow = next(s for s in resumed if s.name == "workflow twice")
+    assert workflow.context.trace_id == original["step first"].context.trace_id
+    assert workflow.parent is not None
+    assert workflow.parent.span_id == original["step first"].parent.span_id  # the first run's span
+
+
+def test_metrics_count_executions_steps_retries_and_recoveries(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """Started, completed by status, durations, retries, commit latency, recoveries and
+    active executions; replayed steps are not counted."""
+    rt = traced
+    crash = {"now": True}
+    failures: list[int] = []
+
+    @rt.step(retry=RetryPolicy(max_attempts=3, initial_interval=0))
+    def flaky() -> int:
+        if len(failures) < 1:
+            failures.append(1)
+            raise ConnectionError("once")
+        return 1
+
+    @rt.step()
+    def stop() -> None:
+        if crash["now"]:
+            raise Crash
+
+    @rt.workflow()
+    def counted(fail: bool) -> int:
+        value = flaky()
+        stop()
+        if fail:
+            raise ValueError("no")
+        return value
+
+    rt.launch()
+    with pytest.raises(Crash):
+        counted.with_options(workflow_id="m-1")(False)
+    crash["now"] = False
+    assert counted.with_options(workflow_id="m-1")(False) == 1
+    with pytest.raises(WorkflowFailed):
+        counted.with_options(workflow_id="m-2")(True)
+
+    assert recorded.total("stepstone.workflow.started") == 2
+    assert recorded.total("stepstone.workflow.completed", **{"stepstone.status": "SUCCEEDED"}) == 1
+    assert recorded.total("stepstone.workflow.completed", **{"stepstone.status": "FAILED"}) == 1
+    assert recorded.total("stepstone.workflow.duration") == 2
+    # m-1 ran flaky once (2 attempts) and stop twice (crash, then again); the replay of
+    # flaky is not counted. m-2 ran both once.
+    assert recorded.total("stepstone.step.duration", **{"stepstone.step.name": "flaky"}) == 2
+    assert recorded.total("stepstone.step.duration", **{"stepstone.step.name": "stop"}) == 3
+    assert recorded.total("stepstone.step.duration", **{"stepstone.outcome": "abandoned"}) == 1
+    assert recorded.total("stepstone.step.retries") == 1
+    assert recorded.total("stepstone.step.commit.duration") == 4
+    assert (
+        recorded.total(
+            "stepstone.executions.recovered", **{"stepstone.recovery.reason": "called_again"}
+        )
+        == 1
+    )
+    assert recorded.total("stepstone.executions.active") == 0
+    connections = recorded.points("stepstone.db.pool.connections")
+    assert {attrs["state"] for attrs, _ in connections} == {"idle", "used"}
+
+
+def test_events_go_to_opentelemetry_logs_with_trace_correlation(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """workflow_started, workflow_completed and step_retried are log records carrying the
+    trace and span ids of the spans they happened in."""
+    rt = traced
+
+    failures: list[int] = []
+
+    @rt.step(retry=RetryPolicy(max_attempts=2, initial_interval=0))
+    def wobbly() -> int:
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("blip")
+        return 1
+
+    @rt.workflow()
+    def logged() -> int:
+        return wobbly()
+
+    rt.launch()
+    logged.with_options(workflow_id="l-1")()
+    records = [r.log_record for r in recorded.logs.get_finished_logs()]
+    ours = [r for r in records if (r.attributes or {}).get("workflow_id") == "l-1"]
+    assert [r.body for r in ours] == ["workflow_started", "step_retried", "workflow_completed"]
+    spans = {s.name: s for s in recorded.finished()}
+    by_body = {r.body: r for r in ours}
+    assert by_body["workflow_started"].trace_id == spans["workflow logged"].context.trace_id
+    assert by_body["workflow_started"].span_id == spans["workflow logged"].context.span_id
+    assert by_body["step_retried"].span_id == spans["step wobbly"].context.span_id
+    assert by_body["step_retried"].severity_text == "INFO"
+    assert (by_body["workflow_completed"].attributes or {})["status"] == "SUCCEEDED"
+
+
+def test_structlog_events_are_bound_with_ids(traced: Runtime) -> None:
+    """With structlog configured by the application, events carry workflow id, step and
+    trace/span ids; the trace-context processor adds ids to the application's own events."""
+    rt = traced
+
+    @rt.step()
+    def work() -> int:
+        structlog.get_logger("app").info("inside_step")
+        return 1
+
+    @rt.workflow()
+    def flow() -> int:
+        return work()
+
+    rt.launch()
+    with capture_logs(processors=[add_trace_context]) as logs:
+        flow.with_options(workflow_id="s-1")()
+    events = {e["event"]: e for e in logs}
+    assert {"workflow_started", "step_committed", "workflow_completed", "inside_step"} <= set(
+        events
+    )
+    assert events["step_committed"]["workflow_id"] == "s-1"
+    assert events["step_committed"]["step"] == "work"
+    assert events["inside_step"]["trace_id"] == events["workflow_started"]["trace_id"]
+    assert events["inside_step"]["span_id"] == events["step_committed"]["span_id"]
+
+
+def test_library_installs_no_global_provider(db: str) -> None:
+    """Running workflows leaves the global OpenTelemetry providers as the application left them."""
+    before = trace.get_tracer_provider()
+    with Runtime(db) as rt:
+
+        @rt.workflow()
+        def plain() -> int:
+            return 1
+
+        assert plain() == 1
+    assert trace.get_tracer_provider() is before
+    assert type(before).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider")
+
+
+def test_unconfigured_structlog_prints_only_warnings(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the application has not configured structlog, stepstone prints nothing below
+    WARNING (it would otherwise land on stdout)."""
+    structlog.reset_defaults()
+    assert not structlog.is_configured()
+    with Runtime(db) as rt:
+
+        @rt.workflow()
+        def quiet() -> int:
+            return 1
+
+        assert quiet() == 1
+    assert "workflow_started" not in capsys.readouterr().out
+
+
+def test_configure_builds_providers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """configure() picks OTLP when an endpoint variable is set, console otherwise, and
+    refuses unknown exporters and protocols."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    console = stepstone.telemetry.configure(set_global=False, service_name="svc")
+    assert isinstance(console.tracer_provider, TracerProvider)
+    assert console.tracer_provider.resource.attributes["service.name"] == "svc"
+    processor = console.tracer_provider._active_span_processor._span_processors[0]  # noqa: SLF001
+    assert type(processor.span_exporter).__name__ == "ConsoleSpanExporter"  # type: ignore[attr-defined]
+    console.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    otlp = stepstone.telemetry.configure(set_global=False, log_level=logging.DEBUG)
+    processor = otlp.tracer_provider._active_span_processor._span_processors[0]  # noqa: SLF001
+    assert type(processor.span_exporter).__module__.endswith("grpc.trace_exporter")  # type: ignore[attr-defined]
+    otlp.shutdown()
+    stepstone.telemetry.set_bridge_level(logging.INFO)
+    with pytest.raises(stepstone.ConfigurationError, match="exporter must be"):
+        stepstone.telemetry.configure(set_global=False, exporter="zipkin")  # type: ignore[arg-type]
+    with pytest.raises(stepstone.ConfigurationError, match="protocol must be"):
+        stepstone.telemetry.configure(set_global=False, exporter="otlp", protocol="thrift")  # type: ignore[arg-type]
