@@ -161,7 +161,10 @@ class Execution:
     ) -> Any:
         clock = time.perf_counter()
         retries: list[str] = []
-        with self.telemetry.step_span(step.name, seq, step.kind, self.workflow_id) as span:
+        span = self.telemetry.step_span(step.name, seq, step.kind, self.workflow_id)
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
             try:
                 result = self._attempts(step, seq, args, kwargs, retries)
             except BaseException as exc:

@@ -215,6 +215,7 @@ class Runtime:
         if self._session is not None:
             self._session.close(expire=True)
             self._session = None
+        self.telemetry.close()
         self.store.close()
 
     def __enter__(self) -> Self:

@@ -7,7 +7,6 @@ below is a cheap no-op.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -17,9 +16,10 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from stepstone.telemetry._log import EventLog
+from stepstone.telemetry._recorder import Recorder
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
     from opentelemetry._logs import LoggerProvider
 
@@ -66,6 +66,19 @@ def _instrument(meter: metrics.Meter, kind: str, name: str, **kwargs: Any) -> An
     return factory(name, unit=unit, description=description, **kwargs)
 
 
+_KIND_ATTRIBUTES = {
+    kind: {"stepstone.step.kind": kind} for kind in ("step", "transaction", "workflow")
+}
+
+
+def _is_sdk(provider: metrics.MeterProvider) -> bool:
+    """Whether `provider` records anything (the API's proxy and no-op providers do not)."""
+    return (
+        not isinstance(provider, metrics.NoOpMeterProvider)
+        and type(provider).__name__ != "_ProxyMeterProvider"
+    )
+
+
 class Telemetry:
     """The spans and measurements of one Runtime."""
 
@@ -81,6 +94,9 @@ class Telemetry:
     ) -> None:
         self.tracer = trace.get_tracer("stepstone", version, tracer_provider)
         meter = metrics.get_meter("stepstone", version, meter_provider)
+        # With a real meter provider, measurements are recorded off the hot path.
+        self._record = Recorder(deferred=_is_sdk(meter_provider or metrics.get_meter_provider()))
+        self._step_attributes: dict[tuple[str, str, str, str], dict[str, str]] = {}
         self.log = EventLog("stepstone", logger_provider)
         self._started = _instrument(meter, "counter", "stepstone.workflow.started")
         self._completed = _instrument(meter, "counter", "stepstone.workflow.completed")
@@ -145,22 +161,17 @@ class Telemetry:
             },
         )
 
-    @contextmanager
-    def step_span(self, name: str, seq: int, kind: str, workflow_id: str) -> Iterator[trace.Span]:
-        """The span of one executed step, current while the body runs."""
-        attributes: dict[str, str | int] = {
-            "stepstone.workflow.id": workflow_id,
-            "stepstone.step.name": name,
-            "stepstone.step.seq": seq,
-            "stepstone.step.kind": kind,
-        }
-        with self.tracer.start_as_current_span(
+    def step_span(self, name: str, seq: int, kind: str, workflow_id: str) -> trace.Span:
+        """The span of one executed step (make it current with `trace.use_span`)."""
+        return self.tracer.start_span(
             f"step {name}",
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
+            attributes={
+                "stepstone.workflow.id": workflow_id,
+                "stepstone.step.name": name,
+                "stepstone.step.seq": seq,
+                "stepstone.step.kind": kind,
+            },
+        )
 
     @staticmethod
     def failed(span: trace.Span, exc: BaseException) -> None:
@@ -169,40 +180,62 @@ class Telemetry:
 
     # -- metrics -----------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Record queued measurements now (before reading metrics in a test, say)."""
+        self._record.flush()
+
+    def close(self) -> None:
+        """Record what is queued and stop the recording thread."""
+        self._record.close()
+
     def workflow_started(self, name: str) -> None:
-        self._started.add(1, {"stepstone.workflow.name": name})
+        self._record(self._started.add, 1, {"stepstone.workflow.name": name})
 
     def workflow_running(self, delta: int) -> None:
-        self._active.add(delta, self._executor)
+        self._record(self._active.add, delta, self._executor)
 
     def workflow_completed(
         self, name: str, status: str, seconds: float, *, recovered: bool
     ) -> None:
         attributes = {"stepstone.workflow.name": name, "stepstone.status": status}
-        self._completed.add(1, attributes)
-        self._workflow_duration.record(seconds, {**attributes, "stepstone.recovered": recovered})
+        self._record(self._completed.add, 1, attributes)
+        self._record(
+            self._workflow_duration.record,
+            seconds,
+            {**attributes, "stepstone.recovered": recovered},
+        )
 
     def step_finished(
         self, workflow: str, step: str, kind: str, outcome: str, seconds: float, retries: int
     ) -> None:
-        attributes = {
-            "stepstone.workflow.name": workflow,
-            "stepstone.step.name": step,
-            "stepstone.step.kind": kind,
-            "stepstone.outcome": outcome,
-        }
-        self._step_duration.record(seconds, attributes)
+        key = (workflow, step, kind, outcome)
+        attributes = self._step_attributes.get(key)
+        if attributes is None:
+            attributes = self._step_attributes.setdefault(
+                key,
+                {
+                    "stepstone.workflow.name": workflow,
+                    "stepstone.step.name": step,
+                    "stepstone.step.kind": kind,
+                    "stepstone.outcome": outcome,
+                },
+            )
+        self._record(self._step_duration.record, seconds, attributes)
         if retries:
-            self._retries.add(
-                retries, {"stepstone.workflow.name": workflow, "stepstone.step.name": step}
+            self._record(
+                self._retries.add,
+                retries,
+                {"stepstone.workflow.name": workflow, "stepstone.step.name": step},
             )
 
     def step_committed(self, kind: str, seconds: float) -> None:
-        self._commit_duration.record(seconds, {"stepstone.step.kind": kind})
+        self._record(self._commit_duration.record, seconds, _KIND_ATTRIBUTES[kind])
 
     def recovered(self, reason: str, count: int) -> None:
         if count:
-            self._recovered.add(count, {"stepstone.recovery.reason": reason, **self._executor})
+            self._record(
+                self._recovered.add, count, {"stepstone.recovery.reason": reason, **self._executor}
+            )
 
     def _observe_connections(self, _options: CallbackOptions) -> Iterable[Observation]:
         stats = self._pool_stats()

@@ -7,6 +7,8 @@ KILL_AT (see POINTS in test_killed_worker.py), or pausing 3 s there if KILL_AT i
 "pause:<point>", then print the result (exit status 3 if it lost the execution).
 MODE `serve`: launch (which recovers what there is to recover) and wait until every
 execution in the database has ended, then print "served".
+MODE `traced`: `order` if KILL_AT is given, else `serve`, writing finished spans to
+NOTES_DIR/spans as they end.
 MODE `load`: start executions load-0 .. load-39 of the `multi` workflow (idempotent by id)
 and wait for all of them, then print "loaded".
 Leases are short (1 s) so that tests run quickly.
@@ -30,6 +32,20 @@ if TYPE_CHECKING:
 dsn, executor_id, mode, notes_dir = sys.argv[1:5]
 kill_at = sys.argv[5] if len(sys.argv) > 5 else ""
 notes = Path(notes_dir)
+telemetry: dict[str, Any] = {}
+if mode == "traced":  # `order`, with every finished span written to NOTES_DIR/spans at once
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    spans_file = (notes / "spans").open("a")
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(out=spans_file, formatter=lambda s: s.to_json(indent=None) + "\n")
+        )
+    )
+    telemetry["tracer_provider"] = provider
+    mode = "order" if kill_at else "serve"
 rt = Runtime(
     dsn,
     executor_id=executor_id,
@@ -37,6 +53,7 @@ rt = Runtime(
     lease_seconds=1.0,
     heartbeat_interval=0.2,
     sweep_interval=0.2,
+    **telemetry,
 )
 
 
@@ -131,3 +148,5 @@ elif mode == "load":
         handle.result(timeout=120)
     print("loaded")
 rt.shutdown()
+if telemetry:
+    telemetry["tracer_provider"].shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import pytest
 import structlog
 from opentelemetry import trace
@@ -18,6 +17,8 @@ from tests.support.otel import Recorded, render
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    import psycopg
 
 
 class Crash(BaseException):
@@ -150,7 +151,7 @@ def test_callers_trace_is_the_parent_and_is_stored_with_the_execution(
                 "SELECT trace_context FROM stepstone.executions WHERE id = %s", [workflow_id]
             ).fetchone()
         assert row is not None
-        version, trace_id, span_id, flags = row[0]["traceparent"].split("-")
+        _version, trace_id, span_id, _flags = row[0]["traceparent"].split("-")
         assert int(trace_id, 16) == request.get_span_context().trace_id
         spans = {s.context.span_id for s in recorded.finished() if s.name == "workflow noop"}
         assert int(span_id, 16) in spans
@@ -231,6 +232,7 @@ def test_metrics_count_executions_steps_retries_and_recoveries(
     assert counted.with_options(workflow_id="m-1")(False) == 1
     with pytest.raises(WorkflowFailed):
         counted.with_options(workflow_id="m-2")(True)
+    rt.telemetry.flush()
 
     assert recorded.total("stepstone.workflow.started") == 2
     assert recorded.total("stepstone.workflow.completed", **{"stepstone.status": "SUCCEEDED"}) == 1
@@ -355,12 +357,12 @@ def test_configure_builds_providers_from_the_environment(monkeypatch: pytest.Mon
     console = stepstone.telemetry.configure(set_global=False, service_name="svc")
     assert isinstance(console.tracer_provider, TracerProvider)
     assert console.tracer_provider.resource.attributes["service.name"] == "svc"
-    processor = console.tracer_provider._active_span_processor._span_processors[0]  # noqa: SLF001
+    processor = console.tracer_provider._active_span_processor._span_processors[0]
     assert type(processor.span_exporter).__name__ == "ConsoleSpanExporter"  # type: ignore[attr-defined]
     console.shutdown()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     otlp = stepstone.telemetry.configure(set_global=False, log_level=logging.DEBUG)
-    processor = otlp.tracer_provider._active_span_processor._span_processors[0]  # noqa: SLF001
+    processor = otlp.tracer_provider._active_span_processor._span_processors[0]
     assert type(processor.span_exporter).__module__.endswith("grpc.trace_exporter")  # type: ignore[attr-defined]
     otlp.shutdown()
     stepstone.telemetry.set_bridge_level(logging.INFO)
