@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stepstone.errors import (
@@ -161,47 +163,44 @@ class Execution:
     ) -> Any:
         clock = time.perf_counter()
         retries: list[str] = []
-        span = self.telemetry.step_span(step.name, seq, step.kind, self.workflow_id)
-        with trace.use_span(
-            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                result = self._attempts(step, seq, args, kwargs, retries)
-            except BaseException as exc:
-                outcome = (
-                    "abandoned"
-                    if isinstance(exc, StepstoneError) or not isinstance(exc, Exception)
-                    else "failed"
+        telemetry = self.telemetry
+        span = telemetry.step_span(step.name, seq, self.workflow_id)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            result = self._attempts(step, seq, args, kwargs, retries)
+            if telemetry.log.enabled(logging.DEBUG):
+                telemetry.log.debug(
+                    "step_committed",
+                    workflow_id=self.workflow_id,
+                    step=step.name,
+                    seq=seq,
+                    kind=step.kind,
+                    attempts=len(retries) + 1,
                 )
-                span.set_attribute("stepstone.step.attempt", len(retries) + 1)
-                Telemetry.failed(span, exc)
-                self.telemetry.step_finished(
-                    self.workflow.name,
-                    step.name,
-                    step.kind,
-                    outcome,
-                    time.perf_counter() - clock,
-                    len(retries),
-                )
-                raise
-            span.set_attribute("stepstone.step.attempt", len(retries) + 1)
-            self.telemetry.step_finished(
+        except BaseException as exc:
+            abandoned = isinstance(exc, StepstoneError) or not isinstance(exc, Exception)
+            Telemetry.failed(span, exc)
+            telemetry.step_finished(
                 self.workflow.name,
                 step.name,
                 step.kind,
-                "succeeded",
+                "abandoned" if abandoned else "failed",
                 time.perf_counter() - clock,
                 len(retries),
             )
-            self.telemetry.log.debug(
-                "step_committed",
-                workflow_id=self.workflow_id,
-                step=step.name,
-                seq=seq,
-                kind=step.kind,
-                attempts=len(retries) + 1,
-            )
-            return result
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+        telemetry.step_finished(
+            self.workflow.name,
+            step.name,
+            step.kind,
+            "succeeded",
+            time.perf_counter() - clock,
+            len(retries),
+        )
+        return result
 
     def _attempts(
         self,
@@ -231,9 +230,11 @@ class Execution:
                     retries.append(error)
                     self.in_step = False
                     delay = policy.delay(attempt)
-                    trace.get_current_span().add_event(
+                    span = trace.get_current_span()
+                    span.add_event(
                         "retry", {"stepstone.step.attempt": attempt, "exception.message": error}
                     )
+                    span.set_attribute("stepstone.step.attempt", attempt + 1)
                     self.telemetry.log.info(
                         "step_retried",
                         workflow_id=self.workflow_id,

@@ -161,15 +161,16 @@ class Telemetry:
             },
         )
 
-    def step_span(self, name: str, seq: int, kind: str, workflow_id: str) -> trace.Span:
-        """The span of one executed step (make it current with `trace.use_span`)."""
+    def step_span(self, name: str, seq: int, workflow_id: str) -> trace.Span:
+        """The span of one executed step, at its first attempt (the caller makes it current;
+        a retry updates `stepstone.step.attempt`)."""
         return self.tracer.start_span(
             f"step {name}",
             attributes={
                 "stepstone.workflow.id": workflow_id,
                 "stepstone.step.name": name,
                 "stepstone.step.seq": seq,
-                "stepstone.step.kind": kind,
+                "stepstone.step.attempt": 1,
             },
         )
 

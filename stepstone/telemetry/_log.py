@@ -51,6 +51,10 @@ class EventLog:
         self._structlog = structlog.get_logger(name)
         self._otel = _logs.get_logger(name, logger_provider=logger_provider)
 
+    def enabled(self, level: int) -> bool:
+        """Whether an event at `level` would go anywhere (check before building costly fields)."""
+        return level >= logging.WARNING or level >= _bridge_level or structlog.is_configured()
+
     def debug(self, event: str, **fields: Any) -> None:
         self.emit(logging.DEBUG, event, fields)
 

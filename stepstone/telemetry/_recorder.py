@@ -9,6 +9,7 @@ GIL is free anyway.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +44,14 @@ class Recorder:
         """Record everything queued so far, now, in this thread."""
         with self._drain_lock:
             queue = self._queue
+            done = 0
             while queue:
                 fn, args = queue.popleft()
                 fn(*args)
+                done += 1
+                if done % 16 == 0:
+                    time.sleep(0)  # let a workflow thread back from the database take the GIL
+
 
     def close(self) -> None:
         """Stop the thread after recording what is queued; later calls record at once."""

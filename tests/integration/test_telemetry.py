@@ -89,10 +89,7 @@ def test_span_tree_of_a_workflow_with_steps_and_a_child(
     assert workflow.attributes["stepstone.workflow.name"] == "checkout"
     (step,) = [s for s in spans if s.name == "step charge"]
     assert step.attributes is not None
-    assert (step.attributes["stepstone.step.name"], step.attributes["stepstone.step.kind"]) == (
-        "charge",
-        "step",
-    )
+    assert step.attributes["stepstone.step.name"] == "charge"
 
 
 def test_errors_and_retries_mark_the_spans(traced: Runtime, recorded: Recorded) -> None:
