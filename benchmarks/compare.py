@@ -273,7 +273,7 @@ def render(results: dict[str, dict[str, list[float]]], engines: list[str]) -> st
         for other in ("floor", "dbos"):
             a, b = results.get("stepstone", {}).get(key), results.get(other, {}).get(key)
             ratios.append(
-                f"{statistics.median(a) / statistics.median(b):.2f}×"
+                f"{statistics.median(a) / statistics.median(b):.2f}x"
                 if a and b and statistics.median(b)
                 else "-"
             )

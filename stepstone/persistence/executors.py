@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from stepstone.errors import ExecutorIdInUse, PersistenceError
@@ -61,6 +62,16 @@ class ExecutorSession:
         conn = self._store.connect()
         deadline = time.monotonic() + wait
         try:
+            # If this process vanishes without closing the socket (a network cut), the
+            # server finds out within about 25 s and releases the id's lock.
+            for setting, value in (
+                ("tcp_keepalives_idle", 10),
+                ("tcp_keepalives_interval", 5),
+                ("tcp_keepalives_count", 3),
+            ):
+                conn.execute(
+                    sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value))
+                )
             while True:
                 row = conn.execute(
                     self._store.queries["lock_executor"], {"key": self._key}

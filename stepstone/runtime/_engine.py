@@ -68,6 +68,7 @@ class Engine:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight = 0
+        self._queued: dict[str, tuple[Future[Any], Callable[[], Any]]] = {}
         self._orphans: set[str] = set()
         self._reconcile = False
         self.launched = False
@@ -186,25 +187,57 @@ class Engine:
         self._submit(workflow_id, future, outcome)
         return WorkflowHandle(self, workflow_id, future)
 
-    def _submit(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> None:
+    def _submit(
+        self,
+        workflow_id: str,
+        future: Future[Any],
+        run: Callable[[], Any],
+        *,
+        stealable: bool = True,
+    ) -> None:
+        """Queue `run` in the worker pool. Until a worker starts it, a thread that waits for
+        this execution may take it and run it itself (so that a parent waiting for its
+        child never waits for a worker that the parent itself occupies)."""
         pool = self._pool
+        shut_down = NotLaunched("the runtime was shut down before the execution could run")
         if pool is None:
-            self._end_local(workflow_id, future, error=NotLaunched("the runtime was shut down"))
+            self._end_local(workflow_id, future, error=shut_down)
             return
         with self._lock:
             self._in_flight += 1
-        pool.submit(self._run_in_worker, workflow_id, future, run)
-
-    def _run_in_worker(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> None:
+            if stealable:
+                self._queued[workflow_id] = (future, run)
         try:
-            result = run()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the handle
-            self._end_local(workflow_id, future, error=exc)
-        else:
-            self._end_local(workflow_id, future, result=result)
+            pool.submit(self._run_in_worker, workflow_id, future, run, stealable)
+        except RuntimeError:  # shutdown() closed the pool meanwhile
+            with self._lock:
+                self._in_flight -= 1
+                self._queued.pop(workflow_id, None)
+            self._end_local(workflow_id, future, error=shut_down)
+
+    def _run_in_worker(
+        self, workflow_id: str, future: Future[Any], run: Callable[[], Any], stealable: bool
+    ) -> None:
+        try:
+            if stealable:
+                with self._lock:
+                    queued = self._queued.get(workflow_id)
+                    if queued is None or queued[0] is not future:
+                        return  # a waiting thread took it and ran it
+                    del self._queued[workflow_id]
+            self._run_here(workflow_id, future, run)
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    def _run_here(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> Any:
+        try:
+            result = run()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+            self._end_local(workflow_id, future, error=exc)
+            return None
+        self._end_local(workflow_id, future, result=result)
+        return result
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -235,10 +268,15 @@ class Engine:
         workflow = self.workflows.get(record.workflow_name)
         if workflow is None or workflow.version != record.workflow_version or self._pool is None:
             return False
+        execution, body = self._resumed(workflow, record)
         future, mine = self._begin_local(record.id)
         if not mine:
-            return False
-        execution, body = self._resumed(workflow, record)
+            # A thread here waits for this id (it belonged to another executor when that
+            # thread asked). The claim made it ours: run it; the waiter sees the outcome.
+            self._submit(
+                record.id, Future(), lambda: self._execute(execution, body), stealable=False
+            )
+            return True
         self._submit(record.id, future, lambda: self._execute(execution, body))
         return True
 
@@ -323,9 +361,14 @@ class Engine:
                 raise error
 
             return execution, refuse
-        stored = self.store.decode(record.inputs)
-        args, kwargs = tuple(stored["args"]), stored["kwargs"]
-        return execution, lambda: workflow.fn(*args, **kwargs)
+
+        def body() -> R:
+            # Decoded here, so that inputs this process cannot read fail the execution with
+            # the reason instead of stopping the claim of the others.
+            stored = self.store.decode(record.inputs)
+            return workflow.fn(*tuple(stored["args"]), **stored["kwargs"])
+
+        return execution, body
 
     def _execute(self, execution: Execution, body: Callable[[], Any]) -> Any:
         """Run one execution in this thread, inside its span, and report how it ended."""
@@ -455,7 +498,8 @@ class Engine:
         error: BaseException | None = None,
     ) -> None:
         with self._lock:
-            self._active.pop(workflow_id, None)
+            if self._active.get(workflow_id) is future:
+                del self._active[workflow_id]
             if isinstance(error, PersistenceError):
                 # Stopped by the database, still RUNNING and ours: the sweep resumes it.
                 self._orphans.add(workflow_id)
@@ -466,6 +510,14 @@ class Engine:
             future.set_result(result)
 
     def _wait_local(self, workflow_id: str, future: Future[Any]) -> Any:
+        with self._lock:
+            queued = self._queued.get(workflow_id)
+            if queued is not None and queued[0] is future:
+                del self._queued[workflow_id]  # not started yet: run it in this thread
+            else:
+                queued = None
+        if queued is not None:
+            self._run_here(workflow_id, future, queued[1])
         try:
             return future.result()
         except (OwnershipLost, PersistenceError):

@@ -94,7 +94,7 @@ class Execution:
         self.epoch = epoch
         self.recorded = recorded or {}
         self.seq = 0
-        self.state = State()
+        self.state = State(self)
         self.committed = dict(committed_state or {})
         self.context = WorkflowContext(self)
         self.doomed: StepstoneError | None = None
@@ -132,10 +132,17 @@ class Execution:
         self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
         child_id = workflow.options.workflow_id or self._child_id(self.seq)
-        child = _ChildStep(
-            workflow.name,
-            lambda: self.engine.run(workflow, child_id, args, kwargs, parent_id=self.workflow_id),
-        )
+
+        def run() -> R:
+            try:
+                return self.engine.run(workflow, child_id, args, kwargs, parent_id=self.workflow_id)
+            except (OwnershipLost, PersistenceError):
+                # The child goes on elsewhere, or here once the database is back: what the
+                # parent records is the child's outcome, not this interruption.
+                outcome: R = self.engine.wait_outcome(child_id, None)
+                return outcome
+
+        child = _ChildStep(workflow.name, run)
         result: R = self.run_step(child, (), {})
         return result
 

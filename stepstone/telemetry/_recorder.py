@@ -52,7 +52,6 @@ class Recorder:
                 if done % 16 == 0:
                     time.sleep(0)  # let a workflow thread back from the database take the GIL
 
-
     def close(self) -> None:
         """Stop the thread after recording what is queued; later calls record at once."""
         self.deferred = False

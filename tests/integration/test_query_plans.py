@@ -54,7 +54,8 @@ def test_hot_read_uses_its_index(conn: psycopg.Connection[Any], name: str, index
 
 
 def test_fence_lookup_uses_the_primary_key(conn: psycopg.Connection[Any]) -> None:
-    """The fence inside every step commit finds the execution row by its primary key."""
+    """The fence inside every step commit finds the execution row by its primary key, and
+    locks it only where it must."""
     source = conn.execute(
         "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "WHERE n.nspname = 'stepstone' AND p.proname = 'fence'"
@@ -63,9 +64,11 @@ def test_fence_lookup_uses_the_primary_key(conn: psycopg.Connection[Any]) -> Non
     lookups = re.findall(
         r"SELECT owner, epoch, status INTO [^\n]*\n\s*(FROM [^;]*);", str(source[0])
     )
-    assert len(lookups) == 2
+    # Completion (row lock), READ COMMITTED step commit (advisory lock, no row lock), and
+    # step commit at a higher isolation level (row lock).
+    assert len(lookups) == 3
     for lookup in lookups:
         query = "SELECT owner, epoch, status " + lookup.replace("p_id", "%(id)s")
         plan = _plan(conn, query.encode(), PARAMS)
         assert "executions_pkey" in plan, plan
-        assert "LockRows" in plan, plan
+        assert ("LockRows" in plan) == (" FOR " in lookup), plan

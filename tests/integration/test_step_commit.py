@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -104,11 +106,9 @@ def test_fenced_out_plain_step_records_nothing_and_stops_the_workflow(
     assert rt.handle("fence-2").status() == "RUNNING"
 
 
-def test_fence_locks_the_execution_row_against_a_concurrent_claim(
-    launched: Runtime, db: str
-) -> None:
+def test_fence_makes_a_concurrent_claim_wait(launched: Runtime, db: str) -> None:
     """While a step commit holds the fence, a claim waits for it: it cannot slip in between
-    the fence check and the COMMIT."""
+    the fence check and the COMMIT; once the step commits, the claim goes through."""
     rt = launched
 
     @rt.workflow()
@@ -122,11 +122,50 @@ def test_fence_locks_the_execution_row_against_a_concurrent_claim(
         committer.execute("SELECT stepstone.fence('lock-1', %s, 1)", [rt.executor_id])
         claimer.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
-            claimer.execute("UPDATE stepstone.executions SET epoch = epoch + 1 WHERE id = 'lock-1'")
+            claimer.execute("SELECT * FROM stepstone.claim('thief', ARRAY['lock-1'], 'test')")
         committer.commit()
-        claimer.execute("UPDATE stepstone.executions SET epoch = epoch + 1 WHERE id = 'lock-1'")
-    with pytest.raises(OwnershipLost):
+        claimed = claimer.execute(
+            "SELECT epoch FROM stepstone.claim('thief', ARRAY['lock-1'], 'test')"
+        ).fetchall()
+        assert claimed == [(2,)]
+    with pytest.raises(OwnershipLost, match="owner thief, epoch 2"):
         rt.store.update_state("lock-1", rt.executor_id, 1, 1, {"k": 1})
+
+
+def test_step_commit_takes_no_row_lock_on_the_execution(launched: Runtime, db: str) -> None:
+    """The hot-path fence locks no row (no heap or WAL write for a lock, no MultiXact): a
+    row lock held elsewhere on the execution does not block a step commit."""
+    rt = launched
+    go = threading.Event()
+    holding = threading.Event()
+
+    @rt.step()
+    def step_one() -> int:
+        holding.wait(10)
+        return 1
+
+    @rt.workflow()
+    def locked_out() -> int:
+        return step_one()
+
+    def hold_row_lock() -> None:
+        with psycopg.connect(db) as holder:
+            holder.execute("SELECT 1 FROM stepstone.executions WHERE id = 'nolock-1' FOR UPDATE")
+            holding.set()
+            go.wait(10)
+
+    handle = rt.start(locked_out.with_options(workflow_id="nolock-1"))
+    holder = threading.Thread(target=hold_row_lock)
+    holder.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not rt.store.list_steps("nolock-1"):
+            assert time.monotonic() < deadline, "the step commit waited for the row lock"
+            time.sleep(0.01)
+    finally:
+        go.set()
+        holder.join()
+    assert handle.result(timeout=10) == 1
 
 
 def test_failing_transaction_step_is_retried_and_only_the_last_attempt_persists(
