@@ -9,7 +9,8 @@ that has DBOS installed). WORKLOAD is:
   calls of a workflow of N trivial steps (a step returns its int argument), from one
   thread; prints the median wall time and the median calling-thread CPU time per call.
 - throughput: params["workflows"] one-step workflows, started by params["threads"] threads
-  that each start one and wait for it, over and over; prints workflows per second.
+  that each start one and wait for it, over and over (each engine's own way of running a
+  workflow and waiting for it: calling it); prints workflows per second.
 - counted: prints "ready", waits for a line on stdin, runs params["workflows"] workflows
   of params["n"][0] steps, shuts down and prints "done" (the runner reads the server's
   counters around it).
@@ -76,8 +77,6 @@ def stepstone_engine(dsn: str, threads: int) -> tuple[Callable[[int], Any], Call
         return sum(echo(i) for i in range(n))
 
     rt.launch()
-    if threads > 1:
-        return (lambda n: rt.start(steps, n).result()), rt.shutdown
     return steps, rt.shutdown
 
 
@@ -101,8 +100,6 @@ def dbos_engine(dsn: str, threads: int) -> tuple[Callable[[int], Any], Callable[
         return sum(echo(i) for i in range(n))
 
     DBOS.launch()
-    if threads > 1:
-        return (lambda n: DBOS.start_workflow(steps, n).get_result()), DBOS.destroy
     return steps, DBOS.destroy
 
 
