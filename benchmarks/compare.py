@@ -264,19 +264,51 @@ def goals(results: dict[str, dict[str, list[float]]]) -> list[str]:
     return lines
 
 
+LATENCY_ROWS = {
+    "w1_per_step_us",
+    "w1_one_step_workflow_us",
+    "w1_ten_step_workflow_us",
+    "w2_empty_workflow_us",
+}
+PER_STEP_ROWS = {
+    "w1_per_step_us",
+    "w1_cpu_per_step_us",
+    "w4_statements_per_step",
+    "w4_transactions_per_step",
+    "w4_wal_syncs_per_step",
+}
+
+
 def render(results: dict[str, dict[str, list[float]]], engines: list[str]) -> str:
-    header = "| | " + " | ".join(engines) + " | stepstone / floor | stepstone / dbos |"
-    lines = [header, "|" + "---|" * (len(engines) + 3)]
+    """One row per metric; latencies also as multiples of the floor's commit, W3 as a
+    multiple of DBOS's throughput. The floor has no steps: its per-step cells are empty."""
+    commit = results.get("floor", {}).get("w2_empty_workflow_us")
+    lines = [
+        "| | "
+        + " | ".join(engines)
+        + " | stepstone ÷ floor commit | dbos ÷ floor commit | stepstone ÷ dbos |",
+        "|" + "---|" * (len(engines) + 4),
+    ]
+
+    def median(engine: str, key: str) -> float | None:
+        values = results.get(engine, {}).get(key)
+        return statistics.median(values) if values else None
+
     for key, label in ROWS:
-        cells = [_cell(results[e].get(key)) for e in engines]
+        cells = [
+            "-" if engine == "floor" and key in PER_STEP_ROWS else _cell(results[engine].get(key))
+            for engine in engines
+        ]
         ratios = []
-        for other in ("floor", "dbos"):
-            a, b = results.get("stepstone", {}).get(key), results.get(other, {}).get(key)
+        for engine in ("stepstone", "dbos"):
+            value = median(engine, key)
             ratios.append(
-                f"{statistics.median(a) / statistics.median(b):.2f}x"
-                if a and b and statistics.median(b)
-                else "-"
+                f"{value / statistics.median(commit):.2f}x"
+                if key in LATENCY_ROWS and value and commit
+                else ""
             )
+        stone, dbos = median("stepstone", key), median("dbos", key)
+        ratios.append(f"{stone / dbos:.2f}x" if stone is not None and dbos else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
