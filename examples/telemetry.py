@@ -13,7 +13,9 @@ from opentelemetry import trace
 import stepstone
 from stepstone import RetryPolicy, Runtime
 
-providers = stepstone.telemetry.configure(service_name="telemetry-example", configure_structlog=True)
+providers = stepstone.telemetry.configure(
+    service_name="telemetry-example", configure_structlog=True
+)
 rt = Runtime()
 attempts: list[int] = []
 
