@@ -27,7 +27,14 @@ from stepstone.errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
-from stepstone.persistence import JsonSerializer, Serializer, Store
+from stepstone.persistence import (
+    ExecutionFilter,
+    ExecutionPage,
+    InvalidQuery,
+    JsonSerializer,
+    Serializer,
+    Store,
+)
 from stepstone.runtime import (
     RetryPolicy,
     Runtime,
@@ -44,7 +51,10 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnreachable",
     "DuplicateRegistration",
+    "ExecutionFilter",
+    "ExecutionPage",
     "ExecutorIdInUse",
+    "InvalidQuery",
     "InvalidWorkflowId",
     "JsonSerializer",
     "MigrationError",

@@ -9,11 +9,19 @@ from stepstone.persistence.rows import (
     LogRow,
     RecordedStep,
     ResumeRecord,
+    SlowStep,
     StartRequest,
     StartResult,
     StepCommit,
     StepRow,
     WorkflowRow,
+    WorkflowStats,
+)
+from stepstone.persistence.listing import (
+    ExecutionFilter,
+    ExecutionPage,
+    ExecutionSummary,
+    InvalidQuery,
 )
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, JsonSerializer, Serializer
 from stepstone.persistence.store import Store
@@ -21,17 +29,23 @@ from stepstone.persistence.store import Store
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "Checkpoint",
+    "ExecutionFilter",
+    "ExecutionPage",
     "ExecutionRow",
+    "ExecutionSummary",
     "HealthStatus",
+    "InvalidQuery",
     "JsonSerializer",
     "LogRow",
     "RecordedStep",
     "ResumeRecord",
     "Serializer",
+    "SlowStep",
     "StartRequest",
     "StartResult",
     "StepCommit",
     "StepRow",
     "Store",
     "WorkflowRow",
+    "WorkflowStats",
 ]

@@ -177,3 +177,61 @@ SELECT execution_id, id, at, event, actor, seq, details
 
 -- name: schema_version
 SELECT max(version) FROM {schema}.schema_migrations;
+
+-- name: list_checkpoints
+-- checkpoints_pkey (execution_id, seq).
+SELECT execution_id, seq, state FROM {schema}.checkpoints WHERE execution_id = %(id)s ORDER BY seq;
+
+-- name: count_steps
+-- steps_pkey.
+SELECT count(*) FROM {schema}.steps WHERE execution_id = %(id)s;
+
+-- name: cancel_execution
+SELECT {schema}.cancel_execution(%(id)s, %(actor)s);
+
+-- name: resume_execution
+SELECT {schema}.resume_execution(%(id)s, %(actor)s, %(owner)s);
+
+-- name: fork_execution
+SELECT {schema}.fork_execution(%(id)s, %(step)s, %(new_id)s, %(actor)s, %(owner)s);
+
+-- name: purge_executions
+SELECT {schema}.purge_executions(%(cutoff)s, %(batch)s);
+
+-- name: log_system_event
+-- Events that belong to no execution (a purge) are logged under the id '', which no
+-- execution can have.
+INSERT INTO {schema}.logs (execution_id, event, actor, details)
+VALUES ('', %(event)s, %(actor)s, %(details)s);
+
+-- name: workflow_stats
+-- executions_created_idx for the window; steps_pkey for the retries.
+SELECT e.workflow_name,
+       count(*),
+       count(*) FILTER (WHERE e.status = 'SUCCEEDED'),
+       count(*) FILTER (WHERE e.status = 'FAILED'),
+       count(*) FILTER (WHERE e.status = 'CANCELLED'),
+       count(*) FILTER (WHERE e.status IN ('RUNNING', 'ENQUEUED')),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at))
+           FILTER (WHERE e.finished_at IS NOT NULL),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at))
+           FILTER (WHERE e.finished_at IS NOT NULL),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at))
+           FILTER (WHERE e.finished_at IS NOT NULL),
+       coalesce(sum((SELECT sum(s.attempts - 1) FROM {schema}.steps s WHERE s.execution_id = e.id)), 0)
+  FROM {schema}.executions e
+ WHERE e.created_at >= %(since)s AND e.created_at < %(until)s
+   AND (%(name)s::text IS NULL OR e.workflow_name = %(name)s::text)
+ GROUP BY e.workflow_name
+ ORDER BY e.workflow_name;
+
+-- name: slowest_steps
+-- executions_created_idx for the window, steps_pkey per execution.
+SELECT s.execution_id, e.workflow_name, s.seq, s.name, s.kind,
+       extract(epoch FROM s.finished_at - s.started_at), s.attempts, s.error IS NOT NULL
+  FROM {schema}.executions e
+  JOIN {schema}.steps s ON s.execution_id = e.id
+ WHERE e.created_at >= %(since)s AND e.created_at < %(until)s
+   AND (%(name)s::text IS NULL OR e.workflow_name = %(name)s::text)
+ ORDER BY s.finished_at - s.started_at DESC, s.execution_id, s.seq
+ LIMIT %(limit)s;

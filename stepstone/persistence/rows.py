@@ -16,12 +16,14 @@ __all__ = [
     "LogRow",
     "RecordedStep",
     "ResumeRecord",
+    "SlowStep",
     "StartRequest",
     "StartResult",
     "StepCommit",
     "StepRow",
     "SweepResult",
     "WorkflowRow",
+    "WorkflowStats",
 ]
 
 Status = Literal["ENQUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
@@ -212,3 +214,40 @@ class HealthStatus:
         """Reachable with a current schema, and no running execution that no live executor
         can run."""
         return self.reachable and self.schema_current and not self.unclaimable
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStats:
+    """One workflow's executions created in a time window. Durations are in seconds, over
+    the executions that ended; `retries` counts failed step attempts that were retried."""
+
+    workflow_name: str
+    count: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    unfinished: int
+    p50_seconds: float | None
+    p95_seconds: float | None
+    p99_seconds: float | None
+    retries: int
+
+    @property
+    def success_rate(self) -> float | None:
+        """Succeeded among those that ended (None if none has)."""
+        ended = self.succeeded + self.failed + self.cancelled
+        return self.succeeded / ended if ended else None
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStep:
+    """A step among the slowest of a time window."""
+
+    execution_id: str
+    workflow_name: str
+    seq: int
+    step_name: str
+    kind: str
+    seconds: float
+    attempts: int
+    failed: bool

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stepstone.recovery._loop import Loop
+from stepstone._background import Loop
 
 if TYPE_CHECKING:
     from stepstone.persistence.executors import ExecutorSession

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stepstone._background import Loop
 from stepstone.errors import StepstoneError
-from stepstone.recovery._loop import Loop
 
 if TYPE_CHECKING:
     from stepstone.persistence.rows import ResumeRecord

@@ -113,6 +113,10 @@ class Engine:
             self._pool.shutdown(wait=wait)
             self._pool = None
 
+    def check_launched(self) -> None:
+        if not self.launched:
+            raise NotLaunched("call rt.launch() first (or use `with Runtime(...) as rt:`)")
+
     def _check(self, workflow: Workflow[Any, Any]) -> None:
         if getattr(workflow, "_engine", None) is not self:
             raise UnregisteredWorkflow(
@@ -309,6 +313,7 @@ class Engine:
                 self.executor_id,
                 parent_id,
                 trace_context=self.telemetry.carrier(span),
+                attributes=workflow.options.attributes,
             )
         )
         if found.created:
@@ -395,6 +400,9 @@ class Engine:
                 outcome = execution.succeed(result)
             except WorkflowFailed as failed:
                 self._ended(execution, "FAILED", clock, failed.__cause__ or failed)
+                raise
+            except WorkflowCancelled as cancelled:
+                self._ended(execution, "CANCELLED", clock, cancelled)
                 raise
             except (OwnershipLost, PersistenceError) as exc:
                 Telemetry.failed(execution.span, exc)

@@ -22,6 +22,7 @@ from stepstone.errors import (
     PersistenceError,
     StepstoneError,
     UsageError,
+    WorkflowCancelled,
     WorkflowFailed,
 )
 from stepstone.persistence.rows import StepCommit
@@ -227,7 +228,7 @@ class Execution:
                 if step.kind == "transaction":
                     return self._run_transaction(step, seq, args, kwargs, attempt, started, retries)
                 result = step.fn(*args, **kwargs)
-            except (OwnershipLost, PersistenceError) as exc:
+            except (OwnershipLost, PersistenceError, WorkflowCancelled) as exc:
                 # This executor may no longer write this execution: stop running it here.
                 self.doomed = exc
                 raise
@@ -341,7 +342,7 @@ class Execution:
     def _commit(self, commit: StepCommit) -> None:
         try:
             self.store.commit_step(commit)
-        except (OwnershipLost, PersistenceError) as exc:
+        except (OwnershipLost, PersistenceError, WorkflowCancelled) as exc:
             self.doomed = exc
             raise
         self.telemetry.step_committed(commit.kind, time.perf_counter() - self._commit_started)
@@ -405,9 +406,9 @@ class Execution:
 
     def fail(self, exc: BaseException) -> NoReturn:
         doomed = self.doomed
-        if isinstance(doomed, OwnershipLost | PersistenceError):
+        if isinstance(doomed, OwnershipLost | PersistenceError | WorkflowCancelled):
             raise doomed
-        if isinstance(exc, OwnershipLost | PersistenceError):
+        if isinstance(exc, OwnershipLost | PersistenceError | WorkflowCancelled):
             raise exc
         cause = doomed if doomed is not None else exc
         record = encode_error(cause, self.store.serializer)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
-from stepstone.errors import InvalidWorkflowId, StepOutsideWorkflow
+from stepstone.errors import InvalidWorkflowId, StepOutsideWorkflow, UsageError
 from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
@@ -54,6 +55,17 @@ def check_workflow_id(workflow_id: object) -> str:
     return workflow_id
 
 
+def _check_attributes(attributes: object) -> None:
+    if not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes):
+        raise UsageError(f"attributes must be a dict with string keys, got {attributes!r}")
+    try:
+        text = json.dumps(attributes)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"attributes {attributes!r} are not JSON: {exc}") from exc
+    if "\\u0000" in text:
+        raise UsageError("attributes contain a NUL character, which PostgreSQL cannot store")
+
+
 def fingerprint(fn: Callable[..., Any]) -> str:
     """A short hash of a function's source (of its bytecode if the source is unavailable)."""
     try:
@@ -69,6 +81,7 @@ class StartOptions:
     """Per-call options of a workflow (see `Workflow.with_options`)."""
 
     workflow_id: str | None = None
+    attributes: dict[str, Any] | None = None
 
 
 class Workflow(Generic[P, R]):
@@ -94,16 +107,22 @@ class Workflow(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._engine.call(self, args, kwargs)
 
-    def with_options(self, *, workflow_id: str | None = None) -> Workflow[P, R]:
-        """This workflow with options for the executions started through the result.
+    def with_options(
+        self, *, workflow_id: str | None = None, attributes: dict[str, Any] | None = None
+    ) -> Workflow[P, R]:
+        """This workflow with options for the executions started through the result: a
+        fixed `workflow_id`, and `attributes` (a JSON object stored with the execution, for
+        filtering listings).
 
-        >>> checkout.with_options(workflow_id="order-42")("42")   # doctest: +SKIP
+        >>> checkout.with_options(workflow_id="order-42", attributes={"tenant": "acme"})("42")  # doctest: +SKIP
         """
         if workflow_id is not None:
             check_workflow_id(workflow_id)
+        if attributes is not None:
+            _check_attributes(attributes)
         bound: Workflow[P, R] = Workflow.__new__(Workflow)
         bound.__dict__.update(self.__dict__)
-        bound.options = StartOptions(workflow_id=workflow_id)
+        bound.options = StartOptions(workflow_id=workflow_id, attributes=attributes)
         return bound
 
     def __repr__(self) -> str:

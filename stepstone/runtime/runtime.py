@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import socket
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
+from stepstone._background import Loop
 from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, UsageError
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from stepstone.persistence.executors import ExecutorSession
+    from stepstone.persistence.listing import ExecutionFilter, ExecutionPage
     from stepstone.persistence.rows import HealthStatus
 
 __all__ = ["Runtime", "default_executor_id"]
@@ -74,6 +77,8 @@ class Runtime:
         heartbeat_interval: float = 5.0,
         sweep_interval: float = 5.0,
         max_recoveries: int = 20,
+        retention: dt.timedelta | None = None,
+        retention_interval: float = 3600.0,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         logger_provider: LoggerProvider | None = None,
@@ -83,6 +88,20 @@ class Runtime:
         _check_timings(lease_seconds, heartbeat_interval, sweep_interval)
         if not isinstance(max_recoveries, int) or max_recoveries < 0:
             raise ConfigurationError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
+        if retention is not None and (
+            not isinstance(retention, dt.timedelta) or retention <= dt.timedelta(0)
+        ):
+            raise ConfigurationError(
+                f"retention must be a positive timedelta or None, got {retention!r}"
+            )
+        if (
+            isinstance(retention_interval, bool)
+            or not isinstance(retention_interval, int | float)
+            or not retention_interval > 0
+        ):
+            raise ConfigurationError(
+                f"retention_interval must be a number of seconds > 0, got {retention_interval!r}"
+            )
         if executor_id is not None and (
             not isinstance(executor_id, str) or not 0 < len(executor_id) <= 255
         ):
@@ -115,6 +134,9 @@ class Runtime:
         self._session: ExecutorSession | None = None
         self._heartbeat: Heartbeat | None = None
         self._sweeper: Sweeper | None = None
+        self._retention = retention
+        self._retention_interval = float(retention_interval)
+        self._purger: Loop | None = None
 
     # -- decorators --------------------------------------------------------------------------
 
@@ -201,10 +223,26 @@ class Runtime:
             self.shutdown(wait=False)
             raise
         self._sweeper.start()
+        if self._retention is not None:
+            retention = self._retention
+            self._purger = Loop(
+                "purge", self._retention_interval, lambda: self._purge_batch(retention)
+            )
+            self._purger.start()
+
+    def _purge_batch(self, older_than: dt.timedelta) -> bool:
+        # One bounded batch per round; True (go again at once) while batches come back full.
+        batch = 1000
+        return (
+            self.store.purge(older_than, self.executor_id, batch_size=batch, max_batches=1) >= batch
+        )
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Stop claiming work, wait for running workflows (if `wait`), end this executor's
         lease (so another executor can claim anything left at once), close the pool."""
+        if self._purger is not None:
+            self._purger.stop()
+            self._purger = None
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
@@ -252,6 +290,63 @@ class Runtime:
     def health_status(self) -> HealthStatus:
         """Whether the database is reachable, its latency, schema version and pool statistics."""
         return self.store.health_status()
+
+    # -- inspecting and operating ------------------------------------------------------------
+
+    def list_executions(
+        self,
+        flt: ExecutionFilter | None = None,
+        *,
+        sort: str = "created",
+        direction: str = "desc",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ExecutionPage:
+        """One page of executions (see `Store.list_executions`)."""
+        return self.store.list_executions(
+            flt, sort=sort, direction=direction, limit=limit, cursor=cursor
+        )
+
+    def cancel(self, workflow_id: str) -> None:
+        """Cancel a running or enqueued execution: it ends CANCELLED, and the executor running
+        it stops at its next step boundary (its callers get WorkflowCancelled)."""
+        check_workflow_id(workflow_id)
+        self.store.cancel_execution(workflow_id, self.executor_id)
+
+    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """Run a FAILED or CANCELLED execution again, here, from its last recorded step (a
+        step that failed runs again); return its handle."""
+        check_workflow_id(workflow_id)
+        self._engine.check_launched()
+        self.store.resume_execution(workflow_id, self.executor_id, owner=self.executor_id)
+        return self._take_over(workflow_id, "resumed")
+
+    def fork(
+        self, workflow_id: str, from_step: int, *, new_workflow_id: str | None = None
+    ) -> WorkflowHandle[Any]:
+        """Start, here, a new execution of the same workflow and inputs that reuses the
+        recorded steps before position `from_step` and the state checkpointed there, and
+        runs from it (to re-run after a fix); return its handle."""
+        check_workflow_id(workflow_id)
+        if new_workflow_id is not None:
+            check_workflow_id(new_workflow_id)
+        self._engine.check_launched()
+        forked = self.store.fork_execution(
+            workflow_id, from_step, self.executor_id, new_id=new_workflow_id, owner=self.executor_id
+        )
+        return self._take_over(forked, "forked")
+
+    def _take_over(self, workflow_id: str, reason: str) -> WorkflowHandle[Any]:
+        record = self.store.claim_own(workflow_id, self.executor_id, reason=reason)
+        if record is not None and not self._engine.resume(record):
+            # Not registered here: give it to an executor that runs its workflow.
+            self.store.release_unregistered(self.executor_id, self._engine.registered())
+        return WorkflowHandle(self._engine, workflow_id, None)
+
+    def purge(self, older_than: dt.timedelta) -> int:
+        """Delete executions that ended more than `older_than` ago, with everything that
+        belongs to them, in bounded batches; return how many were deleted."""
+        return self.store.purge(older_than, self.executor_id)
 
 
 def _check_timings(lease: object, heartbeat: object, sweep: object) -> None:
