@@ -1,19 +1,76 @@
-"""The `stepstone` command (also `python -m stepstone`)."""
+"""The `stepstone` command (also `python -m stepstone`).
+
+Every command works from the database alone, through the Store: it needs none of the
+application's code. Values that cannot be used are refused before anything is read or
+written, with a one-line message and exit status 2; so are errors stepstone raises
+(an unknown id, an execution in the wrong state, an unreachable database).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import json
+import re
+import socket
 import sys
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from stepstone.errors import StepstoneError
+from stepstone import _cli_format as fmt
+from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
+from stepstone.persistence.listing import MAX_LIMIT, STATUSES, ExecutionFilter
 from stepstone.persistence.store import Store
+from stepstone.runtime.definitions import check_workflow_id
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["main"]
+
+SORTS = ("created", "updated", "duration", "name")
+TIME_HINT = (
+    "write ISO 8601 with a time zone (2026-11-26T10:00:00+00:00, or ...Z) "
+    "or an age such as 30m, 2h, 7d"
+)
+DURATION_HINT = "write a number and a unit (s, m, h, d or w), such as 45s, 90m, 12h, 30d"
+_DURATION = re.compile(r"(?:[0-9]+[smhdw])+")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SWEEP_NOTE = (
+    "it is RUNNING with no owner: an executor that registers workflow {name!r} picks it up "
+    "at its next sweep"
+)
+
+
+class BadArgument(Exception):
+    """A command-line value that cannot be used; the message names it and says what to write."""
+
+
+class _StoredText:
+    """A serializer that leaves payloads as the text stored, so that state is shown without
+    the application's types. The command line never writes a value."""
+
+    def dumps(self, value: Any) -> str:
+        raise TypeError(f"the command line stores no values, got {type(value).__name__}")
+
+    def loads(self, data: str) -> Any:
+        return data
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (BadArgument, StepstoneError) as exc:
+        message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
+        print(f"stepstone: {message}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,51 +88,385 @@ def _parser() -> argparse.ArgumentParser:
         default="stepstone",
         help="schema holding stepstone's tables (default: stepstone)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="create or upgrade stepstone's tables")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    migrate = commands.add_parser("migrate", help="create or upgrade stepstone's tables")
+    migrate.set_defaults(handler=_migrate)
     health = commands.add_parser("health", help="check the database; exit status 1 when unhealthy")
-    health.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _json_flag(health)
+    health.set_defaults(handler=_health)
+    _add_executions(commands)
+    _add_operations(commands)
+    _add_reports(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    try:
-        store = Store(args.database_url, schema=args.schema, min_size=0, max_size=1)
-        if args.command == "migrate":
-            applied = store.migrate()
-            done = ", ".join(str(v) for v in applied) if applied else "none (already current)"
-            print(f"schema {args.schema!r} on {store.describe()}: applied {done}")
-            return 0
-        status = store.health_status()
-        if args.json:
-            print(json.dumps(_health_fields(status)))
-        else:
-            for key, value in _health_fields(status).items():
-                print(f"{key}: {value}")
-        return 0 if status.healthy else 1
-    except StepstoneError as exc:
-        print(f"stepstone: {exc}", file=sys.stderr)
-        return 2
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def _health_fields(status: object) -> dict[str, object]:
-    fields = (
-        "healthy",
-        "reachable",
-        "latency_ms",
-        "schema_version",
-        "expected_schema_version",
-        "running",
-        "enqueued",
-        "expired_lease",
-        "unclaimable",
-        "oldest_running_seconds",
-        "pool",
-        "error",
+def _add_executions(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    executions = commands.add_parser("executions", help="list executions or show one")
+    sub = executions.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    listing = sub.add_parser("list", help="one page of executions, newest first")
+    add = listing.add_argument
+    add("--status", action="append", default=[], metavar="S", help=", ".join(STATUSES))
+    add("--workflow", metavar="NAME", help="workflow name")
+    add("--id-prefix", metavar="P", help="ids starting with P")
+    add("--executor", metavar="E", help="owned by executor E")
+    add("--parent", metavar="ID", help="children of execution ID")
+    for option in ("--created-after", "--created-before", "--updated-after", "--updated-before"):
+        add(option, metavar="T", help="ISO 8601 time with a zone, or an age (30m, 2h, 7d)")
+    add(
+        "--attribute",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attributes contain KEY with VALUE (JSON if it parses, else a string); repeatable",
     )
-    return {name: getattr(status, name) for name in fields}
+    add("--sort", default="created", metavar="ORDER", help=f"{', '.join(SORTS)} (default created)")
+    add("--asc", action="store_true", help="ascending (default: descending)")
+    add("--limit", type=int, default=50, metavar="N", help="page size (default 50)")
+    add("--cursor", metavar="C", help="the next cursor a previous page printed")
+    _json_flag(listing)
+    listing.set_defaults(handler=_list)
+    show = sub.add_parser("show", help="one execution with its steps, state, checkpoints and log")
+    show.add_argument("id", help="workflow id")
+    _json_flag(show)
+    show.set_defaults(handler=_show)
+
+
+def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cancel = commands.add_parser("cancel", help="cancel a RUNNING or ENQUEUED execution")
+    cancel.add_argument("id", help="workflow id")
+    cancel.set_defaults(handler=_cancel)
+    resume = commands.add_parser("resume", help="run a FAILED or CANCELLED execution again")
+    resume.add_argument("id", help="workflow id")
+    resume.set_defaults(handler=_resume)
+    fork = commands.add_parser(
+        "fork", help="a new execution that keeps the steps before --from-step"
+    )
+    fork.add_argument("id", help="workflow id of the execution to fork")
+    fork.add_argument(
+        "--from-step", type=int, required=True, metavar="N", help="keep steps 0..N-1, run from N"
+    )
+    fork.add_argument("--new-id", metavar="ID", help="id of the new execution (default: generated)")
+    fork.set_defaults(handler=_fork)
+    purge = commands.add_parser("purge", help="delete executions that ended long ago")
+    purge.add_argument(
+        "--older-than", required=True, metavar="AGE", help="ended more than AGE ago: 30d, 12h, 90m"
+    )
+    purge.set_defaults(handler=_purge)
+
+
+def _add_reports(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    stats = commands.add_parser("stats", help="per workflow: outcomes, durations, retries")
+    slowest = commands.add_parser("slowest-steps", help="the slowest steps of a time window")
+    slowest.add_argument("--limit", type=int, default=10, metavar="N", help="how many (default 10)")
+    for parser in (stats, slowest):
+        parser.add_argument(
+            "--since", default="24h", metavar="T", help="executions created since T (default 24h)"
+        )
+        parser.add_argument("--until", metavar="T", help="... and before T (default: now)")
+        parser.add_argument("--workflow", metavar="NAME", help="only this workflow")
+        _json_flag(parser)
+    stats.set_defaults(handler=_stats)
+    slowest.set_defaults(handler=_slowest)
+
+
+# -- the database --------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Store:
+    url: str | None = args.database_url
+    schema: str = args.schema
+    return Store(url, schema=schema, min_size=0, max_size=1, serializer=_StoredText())
+
+
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[Store]:
+    store = _store(args)
+    store.open(migrate=False)
+    try:
+        _check_schema(store)
+        yield store
+    finally:
+        store.close()
+
+
+def _check_schema(store: Store) -> None:
+    """Refuse a schema that is missing or behind, rather than fail on a missing table."""
+    status = store.health_status()
+    found, expected = status.schema_version, status.expected_schema_version
+    if status.reachable and (found is None or found < expected):
+        where = f"schema {store.schema!r} on {store.describe()}"
+        state = "has no stepstone tables" if found is None else f"is at version {found}"
+        raise UsageError(
+            f"{where} {state}; this stepstone needs version {expected}: run `stepstone "
+            "migrate`, or point --database-url and --schema at stepstone's tables"
+        )
+
+
+def _actor() -> str:
+    """Who the audit log records: `cli:<user>@<host>`."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        user = ""
+    return f"cli:{user or 'unknown'}@{socket.gethostname() or 'unknown'}"
+
+
+# -- values --------------------------------------------------------------------------------
+
+
+def _duration(option: str, text: str) -> dt.timedelta:
+    """`45s`, `90m`, `12h`, `30d`, `2w` (or combined, `1h30m`) as a positive timedelta."""
+    if not _DURATION.fullmatch(text):
+        raise BadArgument(f"{option} {text!r} is not a duration: {DURATION_HINT}")
+    try:
+        total = sum(
+            (
+                dt.timedelta(**{_UNITS[unit]: int(n)})
+                for n, unit in re.findall(r"([0-9]+)([smhdw])", text)
+            ),
+            dt.timedelta(),
+        )
+    except (OverflowError, ValueError):  # ValueError: more digits than int() takes
+        raise BadArgument(
+            f"{option} {text[:40]!r} is too long a duration: {DURATION_HINT}"
+        ) from None
+    if total <= dt.timedelta(0):
+        raise BadArgument(f"{option} {text!r} is zero: {DURATION_HINT}")
+    return total
+
+
+def _moment(option: str, text: str | None, now: dt.datetime) -> dt.datetime | None:
+    """An ISO 8601 time with a zone, or an age (`30m`: 30 minutes before `now`)."""
+    if text is None:
+        return None
+    if _DURATION.fullmatch(text):
+        try:
+            return now - _duration(option, text)
+        except OverflowError:
+            raise BadArgument(f"{option} {text!r} reaches before year 1: {TIME_HINT}") from None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadArgument(f"{option} {text!r} is not a time: {TIME_HINT}") from None
+    if value.utcoffset() is None:
+        raise BadArgument(f"{option} {text!r} has no time zone: {TIME_HINT}")
+    return value
+
+
+def _statuses(values: list[str]) -> list[str]:
+    statuses = []
+    for value in values:
+        status = value.strip().upper()
+        if status not in STATUSES:
+            raise BadArgument(
+                f"--status {value!r} is not a status: write one of {', '.join(STATUSES)}"
+            )
+        statuses.append(status)
+    return statuses
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON: the value stays a string
+
+
+def _attributes(values: list[str]) -> dict[str, Any] | None:
+    """`KEY=VALUE` pairs as the object attributes must contain."""
+    if not values:
+        return None
+    found: dict[str, Any] = {}
+    for item in values:
+        key, equals, raw = item.partition("=")
+        if not equals or not key:
+            raise BadArgument(
+                f"--attribute {item!r} is not KEY=VALUE: write, for instance, "
+                "--attribute tenant=acme or --attribute priority=3 (VALUE is read as JSON "
+                "if it parses, else as a string)"
+            )
+        if key in found:
+            raise BadArgument(f"--attribute {key!r} is given twice: give each key once")
+        try:
+            found[key] = json.loads(raw, parse_constant=_reject_constant)
+        except ValueError:
+            found[key] = raw
+    return found
+
+
+def _choice(option: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise BadArgument(f"{option} {value!r} is not known: write one of {', '.join(allowed)}")
+    return value
+
+
+def _limit(value: int, most: int) -> int:
+    if not 1 <= value <= most:
+        raise BadArgument(f"--limit {value} is out of range: write a number from 1 to {most}")
+    return value
+
+
+def _new_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_workflow_id(value)
+    except InvalidWorkflowId as exc:
+        raise BadArgument(f"--new-id: {exc}") from None
+
+
+def _filter(args: argparse.Namespace) -> ExecutionFilter:
+    now = dt.datetime.now(dt.UTC)
+    return ExecutionFilter(
+        statuses=_statuses(args.status),
+        workflow_name=args.workflow,
+        workflow_id_prefix=args.id_prefix,
+        executor=args.executor,
+        parent_id=args.parent,
+        created_after=_moment("--created-after", args.created_after, now),
+        created_before=_moment("--created-before", args.created_before, now),
+        updated_after=_moment("--updated-after", args.updated_after, now),
+        updated_before=_moment("--updated-before", args.updated_before, now),
+        attributes=_attributes(args.attribute),
+    )
+
+
+def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
+    now = dt.datetime.now(dt.UTC)
+    since = _moment("--since", args.since, now)
+    until = _moment("--until", args.until, now) or now
+    assert since is not None  # noqa: S101 - --since has a default
+    if since >= until:
+        raise BadArgument(
+            f"--since {args.since!r} is not before --until {args.until or 'now'!r}: "
+            "give a window that starts before it ends"
+        )
+    return since, until
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    store = _store(args)
+    applied = store.migrate()
+    done = ", ".join(str(v) for v in applied) if applied else "none (already current)"
+    print(f"schema {store.schema!r} on {store.describe()}: applied {done}")
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    status = _store(args).health_status()
+    fields = fmt.health_fields(status)
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        for key, value in fields.items():
+            print(f"{key}: {value}")
+    return 0 if status.healthy else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    flt = _filter(args)
+    sort = _choice("--sort", args.sort, SORTS)
+    limit = _limit(args.limit, MAX_LIMIT)
+    direction = "asc" if args.asc else "desc"
+    with _opened(args) as store:
+        page = store.list_executions(
+            flt, sort=sort, direction=direction, limit=limit, cursor=args.cursor
+        )
+    print(fmt.page_json(page) if args.json else fmt.page_text(page))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    execution_id: str = args.id
+    with _opened(args) as store:
+        row = store.get_execution(execution_id)
+        if row is None:
+            raise WorkflowNotFound(
+                f"no execution has workflow id {execution_id!r}: "
+                "find ids with `stepstone executions list`"
+            )
+        details = fmt.ExecutionDetails(
+            execution=row,
+            steps=store.list_steps(execution_id),
+            state=store.get_state(execution_id),
+            checkpoints=store.list_checkpoints(execution_id),
+            logs=store.list_logs(execution_id),
+        )
+    print(fmt.details_json(details) if args.json else fmt.details_text(details))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    execution_id: str = args.id
+    with _opened(args) as store:
+        previous = store.cancel_execution(execution_id, _actor())
+    print(
+        f"cancelled {execution_id!r} (it was {previous}); an executor running it stops at "
+        "its next step boundary"
+    )
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    execution_id: str = args.id
+    with _opened(args) as store:
+        previous = store.resume_execution(execution_id, _actor())
+        row = store.get_execution(execution_id)
+    name = row.workflow_name if row is not None else "?"
+    print(f"resumed {execution_id!r} (it was {previous}) from its last recorded step")
+    print(_SWEEP_NOTE.format(name=name))
+    return 0
+
+
+def _fork(args: argparse.Namespace) -> int:
+    source: str = args.id
+    step: int = args.from_step
+    new_id = _new_id(args.new_id)
+    with _opened(args) as store:
+        forked = store.fork_execution(source, step, _actor(), new_id=new_id)
+        row = store.get_execution(forked)
+    name = row.workflow_name if row is not None else "?"
+    kept = {0: "no step is kept", 1: "its step 0 is kept"}.get(
+        step, f"its steps 0 to {step - 1} are kept"
+    )
+    print(f"forked {source!r} from step {step} ({kept})")
+    print(f"new execution: {forked}")
+    print(_SWEEP_NOTE.format(name=name))
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    older_than = _duration("--older-than", args.older_than)
+    with _opened(args) as store:
+        deleted = store.purge(older_than, _actor())
+    print(
+        f"purged {fmt.plural(deleted, 'execution')} that ended more than {args.older_than} "
+        "ago, with their steps, state, checkpoints and log"
+    )
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    since, until = _window(args)
+    with _opened(args) as store:
+        stats = store.workflow_stats(since, until, args.workflow)
+    text = fmt.stats_json if args.json else fmt.stats_text
+    print(text(stats, since, until))
+    return 0
+
+
+def _slowest(args: argparse.Namespace) -> int:
+    since, until = _window(args)
+    limit = _limit(args.limit, 1000)
+    with _opened(args) as store:
+        steps = store.slowest_steps(since, until, limit=limit, workflow_name=args.workflow)
+    text = fmt.slowest_json if args.json else fmt.slowest_text
+    print(text(steps, since, until))
+    return 0
 
 
 if __name__ == "__main__":

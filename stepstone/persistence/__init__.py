@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from stepstone.persistence.listing import (
+    ExecutionFilter,
+    ExecutionPage,
+    ExecutionSummary,
+    InvalidQuery,
+)
 from stepstone.persistence.rows import (
     Checkpoint,
     ExecutionRow,
@@ -16,12 +22,6 @@ from stepstone.persistence.rows import (
     StepRow,
     WorkflowRow,
     WorkflowStats,
-)
-from stepstone.persistence.listing import (
-    ExecutionFilter,
-    ExecutionPage,
-    ExecutionSummary,
-    InvalidQuery,
 )
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, JsonSerializer, Serializer
 from stepstone.persistence.store import Store

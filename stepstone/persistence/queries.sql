@@ -212,13 +212,13 @@ SELECT e.workflow_name,
        count(*) FILTER (WHERE e.status = 'FAILED'),
        count(*) FILTER (WHERE e.status = 'CANCELLED'),
        count(*) FILTER (WHERE e.status IN ('RUNNING', 'ENQUEUED')),
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at))
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at)::float8)
            FILTER (WHERE e.finished_at IS NOT NULL),
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at))
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at)::float8)
            FILTER (WHERE e.finished_at IS NOT NULL),
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at))
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.created_at)::float8)
            FILTER (WHERE e.finished_at IS NOT NULL),
-       coalesce(sum((SELECT sum(s.attempts - 1) FROM {schema}.steps s WHERE s.execution_id = e.id)), 0)
+       coalesce(sum((SELECT sum(s.attempts - 1) FROM {schema}.steps s WHERE s.execution_id = e.id)), 0)::bigint
   FROM {schema}.executions e
  WHERE e.created_at >= %(since)s AND e.created_at < %(until)s
    AND (%(name)s::text IS NULL OR e.workflow_name = %(name)s::text)
@@ -228,7 +228,7 @@ SELECT e.workflow_name,
 -- name: slowest_steps
 -- executions_created_idx for the window, steps_pkey per execution.
 SELECT s.execution_id, e.workflow_name, s.seq, s.name, s.kind,
-       extract(epoch FROM s.finished_at - s.started_at), s.attempts, s.error IS NOT NULL
+       extract(epoch FROM s.finished_at - s.started_at)::float8, s.attempts, s.error IS NOT NULL
   FROM {schema}.executions e
   JOIN {schema}.steps s ON s.execution_id = e.id
  WHERE e.created_at >= %(since)s AND e.created_at < %(until)s

@@ -26,6 +26,7 @@ from stepstone import migrations
 from stepstone.errors import (
     ConfigurationError,
     DatabaseUnreachable,
+    InvalidWorkflowId,
     OwnershipLost,
     PersistenceError,
     SerializationError,
@@ -593,7 +594,13 @@ class Store:
                 f"cannot fork {execution_id!r} from step {from_step}: it has {recorded} recorded "
                 f"steps, so from_step must be between 0 and {recorded}"
             )
-        target = new_id or f"{execution_id[:200]}-fork-{secrets.token_hex(4)}"
+        target = (
+            new_id if new_id is not None else f"{execution_id[:200]}-fork-{secrets.token_hex(4)}"
+        )
+        if not isinstance(target, str) or not 0 < len(target) <= 255 or "\x00" in target:
+            raise InvalidWorkflowId(
+                f"new_id must be a string of 1 to 255 characters without NUL, got {str(target)[:60]!r}"
+            )
         params = {
             "id": execution_id,
             "step": from_step,
@@ -605,7 +612,12 @@ class Store:
             with self._pool.connection() as conn:
                 conn.execute(self.queries["fork_execution"], params)
         except psycopg.errors.UniqueViolation:
-            raise WorkflowIdConflict(target, "(an existing execution)", "a fork") from None
+            source, existing = self.get_execution(execution_id), self.get_execution(target)
+            raise WorkflowIdConflict(
+                target,
+                existing.workflow_name if existing else "(another execution)",
+                source.workflow_name if source else "(a fork)",
+            ) from None
         except psycopg.Error as exc:
             self._raise(exc, f"forking {execution_id!r}", None)
         return target

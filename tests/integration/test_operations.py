@@ -364,3 +364,46 @@ def test_statistics_and_slowest_steps_are_derived_from_the_rows(rt: Runtime) -> 
     assert slowest.seconds >= 0.04  # the n == 2 call, which sleeps
     with pytest.raises(stepstone.InvalidQuery, match="window is empty"):
         rt.store.workflow_stats(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+
+
+def test_fork_checks_the_new_id(rt: Runtime) -> None:
+    """A fork's new id follows the workflow id rules, and an id in use is a clear conflict."""
+
+    @rt.workflow()
+    def base() -> int:
+        return 1
+
+    rt.launch()
+    base.with_options(workflow_id="base-1")()
+    base.with_options(workflow_id="taken")()
+    with pytest.raises(stepstone.InvalidWorkflowId, match="1 to 255 characters"):
+        rt.store.fork_execution("base-1", 0, "test", new_id="x" * 300)
+    with pytest.raises(stepstone.InvalidWorkflowId):
+        rt.store.fork_execution("base-1", 0, "test", new_id="")
+    with pytest.raises(
+        stepstone.WorkflowIdConflict,
+        match="'taken' already belongs to an execution of 'base'",
+    ):
+        rt.store.fork_execution("base-1", 0, "test", new_id="taken")
+
+
+def test_statistics_are_plain_numbers(rt: Runtime) -> None:
+    """Statistics come back as int and float (not Decimal), ready for JSON."""
+    import dataclasses
+    import json
+
+    @rt.step()
+    def s() -> int:
+        return 1
+
+    @rt.workflow()
+    def w() -> int:
+        return s()
+
+    rt.launch()
+    w()
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    json.dumps([dataclasses.asdict(x) for x in rt.store.workflow_stats(since)])
+    json.dumps([dataclasses.asdict(x) for x in rt.store.slowest_steps(since)])
+    (stats,) = rt.store.workflow_stats(since)
+    assert type(stats.retries) is int

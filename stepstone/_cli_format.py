@@ -1,0 +1,394 @@
+"""How the `stepstone` command prints what it read: aligned tables for people, JSON for
+scripts. Pure functions from the Store's records to text; nothing here reads the database."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stepstone.runtime._errorcodec import error_summary
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from stepstone.persistence.listing import ExecutionPage, ExecutionSummary
+    from stepstone.persistence.rows import (
+        Checkpoint,
+        ExecutionRow,
+        HealthStatus,
+        LogRow,
+        SlowStep,
+        StepRow,
+        WorkflowStats,
+    )
+
+__all__ = [
+    "ExecutionDetails",
+    "details_json",
+    "details_text",
+    "health_fields",
+    "page_json",
+    "page_text",
+    "plural",
+    "slowest_json",
+    "slowest_text",
+    "stats_json",
+    "stats_text",
+]
+
+NONE = "-"
+CELL_WIDTH = 60
+HEALTH_FIELDS = (
+    "healthy",
+    "reachable",
+    "latency_ms",
+    "schema_version",
+    "expected_schema_version",
+    "running",
+    "enqueued",
+    "expired_lease",
+    "unclaimable",
+    "oldest_running_seconds",
+    "pool",
+    "error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDetails:
+    """Everything `executions show` prints about one execution (payloads as stored text)."""
+
+    execution: ExecutionRow
+    steps: list[StepRow]
+    state: dict[str, str]
+    checkpoints: list[Checkpoint]
+    logs: list[LogRow]
+
+
+# -- cells ---------------------------------------------------------------------------------
+
+
+def moment(value: dt.datetime | None) -> str:
+    """A timestamp in UTC to the second, as `2026-11-26T10:00:00Z`."""
+    if value is None:
+        return NONE
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def span(seconds: float | decimal.Decimal | None) -> str:
+    """A duration for people: 0.004s, 12.500s, 3m07s, 2h05m, 4d03h."""
+    if seconds is None:
+        return NONE
+    value = float(seconds)
+    if value < 60:
+        return f"{value:.3f}s"
+    whole = int(value)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def clip(text: str | None, width: int = CELL_WIDTH) -> str:
+    """`text` on one line, cut to `width` characters with an ellipsis."""
+    if text is None:
+        return NONE
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def error_text(error: dict[str, Any] | None) -> str | None:
+    """`Type: message` of a recorded error (builtin types without their module)."""
+    if not error:
+        return None
+    kind, message = error_summary(error)
+    return f"{kind}: {message}" if message else kind
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 step`, `2 steps`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], indent: str = "") -> str:
+    """Rows aligned under upper-case headers; the last column is not padded."""
+    lines = [[h.upper() for h in headers], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+# -- JSON ----------------------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
+def to_json(value: object) -> str:
+    """JSON text; timestamps in ISO 8601, durations in seconds."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False, indent=2)
+
+
+def _record(row: object) -> dict[str, Any]:
+    assert dataclasses.is_dataclass(row)  # noqa: S101 - only the Store's records come here
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+
+# -- executions list -----------------------------------------------------------------------
+
+
+def _summary_json(item: ExecutionSummary) -> dict[str, Any]:
+    fields = _record(item)
+    duration = fields.pop("duration")
+    fields["duration_seconds"] = duration.total_seconds() if duration is not None else None
+    return fields
+
+
+def _summary_error(item: ExecutionSummary) -> dict[str, Any] | None:
+    if item.error_type is None and item.error_message is None:
+        return None
+    return {"type": item.error_type or "", "message": item.error_message or ""}
+
+
+def page_json(page: ExecutionPage) -> str:
+    """`{"items": [...], "next_cursor": ...}`."""
+    return to_json(
+        {"items": [_summary_json(i) for i in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+def page_text(page: ExecutionPage) -> str:
+    """The page as a table, then the cursor of the next page if there is one."""
+    if not page.items:
+        return "no executions match"
+    rows = [
+        [
+            item.id,
+            item.workflow_name,
+            item.workflow_version,
+            item.status,
+            moment(item.created_at),
+            span(item.duration.total_seconds()) if item.duration is not None else NONE,
+            item.owner or NONE,
+            clip(error_text(_summary_error(item))),
+        ]
+        for item in page.items
+    ]
+    headers = ("id", "workflow", "version", "status", "created", "duration", "owner", "error")
+    text = table(headers, rows)
+    if page.next_cursor is not None:
+        text += f"\nnext cursor: {page.next_cursor}  (pass it as --cursor for the next page)"
+    return text
+
+
+# -- executions show -----------------------------------------------------------------------
+
+
+def details_json(d: ExecutionDetails) -> str:
+    """The execution, its steps, state, checkpoints and log as one JSON object."""
+    return to_json(
+        {
+            "execution": _record(d.execution),
+            "steps": [_record(s) for s in d.steps],
+            "state": d.state,
+            "checkpoints": [{"seq": c.seq, "state": c.state} for c in d.checkpoints],
+            "logs": [_record(entry) for entry in d.logs],
+        }
+    )
+
+
+def details_text(d: ExecutionDetails) -> str:
+    """The execution's fields, then its steps, state, checkpoints and log, for reading."""
+    sections = [
+        _execution_text(d.execution),
+        _steps_text(d.steps),
+        _state_text(d.state),
+        _checkpoints_text(d.checkpoints),
+        _logs_text(d.logs),
+    ]
+    return "\n\n".join(sections)
+
+
+def _execution_text(e: ExecutionRow) -> str:
+    duration = (e.finished_at - e.created_at).total_seconds() if e.finished_at else None
+    fields = [
+        ("workflow", f"{e.workflow_name} (version {e.workflow_version})"),
+        ("status", e.status),
+        ("owner", e.owner or NONE),
+        ("epoch", str(e.epoch)),
+        ("parent", e.parent_id or NONE),
+        ("attributes", json.dumps(e.attributes, ensure_ascii=False) if e.attributes else NONE),
+        ("created", moment(e.created_at)),
+        ("updated", moment(e.updated_at)),
+        ("started", moment(e.started_at)),
+        ("finished", moment(e.finished_at)),
+        ("duration", span(duration)),
+        ("inputs", e.inputs),
+        ("output", e.output if e.output is not None else NONE),
+        ("error", error_text(e.error) or NONE),
+    ]
+    lines = [f"execution {e.id}"] + [f"  {name + ':':<12}{value}" for name, value in fields]
+    trace = (e.error or {}).get("traceback")
+    if trace:
+        lines += ["  recorded traceback:"] + [f"    {t}" for t in str(trace).rstrip().splitlines()]
+    return "\n".join(lines)
+
+
+def _steps_text(steps: list[StepRow]) -> str:
+    if not steps:
+        return "steps: none recorded"
+    rows = [
+        [
+            str(s.seq),
+            s.name,
+            s.kind,
+            str(s.attempts),
+            span((s.finished_at - s.started_at).total_seconds()),
+            moment(s.started_at),
+            clip(f"error {error_text(s.error)}") if s.error else clip(s.output),
+        ]
+        for s in steps
+    ]
+    headers = ("seq", "name", "kind", "attempts", "duration", "started", "result")
+    return f"steps ({len(steps)})\n" + table(headers, rows, indent="  ")
+
+
+def _state_text(state: dict[str, str]) -> str:
+    if not state:
+        return "state: empty"
+    return f"state ({plural(len(state), 'key')})\n" + "\n".join(
+        f"  {key} = {value}" for key, value in state.items()
+    )
+
+
+def _checkpoints_text(checkpoints: list[Checkpoint]) -> str:
+    if not checkpoints:
+        return "checkpoints: none"
+    return f"checkpoints ({len(checkpoints)})\n" + "\n".join(
+        f"  after {plural(c.seq, 'step')}: "
+        + (", ".join(f"{key} = {value}" for key, value in c.state.items()) or "empty")
+        for c in checkpoints
+    )
+
+
+def _logs_text(logs: list[LogRow]) -> str:
+    if not logs:
+        return "log: empty"
+    rows = [
+        [
+            moment(entry.at),
+            entry.event,
+            entry.actor or NONE,
+            str(entry.seq) if entry.seq is not None else NONE,
+            clip(json.dumps(entry.details, ensure_ascii=False)) if entry.details else NONE,
+        ]
+        for entry in logs
+    ]
+    headers = ("at", "event", "actor", "seq", "details")
+    return f"log ({len(logs)})\n" + table(headers, rows, indent="  ")
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+def _window(since: dt.datetime, until: dt.datetime) -> dict[str, str]:
+    return {"since": since.isoformat(), "until": until.isoformat()}
+
+
+def _stats_record(s: WorkflowStats) -> dict[str, Any]:
+    return _record(s) | {"success_rate": s.success_rate}
+
+
+def stats_json(stats: list[WorkflowStats], since: dt.datetime, until: dt.datetime) -> str:
+    """`{"since": ..., "until": ..., "items": [per workflow, with success_rate]}`."""
+    return to_json(_window(since, until) | {"items": [_stats_record(s) for s in stats]})
+
+
+def stats_text(stats: list[WorkflowStats], since: dt.datetime, until: dt.datetime) -> str:
+    """Per workflow: counts by outcome, success rate, duration percentiles, retries."""
+    title = f"executions created from {moment(since)} to {moment(until)}"
+    if not stats:
+        return f"{title}: none"
+    rows = [
+        [
+            s.workflow_name,
+            str(s.count),
+            str(s.succeeded),
+            str(s.failed),
+            str(s.cancelled),
+            str(s.unfinished),
+            f"{s.success_rate:.1%}" if s.success_rate is not None else NONE,
+            span(s.p50_seconds),
+            span(s.p95_seconds),
+            span(s.p99_seconds),
+            str(int(s.retries)),
+        ]
+        for s in stats
+    ]
+    headers = (
+        "workflow",
+        "count",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "unfinished",
+        "success",
+        "p50",
+        "p95",
+        "p99",
+        "retries",
+    )
+    return f"{title}\n" + table(headers, rows)
+
+
+def slowest_json(steps: list[SlowStep], since: dt.datetime, until: dt.datetime) -> str:
+    """`{"since": ..., "until": ..., "items": [slowest step first]}`."""
+    items = [_record(s) | {"seconds": float(s.seconds)} for s in steps]
+    return to_json(_window(since, until) | {"items": items})
+
+
+def slowest_text(steps: list[SlowStep], since: dt.datetime, until: dt.datetime) -> str:
+    """The slowest steps, slowest first."""
+    title = f"slowest steps of executions created from {moment(since)} to {moment(until)}"
+    if not steps:
+        return f"{title}: none"
+    rows = [
+        [
+            span(s.seconds),
+            s.execution_id,
+            s.workflow_name,
+            str(s.seq),
+            s.step_name,
+            s.kind,
+            str(s.attempts),
+            "failed" if s.failed else "ok",
+        ]
+        for s in steps
+    ]
+    headers = ("duration", "execution", "workflow", "seq", "step", "kind", "attempts", "outcome")
+    return f"{title}\n" + table(headers, rows)
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+def health_fields(status: HealthStatus) -> dict[str, object]:
+    """What `health` prints, in order."""
+    return {name: getattr(status, name) for name in HEALTH_FIELDS}

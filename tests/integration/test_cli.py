@@ -1,0 +1,629 @@
+"""The `stepstone` command run as a real process against a real PostgreSQL.
+
+Executions are made by a Runtime in the test, which is shut down before the command runs,
+so that nothing but the command touches them: `order-ok-1` and `order-ok-2` SUCCEEDED,
+`report-acme` SUCCEEDED with attributes, `order-failed` FAILED at its second step and
+`order-running` left RUNNING (a BaseException stood for its process dying).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+import stepstone
+from stepstone import Runtime, WorkflowFailed
+
+ALL_IDS = {"order-ok-1", "order-ok-2", "report-acme", "order-failed", "order-running"}
+NEWEST_FIRST = ["order-running", "order-failed", "report-acme", "order-ok-2", "order-ok-1"]
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing is recorded for it."""
+
+
+def _populate(rt: Runtime) -> None:
+    behaviour = {"ship": "ok"}
+
+    @rt.step(name="reserve")
+    def reserve(sku: str) -> str:
+        return f"reserved {sku}"
+
+    @rt.step(name="ship")
+    def ship(sku: str) -> str:
+        if behaviour["ship"] == "fail":
+            raise ValueError(f"no courier for {sku}")
+        if behaviour["ship"] == "crash":
+            raise Crash
+        return f"shipped {sku}"
+
+    @rt.workflow(name="order")
+    def order(sku: str) -> str:
+        stepstone.current().state["stage"] = "reserving"
+        reserve(sku)
+        stepstone.current().state["stage"] = "reserved"
+        return ship(sku)
+
+    @rt.workflow(name="report")
+    def report(n: int) -> int:
+        return n * 2
+
+    rt.launch()
+    order.with_options(workflow_id="order-ok-1")("a")
+    order.with_options(workflow_id="order-ok-2")("b")
+    report.with_options(workflow_id="report-acme", attributes={"tenant": "acme", "priority": 3})(21)
+    behaviour["ship"] = "fail"
+    with pytest.raises(WorkflowFailed):
+        order.with_options(workflow_id="order-failed")("c")
+    behaviour["ship"] = "crash"
+    with pytest.raises(Crash):
+        order.with_options(workflow_id="order-running")("d")
+    rt.shutdown()  # nothing may claim what the command leaves without an owner
+
+
+@pytest.fixture
+def populated(db: str, rt: Runtime) -> str:
+    """The test's database with the five executions described above."""
+    _populate(rt)
+    return db
+
+
+def _cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stepstone", "--database-url", db, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def _ok(db: str, *args: str) -> str:
+    done = _cli(db, *args)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    return done.stdout
+
+
+def _refused(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 2 with one line on stderr, naming every fragment, and no traceback."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("stepstone: "), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def _query(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db, autocommit=True) as conn:
+        cursor = conn.execute(query, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+
+
+def _execution(db: str, workflow_id: str) -> tuple[Any, ...] | None:
+    rows = _query(
+        db, "SELECT status, owner, epoch FROM stepstone.executions WHERE id = %s", (workflow_id,)
+    )
+    return rows[0] if rows else None
+
+
+def _ids(db: str, *args: str) -> list[str]:
+    page = json.loads(_ok(db, "executions", "list", "--json", *args))
+    return [item["id"] for item in page["items"]]
+
+
+def _table_ids(text: str) -> list[str]:
+    return [line.split()[0] for line in text.splitlines()[1:] if line and " " in line]
+
+
+def _snapshot(db: str) -> list[tuple[Any, ...]]:
+    return _query(
+        db,
+        "SELECT id, status, owner, epoch, updated_at, "
+        "(SELECT count(*) FROM stepstone.steps s WHERE s.execution_id = e.id), "
+        "(SELECT count(*) FROM stepstone.logs l WHERE l.execution_id = e.id) "
+        "FROM stepstone.executions e ORDER BY id",
+    )
+
+
+# -- executions list -----------------------------------------------------------------------
+
+
+def test_list_prints_an_aligned_table_newest_first(populated: str) -> None:
+    """The default listing is a table of every execution, newest first, with its error."""
+    out = _ok(populated, "executions", "list")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "WORKFLOW",
+        "VERSION",
+        "STATUS",
+        "CREATED",
+        "DURATION",
+        "OWNER",
+        "ERROR",
+    ]
+    assert _table_ids(out) == NEWEST_FIRST
+    workflow_column = lines[0].index("WORKFLOW")
+    assert all(line[workflow_column - 2 : workflow_column] == "  " for line in lines)
+    failed = next(line for line in lines if line.startswith("order-failed"))
+    assert "FAILED" in failed
+    assert "ValueError: no courier for c" in failed
+    running = next(line for line in lines if line.startswith("order-running"))
+    assert "RUNNING" in running
+    assert "test-executor" in running
+    assert "next cursor" not in out
+
+
+def test_list_filters_by_status_workflow_prefix_executor_and_attributes(populated: str) -> None:
+    """Each filter option narrows the listing to the executions it names."""
+    db = populated
+    assert _ids(db, "--status", "failed") == ["order-failed"]
+    assert set(_ids(db, "--status", "SUCCEEDED", "--status", "FAILED")) == ALL_IDS - {
+        "order-running"
+    }
+    assert _ids(db, "--workflow", "report") == ["report-acme"]
+    assert _ids(db, "--id-prefix", "order-ok") == ["order-ok-2", "order-ok-1"]
+    assert set(_ids(db, "--executor", "test-executor")) == ALL_IDS
+    assert _ids(db, "--executor", "someone-else") == []
+    assert _ids(db, "--parent", "order-ok-1") == []
+    assert _ids(db, "--attribute", "tenant=acme") == ["report-acme"]
+    assert _ids(db, "--attribute", "tenant=acme", "--attribute", "priority=3") == ["report-acme"]
+    assert _ids(db, "--attribute", 'priority="3"') == []  # JSON string "3" is not the number 3
+    assert _ids(db, "--attribute", "tenant=other") == []
+
+
+def test_list_filters_by_time_as_iso_or_as_an_age(populated: str) -> None:
+    """--created-*/--updated-* take ISO 8601 with a zone or an age such as 1h or 7d."""
+    db = populated
+    assert set(_ids(db, "--created-after", "1h")) == ALL_IDS
+    assert _ids(db, "--created-before", "1h") == []
+    assert _ids(db, "--updated-before", "2020-01-01T00:00:00Z") == []
+    assert _ids(db, "--created-after", "2020-01-01T00:00:00+02:00", "--status", "RUNNING") == [
+        "order-running"
+    ]
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    assert set(_ids(db, "--created-before", future)) == ALL_IDS
+    assert _ids(db, "--created-after", future) == []
+    assert set(_ids(db, "--updated-after", "30m", "--updated-before", future)) == ALL_IDS
+
+
+def test_list_json_sorts_by_name_ascending_with_iso_timestamps(populated: str) -> None:
+    """--json prints items and next_cursor; --sort name --asc orders by workflow then age."""
+    page = json.loads(_ok(populated, "executions", "list", "--json", "--sort", "name", "--asc"))
+    assert set(page) == {"items", "next_cursor"}
+    assert page["next_cursor"] is None
+    assert [i["id"] for i in page["items"]] == [
+        "order-ok-1",
+        "order-ok-2",
+        "order-failed",
+        "order-running",
+        "report-acme",
+    ]
+    report = page["items"][-1]
+    assert report["attributes"] == {"tenant": "acme", "priority": 3}
+    assert report["status"] == "SUCCEEDED"
+    assert dt.datetime.fromisoformat(report["created_at"]).utcoffset() is not None
+    assert dt.datetime.fromisoformat(report["finished_at"]).utcoffset() is not None
+    assert report["duration_seconds"] >= 0
+    running = page["items"][3]
+    assert running["finished_at"] is None
+    assert running["duration_seconds"] is None
+    failed = page["items"][2]
+    assert (failed["error_type"], failed["error_message"]) == (
+        "builtins:ValueError",
+        "no courier for c",
+    )
+
+
+def test_list_sorts_by_duration_and_update_time(populated: str) -> None:
+    """--sort duration lists only ended executions; --sort updated follows the last change."""
+    assert set(_ids(populated, "--sort", "duration")) == ALL_IDS - {"order-running"}
+    _query(
+        populated,
+        "UPDATE stepstone.executions SET updated_at = now() + interval '1 minute' WHERE id = %s",
+        ("order-ok-1",),
+    )
+    assert _ids(populated, "--sort", "updated")[0] == "order-ok-1"
+    assert _ids(populated, "--sort", "updated", "--asc")[-1] == "order-ok-1"
+
+
+@pytest.mark.parametrize(("sort", "asc"), [("created", False), ("name", True), ("updated", True)])
+def test_list_pages_through_every_execution_exactly_once(
+    populated: str, sort: str, asc: bool
+) -> None:
+    """Following next_cursor with --limit 2 visits each execution once, then stops."""
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        args = ["--limit", "2", "--sort", sort] + (["--asc"] if asc else [])
+        page = json.loads(
+            _ok(
+                populated,
+                "executions",
+                "list",
+                "--json",
+                *args,
+                *(["--cursor", cursor] if cursor else []),
+            )
+        )
+        pages += 1
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert pages < 10
+    assert sorted(seen) == sorted(ALL_IDS)
+    assert len(seen) == len(ALL_IDS)
+    assert pages == 3
+
+
+def test_list_text_prints_the_next_cursor_to_pass_back(populated: str) -> None:
+    """A full text page ends with the next cursor, which continues the listing."""
+    first = _ok(populated, "executions", "list", "--limit", "3")
+    match = re.search(r"^next cursor: (\S+)", first, re.MULTILINE)
+    assert match is not None, first
+    assert _table_ids(first.split("\nnext cursor")[0]) == NEWEST_FIRST[:3]
+    second = _ok(populated, "executions", "list", "--limit", "3", "--cursor", match.group(1))
+    assert _table_ids(second) == NEWEST_FIRST[3:]
+    assert "next cursor" not in second
+
+
+def test_list_with_nothing_to_show_says_so(db: str) -> None:
+    """An empty listing prints a plain sentence, and JSON an empty page."""
+    assert _ok(db, "executions", "list").strip() == "no executions match"
+    assert json.loads(_ok(db, "executions", "list", "--json")) == {
+        "items": [],
+        "next_cursor": None,
+    }
+
+
+# -- executions show -----------------------------------------------------------------------
+
+
+def test_show_prints_the_execution_steps_state_checkpoints_and_log(populated: str) -> None:
+    """show prints every field, the steps with their errors, the state, checkpoints, log."""
+    out = _ok(populated, "executions", "show", "order-failed")
+    stored = _query(populated, "SELECT inputs FROM stepstone.executions WHERE id = 'order-failed'")[
+        0
+    ][0]
+    assert out.startswith("execution order-failed\n")
+    for expected in (
+        "order (version 1)",
+        "status:     FAILED",
+        "owner:      test-executor",
+        f"inputs:     {stored}",
+        "error:      ValueError: no courier for c",
+        "steps (2)",
+        '"reserved c"',
+        "error ValueError: no courier for c",
+        'stage = "reserved"',
+        "checkpoints (",
+        "execution_started",
+        "execution_failed",
+    ):
+        assert expected in out, (expected, out)
+    steps = out.split("steps (2)\n")[1].splitlines()
+    assert steps[0].split()[:4] == ["SEQ", "NAME", "KIND", "ATTEMPTS"]
+    assert steps[1].split()[:2] == ["0", "reserve"]
+    assert steps[2].split()[:2] == ["1", "ship"]
+
+
+def test_show_json_has_stored_text_payloads_and_every_part(populated: str) -> None:
+    """show --json gives the execution (payloads as stored text), steps, state, log."""
+    shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
+    assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs"}
+    stored = _query(
+        populated, "SELECT inputs, output FROM stepstone.executions WHERE id = 'order-ok-1'"
+    )[0]
+    execution = shown["execution"]
+    assert (execution["inputs"], execution["output"]) == stored
+    assert execution["status"] == "SUCCEEDED"
+    assert dt.datetime.fromisoformat(execution["created_at"]).utcoffset() is not None
+    assert [(s["seq"], s["name"], s["output"]) for s in shown["steps"]] == [
+        (0, "reserve", '"reserved a"'),
+        (1, "ship", '"shipped a"'),
+    ]
+    assert shown["state"] == {"stage": '"reserved"'}
+    assert shown["checkpoints"][-1]["state"] == {"stage": '"reserved"'}
+    events = [entry["event"] for entry in shown["logs"]]
+    assert events[0] == "execution_started"
+    assert events[-1] == "execution_succeeded"
+
+
+def test_show_of_an_unknown_id_is_refused(populated: str) -> None:
+    """An id no execution has gets exit status 2 and a message naming it."""
+    _refused(_cli(populated, "executions", "show", "no-such-id"), "'no-such-id'")
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+def test_cancel_ends_a_running_execution_and_records_who(populated: str) -> None:
+    """cancel turns RUNNING into CANCELLED and logs the actor cli:<user>@<host>."""
+    out = _ok(populated, "cancel", "order-running")
+    assert "cancelled 'order-running' (it was RUNNING)" in out
+    assert _execution(populated, "order-running") == ("CANCELLED", "test-executor", 1)
+    actors = _query(
+        populated,
+        "SELECT actor FROM stepstone.logs WHERE execution_id = 'order-running' "
+        "AND event = 'execution_cancelled'",
+    )
+    assert len(actors) == 1
+    assert re.fullmatch(r"cli:[^@]+@.+", actors[0][0]), actors
+
+
+def test_cancel_of_an_ended_execution_is_refused_and_changes_nothing(populated: str) -> None:
+    """cancel of a SUCCEEDED execution exits 2 and leaves the database as it was."""
+    before = _snapshot(populated)
+    _refused(_cli(populated, "cancel", "order-ok-1"), "'order-ok-1'", "SUCCEEDED")
+    _refused(_cli(populated, "cancel", "missing"), "'missing'")
+    assert _snapshot(populated) == before
+
+
+def test_resume_makes_a_failed_execution_running_without_an_owner(populated: str) -> None:
+    """resume turns FAILED into RUNNING with no owner, drops the failed step, says who runs it."""
+    out = _ok(populated, "resume", "order-failed")
+    assert "resumed 'order-failed' (it was FAILED)" in out
+    assert "RUNNING with no owner" in out
+    assert "workflow 'order'" in out
+    assert "next sweep" in out
+    assert _execution(populated, "order-failed") == ("RUNNING", None, 2)
+    steps = _query(populated, "SELECT seq FROM stepstone.steps WHERE execution_id = 'order-failed'")
+    assert steps == [(0,)]
+
+
+def test_resume_of_a_running_execution_is_refused(populated: str) -> None:
+    """resume of a RUNNING execution exits 2 and changes nothing."""
+    before = _snapshot(populated)
+    _refused(_cli(populated, "resume", "order-running"), "'order-running'", "RUNNING")
+    assert _snapshot(populated) == before
+
+
+def test_fork_copies_the_steps_before_the_given_one_under_a_new_id(populated: str) -> None:
+    """fork --from-step 1 --new-id makes a RUNNING unowned copy keeping step 0 only."""
+    out = _ok(populated, "fork", "order-ok-1", "--from-step", "1", "--new-id", "order-again")
+    assert "new execution: order-again" in out
+    assert "RUNNING with no owner" in out
+    assert _execution(populated, "order-again") == ("RUNNING", None, 1)
+    steps = _query(
+        populated,
+        "SELECT seq, name, output FROM stepstone.steps WHERE execution_id = 'order-again' "
+        "ORDER BY seq",
+    )
+    assert steps == [(0, "reserve", '"reserved a"')]
+    assert _execution(populated, "order-ok-1") == ("SUCCEEDED", "test-executor", 1)
+
+
+def test_fork_without_a_new_id_prints_the_generated_one(populated: str) -> None:
+    """fork without --new-id prints the id it generated, which exists."""
+    out = _ok(populated, "fork", "order-ok-2", "--from-step", "2")
+    match = re.search(r"^new execution: (order-ok-2-fork-[0-9a-f]{8})$", out, re.MULTILINE)
+    assert match is not None, out
+    assert _execution(populated, match.group(1)) == ("RUNNING", None, 1)
+    copied = _query(
+        populated, "SELECT count(*) FROM stepstone.steps WHERE execution_id = %s", (match.group(1),)
+    )
+    assert copied == [(2,)]
+
+
+def test_fork_past_the_last_step_is_refused(populated: str) -> None:
+    """fork --from-step beyond the recorded steps exits 2 and creates nothing."""
+    before = _snapshot(populated)
+    _refused(
+        _cli(populated, "fork", "order-ok-1", "--from-step", "3"), "between 0 and 2", "'order-ok-1'"
+    )
+    _refused(_cli(populated, "fork", "missing", "--from-step", "0"), "'missing'")
+    _refused(
+        _cli(populated, "fork", "order-ok-1", "--from-step", "0", "--new-id", "order-ok-2"),
+        "'order-ok-2'",
+    )
+    assert _snapshot(populated) == before
+
+
+def test_purge_deletes_old_ended_executions_with_their_steps(populated: str) -> None:
+    """purge --older-than 30d deletes what ended over 30 days ago, steps and all, and counts."""
+    _query(
+        populated,
+        "UPDATE stepstone.executions SET finished_at = now() - interval '40 days' "
+        "WHERE id IN ('order-ok-1', 'order-failed')",
+    )
+    out = _ok(populated, "purge", "--older-than", "30d")
+    assert out.startswith("purged 2 executions")
+    remaining = {r[0] for r in _query(populated, "SELECT id FROM stepstone.executions")}
+    assert remaining == ALL_IDS - {"order-ok-1", "order-failed"}
+    orphans = _query(
+        populated,
+        "SELECT count(*) FROM stepstone.steps WHERE execution_id IN ('order-ok-1', 'order-failed')",
+    )
+    assert orphans == [(0,)]
+    assert _ok(populated, "purge", "--older-than", "12h").startswith("purged 0 executions")
+    _query(
+        populated,
+        "UPDATE stepstone.executions SET finished_at = now() - interval '2 minutes' "
+        "WHERE finished_at IS NOT NULL",
+    )
+    assert _ok(populated, "purge", "--older-than", "90m").startswith("purged 0 executions")
+    assert _ok(populated, "purge", "--older-than", "45s").startswith("purged 2 executions")
+    remaining = {r[0] for r in _query(populated, "SELECT id FROM stepstone.executions")}
+    assert remaining == {"order-running"}
+
+
+def test_purge_with_a_short_age_keeps_what_just_ended(populated: str) -> None:
+    """purge --older-than 12h deletes nothing that ended minutes ago."""
+    before = _snapshot(populated)
+    assert _ok(populated, "purge", "--older-than", "12h").startswith("purged 0 executions")
+    assert _snapshot(populated) == before
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+def test_stats_counts_outcomes_per_workflow(populated: str) -> None:
+    """stats --json gives per-workflow counts, success rate, percentiles and retries."""
+    report = json.loads(_ok(populated, "stats", "--since", "24h", "--json"))
+    assert set(report) == {"since", "until", "items"}
+    by_name = {item["workflow_name"]: item for item in report["items"]}
+    order = by_name["order"]
+    assert (order["count"], order["succeeded"], order["failed"], order["unfinished"]) == (
+        4,
+        2,
+        1,
+        1,
+    )
+    assert order["cancelled"] == 0
+    assert order["success_rate"] == pytest.approx(2 / 3)
+    assert order["retries"] == 0
+    assert 0 <= order["p50_seconds"] <= order["p95_seconds"] <= order["p99_seconds"]
+    assert by_name["report"]["count"] == 1
+    only = json.loads(_ok(populated, "stats", "--workflow", "report", "--json"))
+    assert [item["workflow_name"] for item in only["items"]] == ["report"]
+
+
+def test_stats_text_is_a_table_per_workflow(populated: str) -> None:
+    """stats prints the window, then one row per workflow with its success rate."""
+    out = _ok(populated, "stats", "--since", "2h")
+    lines = out.splitlines()
+    assert lines[0].startswith("executions created from ")
+    assert lines[1].split() == [
+        "WORKFLOW",
+        "COUNT",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "UNFINISHED",
+        "SUCCESS",
+        "P50",
+        "P95",
+        "P99",
+        "RETRIES",
+    ]
+    order = lines[2].split()
+    assert order[:7] == ["order", "4", "2", "1", "0", "1", "66.7%"]
+    assert lines[3].split()[:2] == ["report", "1"]
+    until = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    assert _ok(populated, "stats", "--since", "2h", "--until", until).endswith(": none\n")
+
+
+def test_slowest_steps_lists_the_slowest_first(populated: str) -> None:
+    """slowest-steps --json gives the slowest steps first, each with seconds and outcome."""
+    report = json.loads(_ok(populated, "slowest-steps", "--since", "24h", "--limit", "3", "--json"))
+    items = report["items"]
+    assert len(items) == 3
+    seconds = [item["seconds"] for item in items]
+    assert all(isinstance(s, float) for s in seconds)
+    assert seconds == sorted(seconds, reverse=True)
+    assert {item["step_name"] for item in items} <= {"reserve", "ship"}
+    everything = json.loads(_ok(populated, "slowest-steps", "--json"))["items"]
+    assert len(everything) == 7  # 2 + 2 + 2 (one failed) + 1 for the crashed one
+    assert [i["failed"] for i in everything].count(True) == 1
+    out = _ok(populated, "slowest-steps", "--since", "1h")
+    assert out.splitlines()[1].split()[:4] == ["DURATION", "EXECUTION", "WORKFLOW", "SEQ"]
+    assert len(out.splitlines()) == 2 + 7
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+def test_health_exits_0_when_healthy_and_1_on_an_empty_database(db: str, empty_db: str) -> None:
+    """health exits 0 on a migrated database and 1 (with healthy false) on an empty one."""
+    out = _ok(db, "health")
+    assert "healthy: True" in out
+    assert json.loads(_ok(db, "health", "--json"))["healthy"] is True
+    empty = _cli(empty_db, "health", "--json")
+    assert empty.returncode == 1, empty.stderr
+    status = json.loads(empty.stdout)
+    assert status["healthy"] is False
+    assert status["schema_version"] is None
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (
+            ["executions", "list", "--created-after", "yesterday"],
+            ["--created-after 'yesterday'", "ISO 8601", "30m"],
+        ),
+        (
+            ["executions", "list", "--updated-before", "2026-11-26T10:00:00"],
+            ["'2026-11-26T10:00:00' has no time zone", "+00:00"],
+        ),
+        (["purge", "--older-than", "30 days"], ["--older-than '30 days'", "30d"]),
+        (["purge", "--older-than", "0d"], ["--older-than '0d' is zero"]),
+        (["executions", "list", "--sort", "bogus"], ["--sort 'bogus'", "created, updated"]),
+        (["executions", "list", "--status", "bogus"], ["--status 'bogus'", "RUNNING"]),
+        (["executions", "list", "--attribute", "tenant"], ["--attribute 'tenant'", "KEY=VALUE"]),
+        (["executions", "list", "--attribute", "=acme"], ["--attribute '=acme'", "KEY=VALUE"]),
+        (["executions", "list", "--limit", "0"], ["--limit 0", "1 to 1000"]),
+        (["stats", "--since", "3 hours"], ["--since '3 hours'"]),
+        (["slowest-steps", "--since", "1h", "--until", "2h"], ["--since '1h' is not before"]),
+        (["executions", "list", "--cursor", "garbage"], ["cursor 'garbage'"]),
+        (["fork", "order-ok-1", "--from-step", "0", "--new-id", ""], ["--new-id", "empty"]),
+        (
+            ["fork", "order-ok-1", "--from-step", "0", "--new-id", "x" * 256],
+            ["--new-id", "over the limit of 255"],
+        ),
+        (
+            ["executions", "list", "--created-after", "1h", "--created-before", "2h"],
+            ["created range is empty"],
+        ),
+    ],
+)
+def test_bad_values_get_one_line_and_exit_2_without_writing(
+    populated: str, args: list[str], fragments: list[str]
+) -> None:
+    """A malformed time, duration, attribute, sort, status, limit or cursor exits 2 with one
+    line naming it and what to write; nothing changes."""
+    before = _snapshot(populated)
+    _refused(_cli(populated, *args), *fragments)
+    assert _snapshot(populated) == before
+
+
+def test_usage_errors_and_an_unreachable_database_exit_2(db: str) -> None:
+    """Missing subcommands or options are argparse errors (2); no server is a one-line 2."""
+    for args in (["executions"], ["fork", "x"], ["purge"], ["executions", "list", "--limit", "x"]):
+        done = _cli(db, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert "usage:" in done.stderr
+    unreachable = "postgresql://stepstone@127.0.0.1:1/nowhere?connect_timeout=2"
+    _refused(_cli(unreachable, "executions", "list"), "cannot connect to PostgreSQL")
+    _refused(_cli(unreachable, "cancel", "x"), "cannot connect to PostgreSQL")
+
+
+def test_commands_on_a_schema_without_tables_say_to_migrate(empty_db: str, db: str) -> None:
+    """An unmigrated database or a wrong --schema is refused with a hint to migrate."""
+    for args in (["executions", "list"], ["cancel", "x"], ["stats"]):
+        _refused(_cli(empty_db, *args), "has no stepstone tables", "stepstone migrate")
+    _refused(
+        _cli(db, "--schema", "elsewhere", "executions", "show", "x"),
+        "schema 'elsewhere'",
+        "stepstone migrate",
+    )
+
+
+def test_the_installed_command_runs_like_the_module(populated: str) -> None:
+    """The `stepstone` script and `python -m stepstone` print the same listing."""
+    bindir = sys.executable.rsplit("/", 1)[0]
+    script = subprocess.run(
+        [f"{bindir}/stepstone", "--database-url", populated, "executions", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert script.returncode == 0, script.stderr
+    assert script.stdout == _ok(populated, "executions", "list", "--json")
