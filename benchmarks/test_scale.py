@@ -4,7 +4,8 @@
   the same filter half way through its rows, and all executions 500,000 rows deep; the same
   with a status filter;
 - `get_execution` + `list_steps` of one execution (a different one each round);
-- `health_status()`.
+- `health_status()`, with one of four executors down (its 500 running executions not yet
+  claimed) and with every lease expired (2,000 running executions to check for a claimer).
 
 The data is loaded once per module with set-based SQL into the real (logged, indexed)
 tables: a month of executions in creation order, five workflow names of skewed popularity,
@@ -150,6 +151,8 @@ def _load(dsn: str, say: Callable[[str], None]) -> None:
         conn.execute("VACUUM ANALYZE stepstone.executions")
         conn.execute("VACUUM ANALYZE stepstone.steps")
         conn.execute("VACUUM ANALYZE stepstone.executors")
+        # So that the benchmarks do not share the disk with the checkpoint the load started.
+        conn.execute("CHECKPOINT")
         row = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()
         size = row[0] if row else "?"
         say(f"[scale] {elapsed()}  loaded and vacuumed; database size {size}")
@@ -304,13 +307,33 @@ def test_get_execution_and_list_steps(
     _measure(benchmark, request, store, "get_execution+list_steps", read, [])
 
 
+HEALTH = {
+    # Three executors heartbeat; the fourth died an hour ago, its running executions not yet
+    # claimed by a sweep.
+    "one-executor-down": "UPDATE stepstone.executors SET heartbeat_at = now() "
+    "WHERE id <> 'executor-4'",
+    # Every lease expired: each running execution is also checked for a live executor that
+    # could claim it.
+    "all-leases-expired": "UPDATE stepstone.executors SET heartbeat_at = now() - interval '1 hour'",
+}
+
+
+@pytest.mark.parametrize("scenario", list(HEALTH))
 def test_health_status(
-    benchmark: BenchmarkFixture, store: Store, request: pytest.FixtureRequest
+    benchmark: BenchmarkFixture, store: Store, request: pytest.FixtureRequest, scenario: str
 ) -> None:
     """Store.health_status(): reachability, schema version and the counts of running work."""
+    with store.connection() as conn:
+        conn.execute(HEALTH[scenario])
+        row = conn.execute(
+            "SELECT count(*) FROM stepstone.executions e JOIN stepstone.executors x "
+            "ON x.id = e.owner WHERE e.status = 'RUNNING' "
+            "AND x.heartbeat_at < now() - make_interval(secs => x.lease_seconds)"
+        ).fetchone()
+        plan = _plan(conn, store.queries["health_counts"], {})
     health = store.health_status()
     assert health.running == ACTIVE - ACTIVE // 3
     assert health.enqueued == ACTIVE // 3
-    with store.connection() as conn:
-        plan = _plan(conn, store.queries["health_counts"], {})
-    _measure(benchmark, request, store, "health_status", store.health_status, plan)
+    assert row is not None
+    assert health.expired_lease == row[0] > 0
+    _measure(benchmark, request, store, f"health_status[{scenario}]", store.health_status, plan)

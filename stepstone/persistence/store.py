@@ -612,11 +612,11 @@ class Store:
             with self._pool.connection() as conn:
                 conn.execute(self.queries["fork_execution"], params)
         except psycopg.errors.UniqueViolation:
-            source, existing = self.get_execution(execution_id), self.get_execution(target)
+            existing = self.get_execution(target)
             raise WorkflowIdConflict(
                 target,
                 existing.workflow_name if existing else "(another execution)",
-                source.workflow_name if source else "(a fork)",
+                f"a fork of execution {execution_id}",
             ) from None
         except psycopg.Error as exc:
             self._raise(exc, f"forking {execution_id!r}", None)
