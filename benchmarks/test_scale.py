@@ -261,7 +261,7 @@ def _measure(
     verdict = "under" if p99 < GOAL_MS else "OVER"
     _say(
         request,
-        f"[scale] {label:<28} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  "
+        f"[scale] {label:<36} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms  "
         f"({verdict} the {GOAL_MS:g} ms p99 goal, {len(ordered)} rounds; "
         f"plan: {', '.join(plan) or 'primary keys'}; server plans: {plans})",
     )

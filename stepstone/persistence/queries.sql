@@ -82,19 +82,23 @@ SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, ste
 SELECT id FROM {schema}.executions WHERE status = 'RUNNING' AND owner = %(owner)s;
 
 -- name: health_counts
--- executions_active_idx; executors_pkey for the owners.
+-- executions_status_created_idx for the unfinished executions; executors_pkey for their
+-- owners; the (name, version) pairs live executors run are gathered once, not per row.
+WITH live AS (
+    SELECT DISTINCT w->>0 AS name, w->>1 AS version
+      FROM {schema}.executors l, jsonb_array_elements(l.workflows) w
+     WHERE l.heartbeat_at >= now() - make_interval(secs => l.lease_seconds)
+)
 SELECT count(*) FILTER (WHERE e.status = 'RUNNING'),
        count(*) FILTER (WHERE e.status = 'ENQUEUED'),
        count(*) FILTER (WHERE e.status = 'RUNNING' AND (e.owner IS NULL OR o.heartbeat_at < now() - make_interval(secs => o.lease_seconds))),
        count(*) FILTER (WHERE e.status = 'RUNNING'
                           AND (e.owner IS NULL OR o.heartbeat_at < now() - make_interval(secs => o.lease_seconds))
-                          AND NOT EXISTS (
-                              SELECT 1 FROM {schema}.executors l
-                               WHERE l.heartbeat_at >= now() - make_interval(secs => l.lease_seconds)
-                                 AND l.workflows @> jsonb_build_array(jsonb_build_array(e.workflow_name, e.workflow_version)))),
-       extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.status = 'RUNNING'))
+                          AND live.name IS NULL),
+       extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.status = 'RUNNING'))::float8
   FROM {schema}.executions e
   LEFT JOIN {schema}.executors o ON o.id = e.owner
+  LEFT JOIN live ON live.name = e.workflow_name AND live.version = e.workflow_version
  WHERE e.status IN ('ENQUEUED', 'RUNNING');
 
 -- name: start_execution

@@ -548,7 +548,7 @@ class Store:
     def cancel_execution(self, execution_id: str, actor: str) -> str:
         """Cancel a RUNNING or ENQUEUED execution (its executor stops at its next step
         boundary); return the status it had. Refused, changing nothing, otherwise."""
-        row = self._one("cancel_execution", {"id": execution_id, "actor": actor})
+        row = self._one("cancel_execution", {"id": _execution_id(execution_id), "actor": actor})
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
@@ -560,7 +560,9 @@ class Store:
         """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
         (trailing failed steps run again), owned by `owner` (None: claimed by the next sweep
         of an executor that runs its workflow). Returns the status it had."""
-        row = self._one("resume_execution", {"id": execution_id, "actor": actor, "owner": owner})
+        row = self._one(
+            "resume_execution", {"id": _execution_id(execution_id), "actor": actor, "owner": owner}
+        )
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
@@ -585,7 +587,7 @@ class Store:
         it. Returns the new execution's id (default: `<id>-fork-<random>`)."""
         if isinstance(from_step, bool) or not isinstance(from_step, int):
             raise InvalidQuery(f"from_step must be an int, got {from_step!r}")
-        if self.get_status(execution_id) is None:
+        if self.get_status(_execution_id(execution_id)) is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
         row = self._one("count_steps", {"id": execution_id})
         recorded = int(row[0]) if row else 0
@@ -594,13 +596,9 @@ class Store:
                 f"cannot fork {execution_id!r} from step {from_step}: it has {recorded} recorded "
                 f"steps, so from_step must be between 0 and {recorded}"
             )
-        target = (
+        target = _execution_id(
             new_id if new_id is not None else f"{execution_id[:200]}-fork-{secrets.token_hex(4)}"
         )
-        if not isinstance(target, str) or not 0 < len(target) <= 255 or "\x00" in target:
-            raise InvalidWorkflowId(
-                f"new_id must be a string of 1 to 255 characters without NUL, got {str(target)[:60]!r}"
-            )
         params = {
             "id": execution_id,
             "step": from_step,
@@ -772,6 +770,20 @@ class Store:
             ) from exc
         reason = _conninfo.redact(str(exc).strip(), self.conninfo)
         raise PersistenceError(f"{action} failed on {self.describe()}: {reason}") from exc
+
+
+def _execution_id(value: object) -> str:
+    """`value` if it can be an execution id; InvalidWorkflowId naming it otherwise."""
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or "\x00" in value:
+        raise InvalidWorkflowId(
+            "an execution id is a string of 1 to 255 characters without NUL, "
+            f"got {str(value)[:60]!r}"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidWorkflowId(f"execution id {value[:60]!r} is not valid Unicode text") from None
+    return value
 
 
 def _window(since: dt.datetime, until: dt.datetime | None) -> dict[str, Any]:

@@ -13,10 +13,11 @@ import json
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -25,6 +26,7 @@ from stepstone import (
     ExecutionFilter,
     ExecutionPage,
     InvalidQuery,
+    InvalidWorkflowId,
     Store,
     UsageError,
     WorkflowNotFound,
@@ -419,6 +421,12 @@ def _expected_order(ds: Dataset, flt: ExecutionFilter, sort: str, direction: str
     return [r.id for r in rows]
 
 
+def _filter(*names_and_values: Any) -> ExecutionFilter:
+    """An ExecutionFilter from alternating field names and values."""
+    fields: dict[str, Any] = dict(zip(names_and_values[::2], names_and_values[1::2], strict=True))
+    return ExecutionFilter(**fields)
+
+
 def _one_page_ids(store: Store, flt: ExecutionFilter) -> list[str]:
     page = store.list_executions(flt, limit=MAX_LIMIT)
     assert page.next_cursor is None
@@ -605,7 +613,7 @@ def test_text_filters_match_literally_or_raise_invalid_query(
     """Any text filter raises InvalidQuery exactly when it has a NUL or is over MAX_TEXT,
     else returns exactly the rows Python matches literally, and changes nothing."""
     name, value = field_value
-    flt = ExecutionFilter(**{name: value})
+    flt = _filter(name, value)
     if "\x00" in value or len(value) > MAX_TEXT:
         with pytest.raises(InvalidQuery):
             ds.store.list_executions(flt)
@@ -633,7 +641,7 @@ def test_unencodable_text_filters_raise_invalid_query_or_match_nothing(
     elif name == "attribute value":
         flt = ExecutionFilter(attributes={"team": value})
     else:
-        flt = ExecutionFilter(**{name: value})
+        flt = _filter(name, value)
     try:
         page = ds.store.list_executions(flt)
     except InvalidQuery:
@@ -712,25 +720,12 @@ def test_attributes_with_nul_or_non_finite_numbers_raise_invalid_query(
 # -- time ranges --------------------------------------------------------------------------
 
 
-def _new_york() -> dt.tzinfo:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo("America/New_York")
-
-
 @SETTINGS
 @given(
     created_after=st.one_of(st.none(), aware_moments),
     created_before=st.one_of(st.none(), aware_moments),
     updated_after=st.one_of(st.none(), aware_moments),
     updated_before=st.one_of(st.none(), aware_moments),
-)
-@example(
-    # 01:45 EDT (05:45 UTC) is before 01:30 EST (06:30 UTC, the repeated hour): not empty
-    created_after=dt.datetime(2023, 11, 5, 1, 45, tzinfo=_new_york()),
-    created_before=dt.datetime(2023, 11, 5, 1, 30, fold=1, tzinfo=_new_york()),
-    updated_after=None,
-    updated_before=None,
 )
 def test_time_ranges_match_python_or_raise_invalid_query(
     ds: Dataset,
@@ -759,6 +754,46 @@ def test_time_ranges_match_python_or_raise_invalid_query(
     ds.assert_unchanged()
 
 
+# Wall times of the hour that a change back from summer time repeats: fold=0 is the first
+# (summer) pass, fold=1 the second.
+REPEATED_HOURS = (
+    ("America/New_York", dt.datetime(2023, 11, 5, 1)),
+    ("Europe/Berlin", dt.datetime(2023, 10, 29, 2)),
+    ("Australia/Lord_Howe", dt.datetime(2023, 4, 2, 1, 30)),  # a 30-minute change
+)
+
+
+@st.composite
+def _repeated_hour_moment_pairs(draw: st.DrawFn) -> tuple[dt.datetime, dt.datetime]:
+    """Two moments, in one zone, inside the hour it repeats when summer time ends."""
+    key, start = draw(st.sampled_from(REPEATED_HOURS))
+    zone = ZoneInfo(key)
+    minutes = 30 if key == "Australia/Lord_Howe" else 60
+
+    def moment() -> dt.datetime:
+        wall = start + dt.timedelta(minutes=draw(st.integers(0, minutes - 1)))
+        return wall.replace(tzinfo=zone, fold=draw(st.integers(0, 1)))
+
+    return moment(), moment()
+
+
+@SETTINGS
+@given(bounds=_repeated_hour_moment_pairs(), kind=st.sampled_from(["created", "updated"]))
+def test_range_emptiness_is_judged_on_instants(
+    ds: Dataset, bounds: tuple[dt.datetime, dt.datetime], kind: str
+) -> None:
+    """A range is refused as empty exactly when its after bound is not before its before
+    bound as instants, also for the wall times a change back from summer time repeats."""
+    after, before = bounds
+    flt = _filter(f"{kind}_after", after, f"{kind}_before", before)
+    if _instant(after) >= _instant(before):
+        with pytest.raises(InvalidQuery):
+            ds.store.list_executions(flt)
+    else:
+        assert set(_one_page_ids(ds.store, flt)) == _expected_ids(flt)
+    ds.assert_unchanged()
+
+
 class _NoOffset(dt.tzinfo):
     """A tzinfo that knows no offset: datetimes carrying it are naive."""
 
@@ -780,7 +815,7 @@ class _NoOffset(dt.tzinfo):
 def test_naive_datetimes_raise_invalid_query(ds: Dataset, name: str, naive: dt.datetime) -> None:
     """A naive datetime in any time bound raises InvalidQuery."""
     with pytest.raises(InvalidQuery):
-        ds.store.list_executions(ExecutionFilter(**{name: naive}))
+        ds.store.list_executions(_filter(name, naive))
     ds.assert_unchanged()
 
 
@@ -1005,7 +1040,7 @@ unknown_ids = st.one_of(
     _mutated(IDS),
     _prefix_of(IDS),
     st.sampled_from(SQL_FRAGMENTS),
-).filter(lambda i: i not in ID_SET)
+).filter(lambda i: i not in ID_SET and 0 < len(i) <= 255)
 
 
 def _operate(store: Store, op: str, wid: str, from_step: int) -> None:
@@ -1042,7 +1077,7 @@ def test_operations_on_unknown_ids_raise_workflow_not_found(
 )
 def test_operations_on_unstorable_ids_raise_usage_errors(ops: Dataset, op: str, wid: str) -> None:
     """Cancel, resume and fork of an id with a NUL or a lone surrogate (which no execution
-    can have) raise WorkflowNotFound or another UsageError, and change nothing."""
+    can have) raise InvalidWorkflowId (a UsageError), and change nothing."""
     with pytest.raises(UsageError):
         _operate(ops.store, op, wid, 0)
     ops.assert_unchanged()
@@ -1210,3 +1245,14 @@ def test_purge_deletes_exactly_the_old_ended_executions(
         assert max(eligible[i] for i in deleted) <= min(eligible[i] for i in kept_eligible)
     assert leftovers == (0,)
     assert purge_logs == ((1,) if cap else (0,))
+
+
+@FEW
+@given(op=st.sampled_from(["cancel", "resume", "fork"]), wid=st.sampled_from(["", "x" * 256]))
+def test_operations_on_impossible_ids_raise_invalid_workflow_id(
+    ops: Dataset, op: str, wid: str
+) -> None:
+    """An empty or over-long id, which no execution can have, is refused as invalid."""
+    with pytest.raises(InvalidWorkflowId):
+        _operate(ops.store, op, wid, 0)
+    ops.assert_unchanged()
