@@ -1,6 +1,8 @@
 -- The seven entities (workflows, executions, states, steps, logs, metrics, checkpoints),
--- the executors' heartbeat table and the functions that make each hot-path write one
--- statement. {schema} is replaced by the configured schema, quoted as an identifier.
+-- the executors' heartbeat table, the functions that make each hot-path write, claim and
+-- sweep one statement, and the operator actions (cancel, resume, fork, purge), each in the
+-- audit log with who did it. {schema} is replaced by the configured schema, quoted as an
+-- identifier.
 
 CREATE TABLE {schema}.workflows (
     name        text        NOT NULL,
@@ -16,7 +18,11 @@ CREATE TABLE {schema}.executors (
     hostname     text        NOT NULL,
     pid          integer     NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- An executor is presumed dead when heartbeat_at is older than its own lease.
+    lease_seconds double precision NOT NULL DEFAULT 30 CHECK (lease_seconds > 0),
+    -- The [name, version] pairs of the workflows it runs.
+    workflows     jsonb            NOT NULL DEFAULT '[]'
 );
 
 CREATE TABLE {schema}.executions (
@@ -36,17 +42,32 @@ CREATE TABLE {schema}.executions (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
-    finished_at      timestamptz
+    finished_at      timestamptz,
+    -- How often a claim took it over: past the runtime's max_recoveries it ends FAILED.
+    recoveries       integer     NOT NULL DEFAULT 0
 );
 -- Recovery looks up the running executions of one owner, or of expired owners.
 CREATE INDEX executions_running_owner_idx ON {schema}.executions (owner) WHERE status = 'RUNNING';
--- Listing: newest first, overall and per workflow name; children of a parent.
+-- Listing: by creation time overall, per workflow name and per status (also the health
+-- counts), by update time, by duration, by user attributes; children of a parent.
+-- Purging: by finish time.
 CREATE INDEX executions_created_idx ON {schema}.executions (created_at, id);
 CREATE INDEX executions_name_created_idx ON {schema}.executions (workflow_name, created_at, id);
+CREATE INDEX executions_status_created_idx ON {schema}.executions (status, created_at, id);
+CREATE INDEX executions_updated_idx ON {schema}.executions (updated_at, id);
+CREATE INDEX executions_duration_idx ON {schema}.executions ((finished_at - created_at), id)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX executions_finished_idx ON {schema}.executions (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX executions_attributes_idx ON {schema}.executions USING gin (attributes jsonb_path_ops);
 CREATE INDEX executions_parent_idx ON {schema}.executions (parent_id) WHERE parent_id IS NOT NULL;
 
+-- The tables below are keyed by execution id and have no foreign keys: the fence proves
+-- the execution exists before anything is written for it, and the purge deletes children
+-- explicitly (a foreign key check would lock the execution row in every step commit).
+
 CREATE TABLE {schema}.steps (
-    execution_id text        NOT NULL REFERENCES {schema}.executions (id) ON DELETE CASCADE,
+    execution_id text        NOT NULL,
     seq          integer     NOT NULL CHECK (seq >= 0),
     name         text        NOT NULL,
     kind         text        NOT NULL CHECK (kind IN ('step', 'transaction', 'workflow')),
@@ -59,7 +80,7 @@ CREATE TABLE {schema}.steps (
 );
 
 CREATE TABLE {schema}.states (
-    execution_id text        NOT NULL REFERENCES {schema}.executions (id) ON DELETE CASCADE,
+    execution_id text        NOT NULL,
     key          text        NOT NULL,
     value        text        NOT NULL,
     seq          integer     NOT NULL,
@@ -71,7 +92,7 @@ CREATE TABLE {schema}.states (
 -- when it was taken (the latest such snapshot: a completion that changes state after the
 -- last step replaces it), so fork and recovery can start from position seq with this state.
 CREATE TABLE {schema}.checkpoints (
-    execution_id text        NOT NULL REFERENCES {schema}.executions (id) ON DELETE CASCADE,
+    execution_id text        NOT NULL,
     seq          integer     NOT NULL CHECK (seq >= 0),
     state        jsonb       NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -79,7 +100,7 @@ CREATE TABLE {schema}.checkpoints (
 );
 
 CREATE TABLE {schema}.logs (
-    execution_id text        NOT NULL REFERENCES {schema}.executions (id) ON DELETE CASCADE,
+    execution_id text        NOT NULL,
     id           bigint      GENERATED ALWAYS AS IDENTITY,
     at           timestamptz NOT NULL DEFAULT now(),
     event        text        NOT NULL,
@@ -114,22 +135,23 @@ SELECT e.id                         AS execution_id,
        e.finished_at - e.created_at AS duration,
        coalesce(s.steps, 0)         AS steps,
        coalesce(s.retries, 0)       AS retries,
-       coalesce(l.recoveries, 0)    AS recoveries
+       e.recoveries
   FROM {schema}.executions e
   LEFT JOIN LATERAL (
         SELECT count(*) AS steps, sum(st.attempts - 1) AS retries
-          FROM {schema}.steps st WHERE st.execution_id = e.id) s ON true
-  LEFT JOIN LATERAL (
-        SELECT count(*) AS recoveries
-          FROM {schema}.logs lg
-         WHERE lg.execution_id = e.id AND lg.event = 'execution_resumed') l ON true;
+          FROM {schema}.steps st WHERE st.execution_id = e.id) s ON true;
 
--- The fence: raises (SQLSTATE SS001) unless p_owner still owns the running execution at
--- p_epoch. The row is locked (FOR SHARE, or FOR NO KEY UPDATE when the caller updates it
--- next), so a concurrent claim waits for this transaction, and a claim that committed first
--- is the version read here, so the check can never be overtaken. It raises instead of
--- matching nothing so that a COMMIT pipelined behind it cannot commit. The row is found by
--- its primary key alone (executions_pkey); the other columns are compared afterwards.
+-- The fence, run by every commit of an execution's progress: raises SQLSTATE SS001 unless
+-- p_owner still owns the running execution at p_epoch (SS002 if it was cancelled). It
+-- raises instead of matching nothing, so that a COMMIT pipelined behind it cannot commit.
+-- A step commit (READ COMMITTED) takes a shared advisory lock on the execution, whose
+-- exclusive side every claim, cancel and resume takes first, and then reads the row: a
+-- claim waits for step commits in flight, and a later step commit reads the claim's new
+-- owner and epoch, with no row lock (a row lock is a heap and WAL write). Above READ
+-- COMMITTED the snapshot may predate a claim, so the row is locked instead (a claim
+-- committed since fails it with 40001). The completion (p_exclusive) locks the row it then
+-- updates. The advisory key is (1937010533, hashtext(id)): a fixed class for stepstone, and
+-- the id's hash (a collision only means a wait). The row is found by its primary key alone.
 CREATE FUNCTION {schema}.fence(
     p_id text, p_owner text, p_epoch bigint, p_exclusive boolean DEFAULT false
 ) RETURNS void
@@ -142,9 +164,19 @@ BEGIN
     IF p_exclusive THEN
         SELECT owner, epoch, status INTO found_owner, found_epoch, found_status
           FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
+    ELSIF current_setting('transaction_isolation') = 'read committed' THEN
+        PERFORM pg_advisory_xact_lock_shared(1937010533, hashtext(p_id));
+        -- A new statement, so a new snapshot: it sees any claim committed before the lock.
+        SELECT owner, epoch, status INTO found_owner, found_epoch, found_status
+          FROM {schema}.executions WHERE id = p_id;
     ELSE
         SELECT owner, epoch, status INTO found_owner, found_epoch, found_status
           FROM {schema}.executions WHERE id = p_id FOR SHARE;
+    END IF;
+    IF found_status = 'CANCELLED' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'SS002',
+            MESSAGE = format('execution %s was cancelled', p_id);
     END IF;
     IF found_owner IS DISTINCT FROM p_owner OR found_epoch IS DISTINCT FROM p_epoch
        OR found_status IS DISTINCT FROM 'RUNNING' THEN
@@ -247,4 +279,220 @@ BEGIN
     INSERT INTO {schema}.logs (execution_id, event, actor, seq, details)
     VALUES (p_id, 'execution_' || lower(p_status), p_owner, p_seq,
             coalesce(p_details, '{{}}'::jsonb));
+END $$;
+
+-- Takes over executions the caller has locked (p_ids): new owner, next epoch, one more
+-- recovery, an audit entry, and everything needed to replay them, trace context included.
+-- executions_pkey, steps_pkey, states_pkey.
+CREATE FUNCTION {schema}.claim(p_owner text, p_ids text[], p_reason text)
+RETURNS TABLE (id text, workflow_name text, workflow_version text, inputs text, epoch bigint,
+               recoveries integer, steps json, state json, trace_context jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    -- The exclusive side of the fence: wait for step commits of these executions in
+    -- flight, and make later ones see the new owner and epoch. Ordered, so that two
+    -- claimers of overlapping sets cannot deadlock.
+    PERFORM pg_advisory_xact_lock(1937010533, k)
+       FROM (SELECT DISTINCT hashtext(x) AS k FROM unnest(p_ids) AS x) keys
+      ORDER BY k;
+    RETURN QUERY
+    WITH previous AS (
+        SELECT x.id, x.owner, x.epoch FROM {schema}.executions x
+         WHERE x.id = ANY (p_ids) AND x.status = 'RUNNING'
+    ), claimed AS (
+        UPDATE {schema}.executions e
+           SET owner = p_owner, epoch = e.epoch + 1, recoveries = e.recoveries + 1,
+               updated_at = now()
+          FROM previous p
+         WHERE e.id = p.id AND e.status = 'RUNNING'
+     RETURNING e.id, e.workflow_name, e.workflow_version, e.inputs, e.epoch, e.recoveries,
+               e.trace_context, p.owner AS previous_owner, p.epoch AS previous_epoch
+    ), logged AS (
+        INSERT INTO {schema}.logs (execution_id, event, actor, details)
+        SELECT c.id, 'execution_resumed', p_owner,
+               jsonb_build_object(
+                   'reason', CASE WHEN c.previous_owner IS NULL THEN 'released' ELSE p_reason END,
+                   'epoch', c.epoch, 'previous_owner', c.previous_owner,
+                   'previous_epoch', c.previous_epoch)
+          FROM claimed c
+    )
+    SELECT c.id, c.workflow_name, c.workflow_version, c.inputs, c.epoch, c.recoveries,
+           (SELECT coalesce(json_agg(json_build_array(s.seq, s.name, s.kind, s.output, s.error)
+                                     ORDER BY s.seq), '[]')
+              FROM {schema}.steps s WHERE s.execution_id = c.id),
+           (SELECT coalesce(json_object_agg(st.key, st.value), '{{}}')
+              FROM {schema}.states st WHERE st.execution_id = c.id),
+           c.trace_context
+      FROM claimed c;
+END $$;
+
+-- One sweep, one statement: claim up to p_limit running executions whose owner's lease
+-- expired (or that have no owner) and whose definition the caller runs, with FOR UPDATE
+-- SKIP LOCKED so concurrent sweepers split the work; once out of those, also list (up to
+-- 100) expired ones the caller cannot run. executors_pkey, executions_running_owner_idx.
+CREATE FUNCTION {schema}.sweep(p_owner text, p_names text[], p_versions text[], p_limit integer)
+RETURNS TABLE (kind text, id text, workflow_name text, workflow_version text, inputs text,
+               epoch bigint, recoveries integer, steps json, state json, trace_context jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_expired text[];
+    v_ids     text[] := '{{}}';
+BEGIN
+    SELECT coalesce(array_agg(x.id), '{{}}') INTO v_expired
+      FROM {schema}.executors x
+     WHERE x.id <> p_owner AND x.heartbeat_at < now() - make_interval(secs => x.lease_seconds);
+    IF p_limit > 0 THEN
+        v_ids := ARRAY(
+                   SELECT e.id FROM {schema}.executions e
+                    WHERE e.status = 'RUNNING' AND e.owner = ANY (v_expired)
+                      AND (e.workflow_name, e.workflow_version) IN
+                          (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))
+                    LIMIT p_limit
+                      FOR NO KEY UPDATE SKIP LOCKED);
+        IF cardinality(v_ids) < p_limit THEN
+            v_ids := v_ids || ARRAY(
+                   SELECT e.id FROM {schema}.executions e
+                    WHERE e.status = 'RUNNING' AND e.owner IS NULL
+                      AND (e.workflow_name, e.workflow_version) IN
+                          (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))
+                    LIMIT p_limit - cardinality(v_ids)
+                      FOR NO KEY UPDATE SKIP LOCKED);
+        END IF;
+        IF cardinality(v_ids) > 0 THEN
+            RETURN QUERY SELECT 'claimed'::text, c.* FROM {schema}.claim(p_owner, v_ids, 'expired_lease') c;
+        END IF;
+    END IF;
+    IF cardinality(v_ids) < p_limit OR p_limit = 0 THEN
+        RETURN QUERY
+        SELECT 'unclaimable'::text, e.id, e.workflow_name, e.workflow_version, NULL::text,
+               NULL::bigint, NULL::integer, NULL::json, NULL::json, NULL::jsonb
+          FROM {schema}.executions e
+         WHERE e.status = 'RUNNING' AND (e.owner = ANY (v_expired) OR e.owner IS NULL)
+           AND (e.workflow_name, e.workflow_version) NOT IN
+               (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))
+         LIMIT 100;
+    END IF;
+END $$;
+
+-- Cancel a RUNNING or ENQUEUED execution: it ends CANCELLED now; its executor stops at its
+-- next step boundary (that commit fails with SS002). Returns the status found (NULL: no
+-- such execution); anything but RUNNING or ENQUEUED is left as it was.
+CREATE FUNCTION {schema}.cancel_execution(p_id text, p_actor text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1937010533, hashtext(p_id));
+    SELECT status INTO v_status FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
+    IF v_status IN ('RUNNING', 'ENQUEUED') THEN
+        UPDATE {schema}.executions
+           SET status = 'CANCELLED', finished_at = now(), updated_at = now()
+         WHERE id = p_id;
+        INSERT INTO {schema}.logs (execution_id, event, actor, details)
+        VALUES (p_id, 'execution_cancelled', p_actor, jsonb_build_object('previous_status', v_status));
+    END IF;
+    RETURN v_status;
+END $$;
+
+-- Resume a FAILED or CANCELLED execution: the step records at its end that hold an error
+-- are removed (those steps run again), and it is RUNNING again with a new epoch, owned by
+-- p_owner (NULL: the next sweep of an executor that runs its workflow claims it). Returns
+-- the status found (NULL: no such execution); anything but FAILED or CANCELLED is left alone.
+CREATE FUNCTION {schema}.resume_execution(p_id text, p_actor text, p_owner text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status  text;
+    v_removed integer := 0;
+    v_last    integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1937010533, hashtext(p_id));
+    SELECT status INTO v_status FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
+    IF v_status IS NULL OR v_status NOT IN ('FAILED', 'CANCELLED') THEN
+        RETURN v_status;
+    END IF;
+    LOOP
+        SELECT seq INTO v_last FROM {schema}.steps
+         WHERE execution_id = p_id ORDER BY seq DESC LIMIT 1;
+        EXIT WHEN v_last IS NULL OR NOT EXISTS (
+            SELECT 1 FROM {schema}.steps
+             WHERE execution_id = p_id AND seq = v_last AND error IS NOT NULL);
+        DELETE FROM {schema}.steps WHERE execution_id = p_id AND seq = v_last;
+        v_removed := v_removed + 1;
+    END LOOP;
+    UPDATE {schema}.executions
+       SET status = 'RUNNING', owner = p_owner, epoch = epoch + 1, output = NULL, error = NULL,
+           finished_at = NULL, updated_at = now()
+     WHERE id = p_id;
+    INSERT INTO {schema}.logs (execution_id, event, actor, details)
+    VALUES (p_id, 'execution_resumed', p_actor,
+            jsonb_build_object('reason', 'operator', 'previous_status', v_status,
+                               'failed_steps_removed', v_removed));
+    RETURN v_status;
+END $$;
+
+-- Fork: a new RUNNING execution of the same workflow and inputs that keeps the source's
+-- step records before position p_step and the state of its latest checkpoint at or before
+-- p_step, then runs from p_step. The caller checks that the source exists and that p_step
+-- is within its recorded steps.
+CREATE FUNCTION {schema}.fork_execution(
+    p_id text, p_step integer, p_new_id text, p_actor text, p_owner text
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state jsonb;
+    v_seq   integer;
+BEGIN
+    INSERT INTO {schema}.executions
+           (id, workflow_name, workflow_version, status, inputs, owner, epoch, attributes,
+            started_at)
+    SELECT p_new_id, e.workflow_name, e.workflow_version, 'RUNNING', e.inputs, p_owner, 1,
+           e.attributes || jsonb_build_object('stepstone.forked_from', p_id,
+                                              'stepstone.fork_step', p_step),
+           now()
+      FROM {schema}.executions e WHERE e.id = p_id;
+    INSERT INTO {schema}.steps
+           (execution_id, seq, name, kind, output, error, attempts, started_at, finished_at)
+    SELECT p_new_id, s.seq, s.name, s.kind, s.output, s.error, s.attempts, s.started_at,
+           s.finished_at
+      FROM {schema}.steps s WHERE s.execution_id = p_id AND s.seq < p_step;
+    SELECT c.seq, c.state INTO v_seq, v_state FROM {schema}.checkpoints c
+     WHERE c.execution_id = p_id AND c.seq <= p_step ORDER BY c.seq DESC LIMIT 1;
+    IF v_state IS NOT NULL THEN
+        INSERT INTO {schema}.states (execution_id, key, value, seq)
+        SELECT p_new_id, kv.key, kv.value, v_seq FROM jsonb_each_text(v_state) kv;
+        INSERT INTO {schema}.checkpoints (execution_id, seq, state) VALUES (p_new_id, v_seq, v_state);
+    END IF;
+    INSERT INTO {schema}.logs (execution_id, event, actor, details)
+    VALUES (p_new_id, 'execution_forked', p_actor,
+            jsonb_build_object('from', p_id, 'step', p_step)),
+           (p_id, 'execution_forked_to', p_actor,
+            jsonb_build_object('to', p_new_id, 'step', p_step));
+END $$;
+
+-- Purge one batch: delete up to p_batch executions that ended before p_cutoff, with their
+-- steps, state, checkpoints and log. Returns how many executions were deleted.
+-- executions_finished_idx. (The purge itself is logged under the execution id '', which no
+-- execution can have.)
+CREATE FUNCTION {schema}.purge_executions(p_cutoff timestamptz, p_batch integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids text[];
+BEGIN
+    v_ids := ARRAY(
+        SELECT id FROM {schema}.executions
+         WHERE finished_at < p_cutoff AND status IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
+         ORDER BY finished_at
+         LIMIT p_batch
+           FOR UPDATE SKIP LOCKED);
+    IF cardinality(v_ids) = 0 THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM {schema}.steps WHERE execution_id = ANY (v_ids);
+    DELETE FROM {schema}.states WHERE execution_id = ANY (v_ids);
+    DELETE FROM {schema}.checkpoints WHERE execution_id = ANY (v_ids);
+    DELETE FROM {schema}.logs WHERE execution_id = ANY (v_ids);
+    DELETE FROM {schema}.executions WHERE id = ANY (v_ids);
+    RETURN cardinality(v_ids);
 END $$;
