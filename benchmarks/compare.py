@@ -36,7 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.cluster import Cluster  # noqa: E402 - after the path is set
+from psycopg import sql  # noqa: E402 - after the path is set
+
+from tests.support.cluster import Cluster  # noqa: E402
 
 ENGINES = ("floor", "stepstone", "dbos")
 DBOS_VERSION = "3.4.0"
@@ -64,7 +66,9 @@ class Runner:
         self.admin = cluster.connect("postgres")
         self.admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for engine in pythons:
-            self.admin.execute(f"CREATE DATABASE bench_{engine}")
+            self.admin.execute(
+                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"bench_{engine}"))
+            )
 
     def dsn(self, engine: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.cluster.port}/bench_{engine}?sslmode=disable"

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import stepstone
 from stepstone import (
@@ -253,11 +254,16 @@ def test_purge_deletes_old_finished_executions_with_everything_theirs(rt: Runtim
         )
     assert rt.store.purge(dt.timedelta(days=30), "test", batch_size=2) == 5
     with psycopg.connect(db) as conn:
-        for table in ("executions", "steps", "states", "checkpoints"):
-            column = "id" if table == "executions" else "execution_id"
-            left = conn.execute(
-                f"SELECT count(*) FROM stepstone.{table} WHERE {column} LIKE 'old-%'"
-            ).fetchone()
+        for table, column in (
+            ("executions", "id"),
+            ("steps", "execution_id"),
+            ("states", "execution_id"),
+            ("checkpoints", "execution_id"),
+        ):
+            query = sql.SQL("SELECT count(*) FROM {} WHERE {} LIKE 'old-%%'").format(
+                sql.Identifier("stepstone", table), sql.Identifier(column)
+            )
+            left = conn.execute(query).fetchone()
             assert left == ((1,) if table == "executions" else (0,)), table
         logs = conn.execute(
             "SELECT count(*) FROM stepstone.logs WHERE execution_id LIKE 'old-%'"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from stepstone import Runtime, migrations
 from tests.support.cluster import Cluster, cluster
@@ -29,7 +30,7 @@ DB = "counted"
 def server() -> Iterator[Cluster]:
     with cluster({"shared_preload_libraries": "'pg_stat_statements'"}) as c:
         with c.connect() as conn:
-            conn.execute(f"CREATE DATABASE {DB}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
         with c.connect(DB) as conn:
             migrations.migrate(conn, "stepstone")
             conn.execute("CREATE TABLE marks (id bigserial PRIMARY KEY, note text NOT NULL)")
