@@ -12,7 +12,7 @@ import binascii
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -34,8 +34,6 @@ __all__ = [
 ]
 
 STATUSES = ("ENQUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-Sort = Literal["created", "updated", "duration", "name"]
-Direction = Literal["asc", "desc"]
 MAX_LIMIT = 1000
 MAX_TEXT = 10_000
 

@@ -26,7 +26,6 @@ __all__ = [
     "WorkflowStats",
 ]
 
-Status = Literal["ENQUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 StepKind = Literal["step", "transaction", "workflow"]
 
 

@@ -15,11 +15,20 @@ import decimal
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from stepstone.errors import SerializationError
 
-__all__ = ["DEFAULT_MAX_SIZE", "JsonSerializer", "Serializer", "check_size", "describe_type"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "Described",
+    "JsonSerializer",
+    "Serializer",
+    "check_size",
+    "describe_type",
+    "described",
+]
 
 DEFAULT_MAX_SIZE = 1024 * 1024
 """Default limit on one serialized value: 1 MiB."""
@@ -50,19 +59,29 @@ def describe_type(value: object) -> str:
     )
 
 
-def check_size(text: str, limit: int, what: str) -> None:
+Described = str | Callable[[], str]
+"""What a value is, for error messages; a callable is only called when an error is raised
+(so that the hot path does not format descriptions it will not use)."""
+
+
+def described(what: Described) -> str:
+    """The text of a description."""
+    return what if isinstance(what, str) else what()
+
+
+def check_size(text: str, limit: int, what: Described) -> None:
     """Raise SerializationError if `text` is not valid UTF-8 text (lone surrogates) or
     encodes to more than `limit` bytes."""
     try:
         size = len(text.encode())
     except UnicodeEncodeError as exc:
         raise SerializationError(
-            f"{what} contains text that is not valid Unicode ({exc.reason} at position "
+            f"{described(what)} contains text that is not valid Unicode ({exc.reason} at position "
             f"{exc.start}): PostgreSQL cannot store it; clean the string first"
         ) from exc
     if size > limit:
         raise SerializationError(
-            f"{what} is {size} bytes once serialized, over the limit of {limit} bytes: "
+            f"{described(what)} is {size} bytes once serialized, over the limit of {limit} bytes: "
             "store large data elsewhere and pass a reference, or raise max_value_size"
         )
 

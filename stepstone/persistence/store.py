@@ -62,10 +62,12 @@ from stepstone.persistence.rows import (
 )
 from stepstone.persistence.serialization import (
     DEFAULT_MAX_SIZE,
+    Described,
     JsonSerializer,
     Serializer,
     check_size,
     describe_type,
+    described,
 )
 
 if TYPE_CHECKING:
@@ -201,13 +203,14 @@ class Store:
 
     # -- values ------------------------------------------------------------------------------
 
-    def encode(self, value: object, what: str) -> str:
-        """Serialize `value`; SerializationError names `what` and the type or size at fault."""
+    def encode(self, value: object, what: Described) -> str:
+        """Serialize `value`; SerializationError names `what` (a text, or a callable that
+        returns it, called only then) and the type or size at fault."""
         try:
             text = self.serializer.dumps(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
-                f"{what} cannot be serialized ({describe_type(value)}): {exc}. Pass values the "
+                f"{described(what)} cannot be serialized ({describe_type(value)}): {exc}. Pass values the "
                 "serializer supports (JSON types, datetime, date, UUID, Decimal, bytes, tuples, "
                 "sets, dataclasses) or configure another serializer"
             ) from exc

@@ -296,7 +296,7 @@ class Engine:
         someone else's to run and its outcome has to be awaited."""
         check_workflow_id(workflow_id)
         inputs = self.store.encode(
-            {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {workflow.name!r}"
+            {"args": list(args), "kwargs": kwargs}, lambda: f"inputs of workflow {workflow.name!r}"
         )
         # The span exists before the execution row so that its trace context is stored with
         # it (a recovered run continues that trace). If the id exists already, the span is

@@ -7,6 +7,7 @@ for the completion.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
@@ -174,6 +175,7 @@ class Execution:
         telemetry = self.telemetry
         span = telemetry.step_span(step.name, seq, self.workflow_id)
         token = otel_context.attach(trace.set_span_in_context(span))
+        outcome = "succeeded"
         try:
             result = self._attempts(step, seq, args, kwargs, retries)
             if telemetry.log.enabled(logging.DEBUG):
@@ -187,27 +189,20 @@ class Execution:
                 )
         except BaseException as exc:
             abandoned = isinstance(exc, StepstoneError) or not isinstance(exc, Exception)
+            outcome = "abandoned" if abandoned else "failed"
             Telemetry.failed(span, exc)
-            telemetry.step_finished(
-                self.workflow.name,
-                step.name,
-                step.kind,
-                "abandoned" if abandoned else "failed",
-                time.perf_counter() - clock,
-                len(retries),
-            )
             raise
         finally:
             otel_context.detach(token)
             span.end()
-        telemetry.step_finished(
-            self.workflow.name,
-            step.name,
-            step.kind,
-            "succeeded",
-            time.perf_counter() - clock,
-            len(retries),
-        )
+            telemetry.step_finished(
+                self.workflow.name,
+                step.name,
+                step.kind,
+                outcome,
+                time.perf_counter() - clock,
+                len(retries),
+            )
         return result
 
     def _attempts(
@@ -297,7 +292,9 @@ class Execution:
         if error is None:
             output = self.store.encode(
                 result,
-                f"output of step {step.name!r} (position {seq}) of workflow {self.workflow_id!r}",
+                lambda: (
+                    f"output of step {step.name!r} (position {seq}) of workflow {self.workflow_id!r}"
+                ),
             )
             recorded_error = None
         else:
@@ -356,7 +353,7 @@ class Execution:
             return None, None
         changed = {}
         for key, value in data.items():
-            text = self.store.encode(value, f"state key {key!r} of workflow {self.workflow_id!r}")
+            text = self.store.encode(value, functools.partial(_state_key, key, self.workflow_id))
             if self.committed.get(key) != text:
                 changed[key] = text
         deleted = [key for key in self.committed if key not in data]
@@ -439,6 +436,10 @@ class Execution:
                 call_site=cause.call_site,
             )
         raise WorkflowFailed(self.workflow_id, error_type, message) from cause
+
+
+def _state_key(key: str, workflow_id: str) -> str:
+    return f"state key {key!r} of workflow {workflow_id!r}"
 
 
 def _definition_site(workflow: Workflow[Any, Any]) -> str:
