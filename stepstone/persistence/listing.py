@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from stepstone.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "STATUSES",
@@ -164,6 +164,20 @@ def _range(name: str, after: dt.datetime | None, before: dt.datetime | None) -> 
         )
 
 
+# Each optional filter field: how its value is checked, and its condition (the field's name
+# is also its parameter's name).
+_CONDITIONS: tuple[tuple[str, Callable[[str, object], object], LiteralString], ...] = (
+    ("workflow_name", _text, "e.workflow_name = %(workflow_name)s"),
+    ("workflow_id_prefix", _text, "starts_with(e.id, %(workflow_id_prefix)s)"),
+    ("executor", _text, "e.owner = %(executor)s"),
+    ("parent_id", _text, "e.parent_id = %(parent_id)s"),
+    ("created_after", _time, "e.created_at >= %(created_after)s"),
+    ("created_before", _time, "e.created_at < %(created_before)s"),
+    ("updated_after", _time, "e.updated_at >= %(updated_after)s"),
+    ("updated_before", _time, "e.updated_at < %(updated_before)s"),
+)
+
+
 def _conditions(f: ExecutionFilter) -> tuple[list[sql.Composable], dict[str, Any]]:
     where: list[sql.Composable] = []
     params: dict[str, Any] = {}
@@ -178,25 +192,10 @@ def _conditions(f: ExecutionFilter) -> tuple[list[sql.Composable], dict[str, Any
     elif statuses:
         where.append(sql.SQL("e.status = ANY (%(statuses)s::text[])"))
         params["statuses"] = statuses
-    texts: list[tuple[str, str | None, LiteralString]] = [
-        ("workflow_name", f.workflow_name, "e.workflow_name = %(workflow_name)s"),
-        ("workflow_id_prefix", f.workflow_id_prefix, "starts_with(e.id, %(workflow_id_prefix)s)"),
-        ("executor", f.executor, "e.owner = %(executor)s"),
-        ("parent_id", f.parent_id, "e.parent_id = %(parent_id)s"),
-    ]
-    for name, value, condition in texts:
+    for name, check, condition in _CONDITIONS:
+        value = getattr(f, name)
         if value is not None:
-            params[name] = _text(name, value)
-            where.append(sql.SQL(condition))
-    times: list[tuple[str, dt.datetime | None, LiteralString]] = [
-        ("created_after", f.created_after, "e.created_at >= %(created_after)s"),
-        ("created_before", f.created_before, "e.created_at < %(created_before)s"),
-        ("updated_after", f.updated_after, "e.updated_at >= %(updated_after)s"),
-        ("updated_before", f.updated_before, "e.updated_at < %(updated_before)s"),
-    ]
-    for name, moment, condition in times:
-        if moment is not None:
-            params[name] = _time(name, moment)
+            params[name] = check(name, value)
             where.append(sql.SQL(condition))
     _range("created", f.created_after, f.created_before)
     _range("updated", f.updated_after, f.updated_before)
