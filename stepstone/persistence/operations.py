@@ -1,0 +1,258 @@
+"""Inspecting and operating on executions: listings, statistics, checkpoints, and the
+operator actions (cancel, resume, fork, purge), each recorded in the audit log with its
+actor. A part of `Store`, which mixes it in; the SQL is in queries.sql and the migration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from stepstone.errors import (
+    InvalidWorkflowId,
+    PersistenceError,
+    UsageError,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+)
+from stepstone.persistence.listing import (
+    ExecutionFilter,
+    ExecutionPage,
+    InvalidQuery,
+    build_list_query,
+    page_from_rows,
+)
+from stepstone.persistence.rows import Checkpoint, SlowStep, WorkflowStats
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from psycopg import sql
+
+    from stepstone.persistence._queries import Queries
+    from stepstone.persistence.rows import ExecutionRow
+
+__all__ = ["Operations"]
+
+
+class Operations:
+    """Listings, statistics and operator actions of a Store."""
+
+    if TYPE_CHECKING:  # provided by Store
+        schema: str
+        queries: Queries
+
+        def _query(
+            self,
+            query: bytes | sql.Composed,
+            params: Mapping[str, Any],
+            *,
+            fetch: Literal["one", "all"] | None,
+            action: str,
+            fence: tuple[str, str, int] | None = None,
+        ) -> Any: ...
+
+        def _one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None: ...
+
+        def _all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
+
+        def _exec(
+            self, name: str, params: Mapping[str, Any], fence: tuple[str, str, int] | None = None
+        ) -> None: ...
+
+        def get_status(
+            self, execution_id: str
+        ) -> tuple[str, str | None, dict[str, Any] | None] | None: ...
+
+        def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
+
+    def list_checkpoints(self, execution_id: str) -> list[Checkpoint]:
+        """Every checkpoint of an execution, by position (state values are serialized text)."""
+        return [Checkpoint(*row) for row in self._all("list_checkpoints", {"id": execution_id})]
+
+    def list_executions(
+        self,
+        flt: ExecutionFilter | None = None,
+        *,
+        sort: str = "created",
+        direction: str = "desc",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ExecutionPage:
+        """One page of executions matching `flt`, sorted by created, updated, duration (ended
+        executions only) or name, newest or largest first with "desc"; `cursor` continues
+        from the page that returned it. InvalidQuery for anything that cannot be used."""
+        query, params = build_list_query(
+            self.schema, flt or ExecutionFilter(), sort, direction, limit, cursor
+        )
+        rows = self._query(query, params, fetch="all", action="listing executions")
+        return page_from_rows(rows, sort, direction, limit)
+
+    def workflow_stats(
+        self, since: dt.datetime, until: dt.datetime | None = None, workflow_name: str | None = None
+    ) -> list[WorkflowStats]:
+        """Per workflow, the executions created in [since, until): counts by outcome,
+        p50/p95/p99 duration and retries."""
+        params = _window(since, until) | {"name": workflow_name}
+        return [WorkflowStats(*row) for row in self._all("workflow_stats", params)]
+
+    def slowest_steps(
+        self,
+        since: dt.datetime,
+        until: dt.datetime | None = None,
+        *,
+        limit: int = 10,
+        workflow_name: str | None = None,
+    ) -> list[SlowStep]:
+        """The slowest steps of the executions created in [since, until)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidQuery(f"limit must be an int from 1 to 1000, got {limit!r}")
+        params = _window(since, until) | {"name": workflow_name, "limit": limit}
+        return [SlowStep(*row) for row in self._all("slowest_steps", params)]
+
+    # -- operations --------------------------------------------------------------------------
+
+    def cancel_execution(self, execution_id: str, actor: str) -> str:
+        """Cancel a RUNNING or ENQUEUED execution (its executor stops at its next step
+        boundary); return the status it had. Refused, changing nothing, otherwise."""
+        row = self._one("cancel_execution", {"id": _execution_id(execution_id), "actor": actor})
+        status = row[0] if row else None
+        if status is None:
+            raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        if status not in ("RUNNING", "ENQUEUED"):
+            raise UsageError(f"cannot cancel {execution_id!r}: it already ended ({status})")
+        return str(status)
+
+    def resume_execution(self, execution_id: str, actor: str, owner: str | None = None) -> str:
+        """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
+        (trailing failed steps run again), owned by `owner` (None: claimed by the next sweep
+        of an executor that runs its workflow). Returns the status it had."""
+        row = self._one(
+            "resume_execution", {"id": _execution_id(execution_id), "actor": actor, "owner": owner}
+        )
+        status = row[0] if row else None
+        if status is None:
+            raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        if status not in ("FAILED", "CANCELLED"):
+            raise UsageError(
+                f"cannot resume {execution_id!r}: it is {status}; only FAILED or CANCELLED "
+                "executions can be resumed"
+            )
+        return str(status)
+
+    def fork_execution(
+        self,
+        execution_id: str,
+        from_step: int,
+        actor: str,
+        *,
+        new_id: str | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """Start a new execution of the same workflow and inputs that keeps the recorded
+        steps before position `from_step` and the state checkpointed there, and runs from
+        it. Returns the new execution's id (default: `<id>-fork-<random>`)."""
+        if isinstance(from_step, bool) or not isinstance(from_step, int):
+            raise InvalidQuery(f"from_step must be an int, got {from_step!r}")
+        if self.get_status(_execution_id(execution_id)) is None:
+            raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        row = self._one("count_steps", {"id": execution_id})
+        recorded = int(row[0]) if row else 0
+        if not 0 <= from_step <= recorded:
+            raise UsageError(
+                f"cannot fork {execution_id!r} from step {from_step}: it has {recorded} recorded "
+                f"steps, so from_step must be between 0 and {recorded}"
+            )
+        target = _execution_id(
+            new_id if new_id is not None else f"{execution_id[:200]}-fork-{secrets.token_hex(4)}"
+        )
+        params = {
+            "id": execution_id,
+            "step": from_step,
+            "new_id": target,
+            "actor": actor,
+            "owner": owner,
+        }
+        try:
+            self._query(
+                self.queries["fork_execution"],
+                params,
+                fetch=None,
+                action=f"forking {execution_id!r}",
+            )
+        except PersistenceError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise
+            existing = self.get_execution(target)
+            raise WorkflowIdConflict(
+                target,
+                existing.workflow_name if existing else "(another execution)",
+                f"a fork of execution {execution_id}",
+            ) from None
+        return target
+
+    def purge(
+        self,
+        older_than: dt.timedelta,
+        actor: str,
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> int:
+        """Delete executions that ended more than `older_than` ago, with their steps, state,
+        checkpoints and log, `batch_size` executions per transaction (at most `max_batches`
+        transactions); return how many."""
+        if not isinstance(older_than, dt.timedelta) or older_than <= dt.timedelta(0):
+            raise InvalidQuery(f"older_than must be a positive timedelta, got {older_than!r}")
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= 100_000
+        ):
+            raise InvalidQuery(f"batch_size must be an int from 1 to 100000, got {batch_size!r}")
+        cutoff = dt.datetime.now(dt.UTC) - older_than
+        total = batches = 0
+        while max_batches is None or batches < max_batches:
+            row = self._one("purge_executions", {"cutoff": cutoff, "batch": batch_size})
+            deleted = int(row[0]) if row else 0
+            total += deleted
+            batches += 1
+            if deleted < batch_size:
+                break
+        if total:
+            details = {"deleted": total, "ended_before": cutoff.isoformat()}
+            self._exec(
+                "log_system_event",
+                {"event": "executions_purged", "actor": actor, "details": Jsonb(details)},
+            )
+        return total
+
+
+def _execution_id(value: object) -> str:
+    """`value` if it can be an execution id; InvalidWorkflowId naming it otherwise."""
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or "\x00" in value:
+        raise InvalidWorkflowId(
+            "an execution id is a string of 1 to 255 characters without NUL, "
+            f"got {str(value)[:60]!r}"
+        )
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidWorkflowId(f"execution id {value[:60]!r} is not valid Unicode text") from None
+    return value
+
+
+def _window(since: dt.datetime, until: dt.datetime | None) -> dict[str, Any]:
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and (not isinstance(value, dt.datetime) or value.utcoffset() is None):
+            raise InvalidQuery(f"{name} must be an aware datetime, got {value!r}")
+    end = until or dt.datetime.now(dt.UTC)
+    if since >= end:
+        raise InvalidQuery(
+            f"the window is empty: since {since.isoformat()} is not before {end.isoformat()}"
+        )
+    return {"since": since, "until": end}
