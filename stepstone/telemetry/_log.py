@@ -49,11 +49,22 @@ class EventLog:
 
     def __init__(self, name: str, logger_provider: LoggerProvider | None = None) -> None:
         self._structlog = structlog.get_logger(name)
+        self._provider = logger_provider
         self._otel = _logs.get_logger(name, logger_provider=logger_provider)
+
+    def _bridged(self, level: int) -> bool:
+        # Only with a real logger provider: building a record for the API's no-op one is
+        # work on the hot path for nothing. (The global provider may be set later.)
+        if level < _bridge_level:
+            return False
+        provider = self._provider if self._provider is not None else _logs.get_logger_provider()
+        return not isinstance(provider, _logs.NoOpLoggerProvider) and (
+            type(provider).__name__ != "ProxyLoggerProvider"
+        )
 
     def enabled(self, level: int) -> bool:
         """Whether an event at `level` would go anywhere (check before building costly fields)."""
-        return level >= logging.WARNING or level >= _bridge_level or structlog.is_configured()
+        return level >= logging.WARNING or structlog.is_configured() or self._bridged(level)
 
     def debug(self, event: str, **fields: Any) -> None:
         self.emit(logging.DEBUG, event, fields)
@@ -70,7 +81,7 @@ class EventLog:
     def emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
         severity, severity_text, method = _SEVERITY[level]
         to_structlog = level >= logging.WARNING or structlog.is_configured()
-        to_otel = level >= _bridge_level
+        to_otel = self._bridged(level)
         if not (to_structlog or to_otel):
             return
         if to_otel:

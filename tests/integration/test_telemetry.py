@@ -367,3 +367,17 @@ def test_configure_builds_providers_from_the_environment(monkeypatch: pytest.Mon
         stepstone.telemetry.configure(set_global=False, exporter="zipkin")  # type: ignore[arg-type]
     with pytest.raises(stepstone.ConfigurationError, match="protocol must be"):
         stepstone.telemetry.configure(set_global=False, exporter="otlp", protocol="thrift")  # type: ignore[arg-type]
+
+
+def test_events_are_bridged_only_to_a_real_logger_provider() -> None:
+    """With the API's no-op or proxy logger provider no log record is built; with an SDK
+    provider INFO events are bridged and DEBUG ones are not."""
+    from opentelemetry.sdk._logs import LoggerProvider
+
+    from stepstone.telemetry import EventLog
+
+    assert not EventLog("stepstone").enabled(logging.INFO) or structlog.is_configured()
+    real = EventLog("stepstone", LoggerProvider())
+    assert real._bridged(logging.INFO)
+    assert not real._bridged(logging.DEBUG)
+    assert not EventLog("stepstone")._bridged(logging.INFO)
