@@ -11,6 +11,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
@@ -35,6 +36,7 @@ from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType
 
     from stepstone.persistence.rows import RecordedStep
     from stepstone.runtime._engine import Engine
@@ -53,7 +55,7 @@ def _now() -> dt.datetime:
 
 def _call_site() -> str:
     """file:line of the innermost frame outside the stepstone package."""
-    frame = __import__("sys")._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "<unknown>"
@@ -101,8 +103,6 @@ class Execution:
         self.context = WorkflowContext(self)
         self.doomed: StepstoneError | None = None
         self.in_step = False
-        self._pending: tuple[dict[str, str] | None, list[str] | None] = (None, None)
-        self._commit_started = 0.0
 
     @property
     def replaying(self) -> bool:
@@ -271,12 +271,15 @@ class Execution:
         def body(conn: Any) -> Any:
             return step.fn(conn, *args, **kwargs)
 
+        built: list[tuple[StepCommit, float]] = []
+
         def record(value: Any) -> StepCommit:
-            return self._record(step, seq, value, None, attempt, started, retries)
+            commit = self._record(step, seq, value, None, attempt, started, retries)
+            built.append((commit, time.perf_counter()))
+            return commit
 
         result = self.store.run_transaction_step(body, record)
-        self.telemetry.step_committed("transaction", time.perf_counter() - self._commit_started)
-        self._committed()
+        self._committed(*built[0])
         return result
 
     def _record(
@@ -317,8 +320,6 @@ class Execution:
                     "details": {"step": step.name, "error": f"{error_type}: {message}"[:1000]},
                 }
             )
-        self._pending = (changed, deleted)
-        self._commit_started = time.perf_counter()
         return StepCommit(
             execution_id=self.workflow_id,
             owner=self.owner,
@@ -337,13 +338,21 @@ class Execution:
         )
 
     def _commit(self, commit: StepCommit) -> None:
+        since = time.perf_counter()
         try:
             self.store.commit_step(commit)
         except (OwnershipLost, PersistenceError, WorkflowCancelled) as exc:
             self.doomed = exc
             raise
-        self.telemetry.step_committed(commit.kind, time.perf_counter() - self._commit_started)
-        self._committed()
+        self._committed(commit, since)
+
+    def _committed(self, commit: StepCommit, since: float) -> None:
+        """The step is durable: what it wrote is now the committed state."""
+        self.telemetry.step_committed(commit.kind, time.perf_counter() - since)
+        if commit.state:
+            self.committed.update(commit.state)
+        for key in commit.deleted or ():
+            self.committed.pop(key, None)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -358,14 +367,6 @@ class Execution:
                 changed[key] = text
         deleted = [key for key in self.committed if key not in data]
         return changed or None, deleted or None
-
-    def _committed(self) -> None:
-        changed, deleted = self._pending
-        if changed:
-            self.committed.update(changed)
-        for key in deleted or ():
-            self.committed.pop(key, None)
-        self._pending = (None, None)
 
     # -- completion --------------------------------------------------------------------------
 
