@@ -251,12 +251,13 @@ class Store(Operations):
 
     def commit_step(self, commit: StepCommit) -> None:
         """Record a completed step in one statement and one transaction (fenced)."""
-        params = self._commit_params(commit)
-        try:
-            with self._pool.connection() as conn:
-                conn.execute(self.queries["commit_step"], params)
-        except psycopg.Error as exc:
-            self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", commit)
+        self._query(
+            self.queries["commit_step"],
+            self._commit_params(commit),
+            fetch=None,
+            action=lambda: f"committing step {commit.seq} of {commit.execution_id!r}",
+            fence=(commit.execution_id, commit.owner, commit.epoch),
+        )
 
     def run_transaction_step(
         self, body: Callable[[Connection], T], record: Callable[[T], StepCommit]
@@ -305,7 +306,11 @@ class Store(Operations):
                     conn.execute(b"COMMIT", prepare=False)
             except psycopg.Error as exc:
                 _rollback_quietly(conn)
-                self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", commit)
+                self._raise(
+                    exc,
+                    f"committing step {commit.seq} of {commit.execution_id!r}",
+                    (commit.execution_id, commit.owner, commit.epoch),
+                )
             return result
 
     def finish_execution(
@@ -335,11 +340,13 @@ class Store(Operations):
             "deleted": deleted or None,
             "details": Jsonb(details) if details else None,
         }
-        try:
-            with self._pool.connection() as conn:
-                conn.execute(self.queries["finish_execution"], params)
-        except psycopg.Error as exc:
-            self._raise(exc, f"finishing {execution_id!r}", (execution_id, owner, epoch))
+        self._query(
+            self.queries["finish_execution"],
+            params,
+            fetch=None,
+            action=lambda: f"finishing {execution_id!r}",
+            fence=(execution_id, owner, epoch),
+        )
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -569,10 +576,12 @@ class Store(Operations):
         params: Mapping[str, Any],
         *,
         fetch: Literal["one", "all"] | None,
-        action: str,
+        action: Described,
         fence: tuple[str, str, int] | None = None,
     ) -> Any:
-        """Run one statement on a pooled connection; driver errors become stepstone's."""
+        """Run one statement on a pooled connection; driver errors become stepstone's, named
+        by `action` (formatted only then) and, for a write fenced by (execution id, owner,
+        epoch), OwnershipLost or WorkflowCancelled."""
         try:
             with self._pool.connection() as conn:
                 cursor = conn.execute(query, params)
@@ -602,14 +611,13 @@ class Store(Operations):
         )
 
     def _raise(
-        self, exc: psycopg.Error, action: str, fence: StepCommit | tuple[str, str, int] | None
+        self, exc: psycopg.Error, action: Described, fence: tuple[str, str, int] | None
     ) -> NoReturn:
         if exc.sqlstate in (FENCE_SQLSTATE, CANCELLED_SQLSTATE) and fence is not None:
-            if isinstance(fence, StepCommit):
-                fence = (fence.execution_id, fence.owner, fence.epoch)
             if exc.sqlstate == CANCELLED_SQLSTATE:
                 raise WorkflowCancelled(f"workflow {fence[0]!r} was cancelled", fence[0]) from exc
             raise OwnershipLost(*fence, detail=exc.diag.message_detail) from exc
+        action = described(action)
         if not self._opened:
             raise PersistenceError(
                 f"{action} failed: the store is closed (call open(); Runtime.launch() does)"
