@@ -12,18 +12,12 @@ if TYPE_CHECKING:
 __all__ = ["Heartbeat"]
 
 
-class Heartbeat:
+class Heartbeat(Loop):
     """Beats `session`'s heart every `interval` seconds on a background thread."""
 
     def __init__(self, session: ExecutorSession, interval: float) -> None:
+        super().__init__("heartbeat", interval, self._beat)
         self._session = session
-        self._loop = Loop("heartbeat", interval, self._beat)
-
-    def start(self) -> None:
-        self._loop.start()
-
-    def stop(self) -> None:
-        self._loop.stop()
 
     def _beat(self) -> bool:
         self._session.heartbeat()

@@ -54,20 +54,14 @@ def _resume(engine: Engine, records: list[ResumeRecord], reason: str) -> int:
     return resumed
 
 
-class Sweeper:
+class Sweeper(Loop):
     """Claims expired executions (and own leftovers) every `interval` seconds."""
 
     def __init__(self, engine: Engine, store: Store, interval: float) -> None:
+        super().__init__("sweep", interval, self.sweep_once)
         self._engine = engine
         self._store = store
         self._reported: set[str] = set()
-        self._loop = Loop("sweep", interval, self.sweep_once)
-
-    def start(self) -> None:
-        self._loop.start()
-
-    def stop(self) -> None:
-        self._loop.stop()
 
     def sweep_once(self) -> bool:
         """One sweep; True when it claimed a full batch, so that more may be waiting."""
