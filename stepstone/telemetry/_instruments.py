@@ -15,7 +15,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from stepstone.telemetry._log import EventLog
+from stepstone.telemetry._log import EventLog, records
 from stepstone.telemetry._recorder import Recorder
 
 if TYPE_CHECKING:
@@ -71,14 +71,6 @@ _KIND_ATTRIBUTES = {
 }
 
 
-def _is_sdk(provider: metrics.MeterProvider) -> bool:
-    """Whether `provider` records anything (the API's proxy and no-op providers do not)."""
-    return (
-        not isinstance(provider, metrics.NoOpMeterProvider)
-        and type(provider).__name__ != "_ProxyMeterProvider"
-    )
-
-
 class Telemetry:
     """The spans and measurements of one Runtime."""
 
@@ -95,7 +87,7 @@ class Telemetry:
         self.tracer = trace.get_tracer("stepstone", version, tracer_provider)
         meter = metrics.get_meter("stepstone", version, meter_provider)
         # With a real meter provider, measurements are recorded off the hot path.
-        self._record = Recorder(deferred=_is_sdk(meter_provider or metrics.get_meter_provider()))
+        self._record = Recorder(deferred=records(meter_provider or metrics.get_meter_provider()))
         self._step_attributes: dict[tuple[str, str, str, str], dict[str, str]] = {}
         self.log = EventLog("stepstone", logger_provider)
         self._started = _instrument(meter, "counter", "stepstone.workflow.started")

@@ -15,14 +15,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import _logs, trace
+from opentelemetry import _logs, metrics, trace
 from opentelemetry._logs import SeverityNumber
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
     from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["EventLog", "add_trace_context", "set_bridge_level"]
+__all__ = ["EventLog", "add_trace_context", "records", "set_bridge_level"]
 
 _SEVERITY = {
     logging.DEBUG: (SeverityNumber.DEBUG, "DEBUG", "debug"),
@@ -38,6 +38,18 @@ def set_bridge_level(level: int) -> None:
     """Events at or above `level` are emitted as OpenTelemetry log records (default INFO)."""
     global _bridge_level  # noqa: PLW0603 - one process-wide setting, set by configure()
     _bridge_level = level
+
+
+_NO_OP_PROVIDERS = (metrics.NoOpMeterProvider, _logs.NoOpLoggerProvider)
+_PROXY_PROVIDERS = frozenset({"_ProxyMeterProvider", "ProxyLoggerProvider"})
+
+
+def records(provider: object) -> bool:
+    """Whether an OpenTelemetry meter or logger provider records anything: the API's no-op
+    providers do not, nor the proxies that stand in until the application sets one."""
+    return not isinstance(provider, _NO_OP_PROVIDERS) and (
+        type(provider).__name__ not in _PROXY_PROVIDERS
+    )
 
 
 def _attribute(value: Any) -> Any:
@@ -58,9 +70,7 @@ class EventLog:
         if level < _bridge_level:
             return False
         provider = self._provider if self._provider is not None else _logs.get_logger_provider()
-        return not isinstance(provider, _logs.NoOpLoggerProvider) and (
-            type(provider).__name__ != "ProxyLoggerProvider"
-        )
+        return records(provider)
 
     def enabled(self, level: int) -> bool:
         """Whether an event at `level` would go anywhere (check before building costly fields)."""
