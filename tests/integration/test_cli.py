@@ -20,13 +20,10 @@ import pytest
 
 import stepstone
 from stepstone import Runtime, WorkflowFailed
+from tests.support.runtime import Crash
 
 ALL_IDS = {"order-ok-1", "order-ok-2", "report-acme", "order-failed", "order-running"}
 NEWEST_FIRST = ["order-running", "order-failed", "report-acme", "order-ok-2", "order-ok-1"]
-
-
-class Crash(BaseException):
-    """Stands for the process dying: not an Exception, so nothing is recorded for it."""
 
 
 def _populate(rt: Runtime) -> None:

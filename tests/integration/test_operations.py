@@ -22,8 +22,7 @@ from stepstone import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-
-FAST = {"lease_seconds": 1.0, "heartbeat_interval": 0.2, "sweep_interval": 0.2}
+from tests.support.runtime import FAST
 
 
 def _events(rt: Runtime, workflow_id: str) -> list[tuple[str, str | None]]:

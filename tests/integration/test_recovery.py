@@ -16,20 +16,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from stepstone import ExecutorIdInUse, RecoveryLimitExceeded, Runtime, WorkflowFailed
+from tests.support.runtime import FAST, Crash
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-FAST = {
-    "lease_seconds": 1.0,
-    "heartbeat_interval": 0.2,
-    "sweep_interval": 0.2,
-    "connect_timeout": 2,
-}
-
-
-class Crash(BaseException):
-    """Stands for the process dying: not an Exception, so nothing is recorded for it."""
 
 
 def _define(

@@ -11,17 +11,7 @@ import pytest
 
 import stepstone
 from stepstone import OwnershipLost, Runtime, UsageError, WorkflowFailed
-
-FAST = {
-    "lease_seconds": 1.0,
-    "heartbeat_interval": 0.2,
-    "sweep_interval": 0.2,
-    "connect_timeout": 2,
-}
-
-
-class Crash(BaseException):
-    """Stands for the process dying."""
+from tests.support.runtime import FAST, Crash
 
 
 def _status(db: str, workflow_id: str) -> tuple[Any, ...] | None:

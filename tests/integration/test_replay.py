@@ -9,13 +9,10 @@ import pytest
 
 import stepstone
 from stepstone import NonDeterminismError, Runtime, WorkflowFailed
+from tests.support.runtime import Crash
 
 if TYPE_CHECKING:
     import psycopg
-
-
-class Crash(BaseException):
-    """Stands for the process dying: not an Exception, so nothing is recorded for it."""
 
 
 def test_resumed_execution_replays_recorded_steps_without_running_them(rt: Runtime) -> None:

@@ -14,15 +14,12 @@ import stepstone
 from stepstone import RetryPolicy, Runtime, WorkflowFailed
 from stepstone.telemetry import add_trace_context
 from tests.support.otel import Recorded, render
+from tests.support.runtime import Crash
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import psycopg
-
-
-class Crash(BaseException):
-    """Stands for the process dying."""
 
 
 @pytest.fixture
