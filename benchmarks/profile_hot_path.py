@@ -2,8 +2,8 @@
 
     python benchmarks/profile_hot_path.py [--steps 10] [--workflows 500]
 
-Runs workflows of N trivial steps against a throwaway cluster (the same setup as
-compare.py) under cProfile with a wall-clock timer, and prints each component's share of
+Runs workflows of N trivial steps against a throwaway cluster (the same setup and
+workflow as compare.py) under cProfile with a wall-clock timer, and prints each component's share of
 the time spent in the calling thread: waiting for PostgreSQL (the round trips), psycopg and
 psycopg-pool in Python, stepstone's runtime, persistence and telemetry code, and the rest.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stepstone import Runtime, migrations  # noqa: E402 - after the path is set
+from benchmarks.engines import stepstone_engine  # noqa: E402 - after the path is set
+from stepstone import migrations  # noqa: E402
 from tests.support.cluster import Cluster  # noqa: E402
 
 WAIT_FUNCTIONS = {"wait", "wait_c", "wait_poll", "wait_select", "wait_epoll", "poll", "select"}
@@ -55,17 +56,7 @@ def main() -> None:
             conn.execute("CREATE DATABASE profiled")
         with cluster.connect("profiled") as conn:
             migrations.migrate(conn, "stepstone")
-        rt = Runtime(cluster.dsn("profiled"), executor_id="profiler", pool_max_size=2)
-
-        @rt.step()
-        def echo(n: int) -> int:
-            return n
-
-        @rt.workflow()
-        def steps(n: int) -> int:
-            return sum(echo(i) for i in range(n))
-
-        rt.launch()
+        steps, shutdown = stepstone_engine(cluster.dsn("profiled"), threads=1)
         for _ in range(50):
             steps(args.steps)
         profile = cProfile.Profile(time.perf_counter)
@@ -75,7 +66,7 @@ def main() -> None:
             steps(args.steps)
         profile.disable()
         elapsed = time.perf_counter() - started
-        rt.shutdown()
+        shutdown()
     finally:
         cluster.destroy()
 
