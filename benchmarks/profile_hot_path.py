@@ -3,9 +3,10 @@
     python benchmarks/profile_hot_path.py [--steps 10] [--workflows 500]
 
 Runs workflows of N trivial steps against a throwaway cluster (the same setup and
-workflow as compare.py) under cProfile with a wall-clock timer, and prints each component's share of
-the time spent in the calling thread: waiting for PostgreSQL (the round trips), psycopg and
-psycopg-pool in Python, stepstone's runtime, persistence and telemetry code, and the rest.
+workflow as compare.py) under cProfile with a wall-clock timer, and prints each
+component's share of the time spent in the calling thread: waiting for PostgreSQL (the
+round trips), psycopg and psycopg-pool in Python, stepstone's runtime, persistence and
+telemetry code, and the rest.
 """
 
 from __future__ import annotations
