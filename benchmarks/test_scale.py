@@ -8,14 +8,16 @@
   claimed) and with every lease expired (2,000 running executions to check for a claimer).
 
 The data is loaded once per module with set-based SQL into the real (logged, indexed)
-tables: a month of executions in creation order, five workflow names of skewed popularity,
-ten steps each, the newest 3,000 still running or enqueued, then VACUUM ANALYZE. It takes a
+tables (tests/support/synthetic.py): a month of executions in creation order, five workflow
+names of skewed popularity, ten steps each, the newest 3,000 still running or enqueued,
+then VACUUM ANALYZE. It takes a
 few minutes and a few GB of disk; progress goes to stderr. p50 and p99 of each benchmark are
 in its extra_info and on a summary line.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import sys
 import time
@@ -27,6 +29,7 @@ import pytest
 
 from stepstone.persistence import ExecutionFilter, Store
 from stepstone.persistence.listing import build_list_query, encode_cursor
+from tests.support.synthetic import execution_id, load_executions, load_executors
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -41,57 +44,7 @@ ROUNDS = 300
 GOAL_MS = 10.0
 PAGE = 50
 
-EXECUTORS = """
-INSERT INTO stepstone.executors (id, hostname, pid, heartbeat_at, workflows)
-SELECT 'executor-' || x, 'host-' || x, 1000 + x,
-       now() - CASE WHEN x = 4 THEN interval '1 hour' ELSE interval '0' END,
-       '[["orders.fulfil", "1"], ["payments.capture", "1"], ["emails.send", "1"],
-         ["reports.build", "1"], ["accounts.close", "1"]]'
-  FROM generate_series(1, 4) x
-"""
-
 # `%%` is a literal `%` (modulo) next to the bound parameters.
-INSERT_EXECUTIONS = """
-INSERT INTO stepstone.executions
-       (id, workflow_name, workflow_version, status, inputs, output, error, owner, epoch,
-        parent_id, attributes, created_at, updated_at, started_at, finished_at)
-SELECT md5('exec-' || n)::uuid::text, name, '1', status,
-       format('{"args":[%%s,"%%s"],"kwargs":{"retries":3}}', n, md5(n::text)),
-       CASE WHEN status = 'SUCCEEDED' THEN format('{"ok":true,"n":%%s}', n) END,
-       CASE WHEN status = 'FAILED'
-            THEN jsonb_build_object('type', 'ValueError', 'message', 'bad input ' || n,
-                                    'traceback', repeat('  File "app.py", line 1, in f\n', 4))
-       END,
-       CASE WHEN status = 'RUNNING' THEN 'executor-' || (n %% 4 + 1) END,
-       1,
-       CASE WHEN n > 250 AND n %% 20 = 0 THEN md5('exec-' || (n / 20 %% 250 + 1))::uuid::text END,
-       CASE WHEN n %% 2 = 0
-            THEN jsonb_build_object('customer', 'c-' || h %% 1000,
-                                    'region', CASE WHEN h %% 3 = 0 THEN 'us' ELSE 'eu' END)
-            WHEN n %% 10 = 1 THEN '{"priority": "high"}'::jsonb
-            ELSE '{}'::jsonb END,
-       created,
-       CASE WHEN status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN created + took
-            ELSE created END,
-       CASE WHEN status <> 'ENQUEUED' THEN created END,
-       CASE WHEN status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN created + took END
-  FROM (SELECT n, h,
-               CASE WHEN n %% 50 < 20 THEN 'orders.fulfil'
-                    WHEN n %% 50 < 35 THEN 'payments.capture'
-                    WHEN n %% 50 < 45 THEN 'emails.send'
-                    WHEN n %% 50 < 49 THEN 'reports.build'
-                    ELSE 'accounts.close' END AS name,
-               CASE WHEN n > %(total)s::int - %(active)s::int
-                    THEN CASE WHEN n %% 3 = 0 THEN 'ENQUEUED' ELSE 'RUNNING' END
-                    WHEN h %% 100 < 94 THEN 'SUCCEEDED'
-                    WHEN h %% 100 < 98 THEN 'FAILED'
-                    ELSE 'CANCELLED' END AS status,
-               now() - interval '30 days' + n * (interval '30 days' / %(total)s::int) AS created,
-               (h %% 3600 + 1) * interval '1 second' AS took
-          FROM (SELECT n, abs(hashtext('h' || n)) AS h
-                  FROM generate_series(%(first)s::int, %(last)s::int) n) s) g
-"""
-
 INSERT_STEPS = """
 INSERT INTO stepstone.steps
        (execution_id, seq, name, kind, output, error, attempts, started_at, finished_at)
@@ -103,7 +56,7 @@ SELECT md5('exec-' || n)::uuid::text, seq,
        CASE WHEN (n + seq) %% 17 = 0 THEN 2 ELSE 1 END,
        created + seq * interval '1 second',
        created + seq * interval '1 second' + interval '250 milliseconds'
-  FROM (SELECT n, now() - interval '30 days' + n * (interval '30 days' / %(total)s::int) AS created
+  FROM (SELECT n, %(start)s::timestamptz + n * (interval '30 days' / %(total)s::int) AS created
           FROM generate_series(%(first)s::int, %(last)s::int) n) e
  CROSS JOIN generate_series(0, %(steps)s::int - 1) seq
 """
@@ -126,12 +79,22 @@ def _load(dsn: str, say: Callable[[str], None]) -> None:
     def elapsed() -> str:
         return f"{time.perf_counter() - started:7.1f} s"
 
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(EXECUTORS)
+        load_executors(conn, 4)
         for first in range(1, EXECUTIONS + 1, BATCH):
             last = min(first + BATCH - 1, EXECUTIONS)
-            params = {"first": first, "last": last, "total": EXECUTIONS, "active": ACTIVE}
-            conn.execute(INSERT_EXECUTIONS, params)
+            load_executions(
+                conn,
+                total=EXECUTIONS,
+                active=ACTIVE,
+                parents=250,
+                customers=1000,
+                executors=4,
+                start=start,
+                first=first,
+                last=last,
+            )
             say(f"[scale] {elapsed()}  executions {last:>10,} / {EXECUTIONS:,}")
         per_batch = BATCH // STEPS_PER_EXECUTION
         for first in range(1, EXECUTIONS + 1, per_batch):
@@ -140,6 +103,7 @@ def _load(dsn: str, say: Callable[[str], None]) -> None:
                 "first": first,
                 "last": last,
                 "total": EXECUTIONS,
+                "start": start,
                 "steps": STEPS_PER_EXECUTION,
             }
             conn.execute(INSERT_STEPS, params)
@@ -290,19 +254,12 @@ def test_get_execution_and_list_steps(
 ) -> None:
     """get_execution and list_steps of one execution, a different random one each round."""
     picks = random.Random(7).sample(range(1, EXECUTIONS + 1), ROUNDS + 20)
-    with store.connection() as conn:
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT md5('exec-' || n)::uuid::text FROM unnest(%s::int[]) n", [picks]
-            )
-        ]
-    remaining = iter(ids)
+    remaining = iter([execution_id(n) for n in picks])
 
     def read() -> None:
-        execution_id = next(remaining)
-        assert store.get_execution(execution_id) is not None
-        assert len(store.list_steps(execution_id)) == STEPS_PER_EXECUTION
+        picked = next(remaining)
+        assert store.get_execution(picked) is not None
+        assert len(store.list_steps(picked)) == STEPS_PER_EXECUTION
 
     _measure(benchmark, request, store, "get_execution+list_steps", read, [])
 

@@ -2,18 +2,18 @@
 health counts use the index meant for them on realistic data (EXPLAIN, default planner
 settings, statistics from ANALYZE).
 
-The data: 20,000 executions over 30 days, in creation order like a live table, with uuid-like
-ids, five workflow names of skewed popularity (40/30/20/8/2 %), every status (85 % succeeded,
-4 % failed, 2 % cancelled, 6 % running, 3 % enqueued), a customer attribute on half of them,
-and five parents of 200 children each. Filters that select a large share of the table are
-rightly served by the created_at index with a filter, so each filtered shape is checked with
-a selective value, where the index meant for it is the better plan.
+The data (tests/support/synthetic.py): 20,000 executions over 30 days, in creation order
+like a live table, with uuid-like ids, five workflow names of skewed popularity
+(40/30/20/8/2 %), the newest 1,800 running or enqueued and the rest succeeded, failed or
+cancelled, a customer attribute (100 values) on half of them, and five parents of 200
+children each. Filters that select a large share of the table are rightly served by the
+created_at index with a filter, so each filtered shape is checked with a selective value,
+where the index meant for it is the better plan.
 """
 
 from __future__ import annotations
 
-import hashlib
-import uuid
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,62 +22,15 @@ import pytest
 
 from stepstone.persistence import ExecutionFilter, Store
 from stepstone.persistence.listing import build_list_query
+from tests.support.synthetic import execution_id, load_executions, load_executors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 EXECUTIONS = 20_000
 PAGE = 50
-# The id LOAD gives execution 1, one of the five parents.
-PARENT = str(uuid.UUID(hashlib.md5(b"exec-1", usedforsecurity=False).hexdigest()))
-
-EXECUTORS = """
-INSERT INTO stepstone.executors (id, hostname, pid, heartbeat_at, workflows)
-SELECT 'executor-' || x, 'host-' || x, 1000 + x,
-       now() - CASE WHEN x = 3 THEN interval '1 hour' ELSE interval '0' END,
-       '[["orders.fulfil", "1"], ["payments.capture", "1"], ["emails.send", "1"],
-         ["reports.build", "1"]]'
-  FROM generate_series(1, 3) x
-"""
-
-# `%%` is a literal `%` (modulo) next to the bound parameter.
-LOAD = """
-INSERT INTO stepstone.executions
-       (id, workflow_name, workflow_version, status, inputs, output, error, owner, epoch,
-        parent_id, attributes, created_at, updated_at, started_at, finished_at)
-SELECT md5('exec-' || n)::uuid::text, name, '1', status, '{"args":[],"kwargs":{}}',
-       CASE WHEN status = 'SUCCEEDED' THEN '{"ok":true}' END,
-       CASE WHEN status = 'FAILED'
-            THEN '{"type": "ValueError", "message": "bad input"}'::jsonb END,
-       CASE WHEN status = 'RUNNING' THEN 'executor-' || (n %% 3 + 1) END,
-       1,
-       CASE WHEN n > 5 AND n %% 20 = 0 THEN md5('exec-' || (n / 20 %% 5 + 1))::uuid::text END,
-       CASE WHEN n %% 2 = 0
-            THEN jsonb_build_object('customer', 'c-' || h %% 100,
-                                    'region', CASE WHEN h %% 3 = 0 THEN 'us' ELSE 'eu' END)
-            WHEN n %% 10 = 1 THEN '{"priority": "high"}'::jsonb
-            ELSE '{}'::jsonb END,
-       created,
-       CASE WHEN status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN created + took
-            ELSE created + took / 2 END,
-       CASE WHEN status <> 'ENQUEUED' THEN created END,
-       CASE WHEN status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN created + took END
-  FROM (SELECT n, h,
-               CASE WHEN n %% 50 < 20 THEN 'orders.fulfil'
-                    WHEN n %% 50 < 35 THEN 'payments.capture'
-                    WHEN n %% 50 < 45 THEN 'emails.send'
-                    WHEN n %% 50 < 49 THEN 'reports.build'
-                    ELSE 'accounts.close' END AS name,
-               CASE WHEN h %% 100 < 85 THEN 'SUCCEEDED'
-                    WHEN h %% 100 < 89 THEN 'FAILED'
-                    WHEN h %% 100 < 91 THEN 'CANCELLED'
-                    WHEN h %% 100 < 97 THEN 'RUNNING'
-                    ELSE 'ENQUEUED' END AS status,
-               timestamptz '2024-03-01 00:00:00+00' + n * (interval '30 days' / %(count)s::int) AS created,
-               (h %% 3600 + 1) * interval '1 second' AS took
-          FROM (SELECT n, abs(hashtext('h' || n)) AS h
-                  FROM generate_series(1, %(count)s::int) n) s) g
-"""
+ACTIVE = 1_800  # the newest executions: 1,200 RUNNING, 600 ENQUEUED
+PARENT = execution_id(1)  # one of the five parents, of 200 children each
 
 
 @dataclass(frozen=True)
@@ -154,8 +107,16 @@ def loaded(db: str) -> Iterator[tuple[Store, psycopg.Connection[Any]]]:
     """The test's database with the listing data loaded and analyzed, a Store on it and a
     connection to EXPLAIN with."""
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(EXECUTORS)
-        conn.execute(LOAD, {"count": EXECUTIONS})
+        load_executors(conn, 3)
+        load_executions(
+            conn,
+            total=EXECUTIONS,
+            active=ACTIVE,
+            parents=5,
+            customers=100,
+            executors=3,
+            start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+        )
         conn.execute("ANALYZE stepstone.executions")
         conn.execute("ANALYZE stepstone.executors")
         with Store(db, min_size=1, max_size=1) as store:
