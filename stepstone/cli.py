@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from stepstone import _cli_format as fmt
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
+from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.listing import MAX_LIMIT, STATUSES, ExecutionFilter
 from stepstone.persistence.store import Store
-from stepstone.runtime.definitions import check_workflow_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

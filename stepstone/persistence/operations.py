@@ -13,12 +13,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from stepstone.errors import (
-    InvalidWorkflowId,
     PersistenceError,
     UsageError,
     WorkflowIdConflict,
     WorkflowNotFound,
 )
+from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.listing import (
     ExecutionFilter,
     ExecutionPage,
@@ -119,7 +119,7 @@ class Operations:
     def cancel_execution(self, execution_id: str, actor: str) -> str:
         """Cancel a RUNNING or ENQUEUED execution (its executor stops at its next step
         boundary); return the status it had. Refused, changing nothing, otherwise."""
-        row = self._one("cancel_execution", {"id": _execution_id(execution_id), "actor": actor})
+        row = self._one("cancel_execution", {"id": check_workflow_id(execution_id), "actor": actor})
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
@@ -132,7 +132,8 @@ class Operations:
         (trailing failed steps run again), owned by `owner` (None: claimed by the next sweep
         of an executor that runs its workflow). Returns the status it had."""
         row = self._one(
-            "resume_execution", {"id": _execution_id(execution_id), "actor": actor, "owner": owner}
+            "resume_execution",
+            {"id": check_workflow_id(execution_id), "actor": actor, "owner": owner},
         )
         status = row[0] if row else None
         if status is None:
@@ -158,7 +159,7 @@ class Operations:
         it. Returns the new execution's id (default: `<id>-fork-<random>`)."""
         if isinstance(from_step, bool) or not isinstance(from_step, int):
             raise InvalidQuery(f"from_step must be an int, got {from_step!r}")
-        if self.get_status(_execution_id(execution_id)) is None:
+        if self.get_status(check_workflow_id(execution_id)) is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
         row = self._one("count_steps", {"id": execution_id})
         recorded = int(row[0]) if row else 0
@@ -167,7 +168,7 @@ class Operations:
                 f"cannot fork {execution_id!r} from step {from_step}: it has {recorded} recorded "
                 f"steps, so from_step must be between 0 and {recorded}"
             )
-        target = _execution_id(
+        target = check_workflow_id(
             new_id if new_id is not None else f"{execution_id[:200]}-fork-{secrets.token_hex(4)}"
         )
         params = {
@@ -230,20 +231,6 @@ class Operations:
                 {"event": "executions_purged", "actor": actor, "details": Jsonb(details)},
             )
         return total
-
-
-def _execution_id(value: object) -> str:
-    """`value` if it can be an execution id; InvalidWorkflowId naming it otherwise."""
-    if not isinstance(value, str) or not 0 < len(value) <= 255 or "\x00" in value:
-        raise InvalidWorkflowId(
-            "an execution id is a string of 1 to 255 characters without NUL, "
-            f"got {str(value)[:60]!r}"
-        )
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise InvalidWorkflowId(f"execution id {value[:60]!r} is not valid Unicode text") from None
-    return value
 
 
 def _window(since: dt.datetime, until: dt.datetime | None) -> dict[str, Any]:

@@ -26,17 +26,18 @@ from stepstone.errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
 )
+from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult
 from stepstone.runtime._errorcodec import error_summary, rebuild_error
 from stepstone.runtime._execution import Execution
 from stepstone.runtime.context import _CURRENT
-from stepstone.runtime.definitions import Workflow, check_workflow_id
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from stepstone.persistence.store import Store
+    from stepstone.runtime.definitions import Workflow
 
 __all__ = ["Engine"]
 

@@ -27,10 +27,10 @@ from stepstone.errors import (
     WorkflowCancelled,
     WorkflowFailed,
 )
+from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH
 from stepstone.persistence.rows import StepCommit
 from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_error
 from stepstone.runtime.context import State, WorkflowContext
-from stepstone.runtime.definitions import MAX_WORKFLOW_ID_LENGTH
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 from stepstone.telemetry import Telemetry
 

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
-from stepstone.errors import InvalidWorkflowId, StepOutsideWorkflow, UsageError
+from stepstone.errors import StepOutsideWorkflow, UsageError
+from stepstone.persistence.ids import check_workflow_id
 from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
@@ -24,35 +25,10 @@ if TYPE_CHECKING:
     from stepstone.runtime._engine import Engine
     from stepstone.runtime.retry import RetryPolicy
 
-__all__ = ["Step", "TransactionStep", "Workflow", "check_workflow_id"]
+__all__ = ["Step", "TransactionStep", "Workflow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-MAX_WORKFLOW_ID_LENGTH = 255
-
-
-def check_workflow_id(workflow_id: object) -> str:
-    """Return `workflow_id` if it is a valid id; InvalidWorkflowId naming it otherwise."""
-    if not isinstance(workflow_id, str):
-        raise InvalidWorkflowId(
-            f"workflow_id must be a string, got {workflow_id!r} ({type(workflow_id).__name__})"
-        )
-    if not workflow_id:
-        raise InvalidWorkflowId(
-            "workflow_id must not be empty: pass an id, or none to get one generated"
-        )
-    if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
-        raise InvalidWorkflowId(
-            f"workflow_id {workflow_id[:40]!r}... is {len(workflow_id)} characters long, over the "
-            f"limit of {MAX_WORKFLOW_ID_LENGTH}: use a shorter id (a hash of a long key works)"
-        )
-    if "\x00" in workflow_id:
-        raise InvalidWorkflowId(
-            f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot "
-            "store: remove it from the id"
-        )
-    return workflow_id
 
 
 def _check_attributes(attributes: object) -> None:

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 from stepstone._background import Loop
 from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, UsageError
+from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
 from stepstone.recovery.heartbeat import Heartbeat
 from stepstone.recovery.sweeper import Sweeper, recover_own
 from stepstone.runtime._engine import Engine
-from stepstone.runtime.definitions import Step, TransactionStep, Workflow, check_workflow_id
+from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 from stepstone.telemetry import Telemetry

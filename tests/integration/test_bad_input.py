@@ -35,12 +35,14 @@ def _count_executions(rt: Runtime) -> int:
         (42, "must be a string, got 42 (int)"),
         (None, None),  # None means "generate one": allowed
         ("nul\x00byte", "contains a NUL character"),
+        ("lone\ud800surrogate", "is not valid Unicode text (it holds a lone surrogate)"),
     ],
 )
 def test_invalid_workflow_ids_are_refused_before_anything_is_written(
     rt: Runtime, workflow_id: Any, message: str | None
 ) -> None:
-    """Empty, too long, non-string and NUL-bearing ids raise InvalidWorkflowId; no row."""
+    """Empty, too long, non-string, NUL-bearing and invalid Unicode ids raise InvalidWorkflowId;
+    no row."""
 
     @rt.workflow()
     def flow() -> int:

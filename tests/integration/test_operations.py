@@ -381,7 +381,9 @@ def test_fork_checks_the_new_id(rt: Runtime) -> None:
     rt.launch()
     base.with_options(workflow_id="base-1")()
     base.with_options(workflow_id="taken")()
-    with pytest.raises(stepstone.InvalidWorkflowId, match="1 to 255 characters"):
+    with pytest.raises(
+        stepstone.InvalidWorkflowId, match="300 characters long, over the limit of 255"
+    ):
         rt.store.fork_execution("base-1", 0, "test", new_id="x" * 300)
     with pytest.raises(stepstone.InvalidWorkflowId):
         rt.store.fork_execution("base-1", 0, "test", new_id="")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from stepstone.errors import InvalidWorkflowId, UsageError
-from stepstone.runtime.definitions import check_workflow_id
+from stepstone.persistence.ids import check_workflow_id
 
 
 @pytest.mark.parametrize(
@@ -74,5 +74,17 @@ def test_rejects_nul_character(workflow_id: str) -> None:
         check_workflow_id(workflow_id)
     message = str(info.value)
     assert "NUL" in message
+    assert "PostgreSQL cannot store" in message
+    assert repr(workflow_id) in message
+
+
+@pytest.mark.parametrize("workflow_id", ["a\ud800", "\udfff", "x" * 250 + "\udc80"])
+def test_rejects_lone_surrogates(workflow_id: str) -> None:
+    """An id that is not valid Unicode text (a lone surrogate, which UTF-8 cannot encode) is
+    rejected naming the value and why it cannot be stored."""
+    with pytest.raises(InvalidWorkflowId) as info:
+        check_workflow_id(workflow_id)
+    message = str(info.value)
+    assert "lone surrogate" in message
     assert "PostgreSQL cannot store" in message
     assert repr(workflow_id) in message
