@@ -81,20 +81,20 @@ class ExecutorSession:
                 if time.monotonic() >= deadline:
                     raise self._in_use(conn)
                 time.sleep(0.2)
-            conn.execute(
-                self._store.queries["register_executor"],
-                {
-                    "id": self.executor_id,
-                    "hostname": self._hostname,
-                    "pid": self._pid,
-                    "lease": self._lease,
-                    "workflows": Jsonb([list(w) for w in self.workflows]),
-                },
-            )
+            conn.execute(self._store.queries["register_executor"], self._registration())
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    def _registration(self) -> dict[str, Any]:
+        return {
+            "id": self.executor_id,
+            "hostname": self._hostname,
+            "pid": self._pid,
+            "lease": self._lease,
+            "workflows": Jsonb([list(w) for w in self.workflows]),
+        }
 
     def _in_use(self, conn: psycopg.Connection[tuple[Any, ...]]) -> ExecutorIdInUse:
         row = conn.execute(
@@ -115,17 +115,7 @@ class ExecutorSession:
         with self._lock:
             self.workflows = list(workflows)
             conn = self._connection()
-            self._run(
-                conn,
-                "register_executor",
-                {
-                    "id": self.executor_id,
-                    "hostname": self._hostname,
-                    "pid": self._pid,
-                    "lease": self._lease,
-                    "workflows": Jsonb([list(w) for w in self.workflows]),
-                },
-            )
+            self._run(conn, "register_executor", self._registration())
 
     def heartbeat(self) -> None:
         """Renew the lease: one statement touching one row. Reconnects (and re-takes the
