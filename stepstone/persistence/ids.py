@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stepstone.errors import InvalidWorkflowId
+from stepstone.persistence.serialization import unstorable
 
 __all__ = ["MAX_WORKFLOW_ID_LENGTH", "check_workflow_id"]
 
@@ -24,16 +25,10 @@ def check_workflow_id(workflow_id: object) -> str:
             f"workflow_id {workflow_id[:40]!r}... is {len(workflow_id)} characters long, over the "
             f"limit of {MAX_WORKFLOW_ID_LENGTH}: use a shorter id (a hash of a long key works)"
         )
-    if "\x00" in workflow_id:
+    problem = unstorable(workflow_id)
+    if problem is not None:
         raise InvalidWorkflowId(
-            f"workflow_id {workflow_id!r} contains a NUL character, which PostgreSQL cannot "
-            "store: remove it from the id"
+            f"workflow_id {workflow_id!r} {problem}, which PostgreSQL cannot store: "
+            "use an id without it"
         )
-    try:
-        workflow_id.encode()
-    except UnicodeEncodeError:
-        raise InvalidWorkflowId(
-            f"workflow_id {workflow_id!r} is not valid Unicode text (it holds a lone "
-            "surrogate), which PostgreSQL cannot store: build the id from valid text"
-        ) from None
     return workflow_id

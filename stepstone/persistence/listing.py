@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from stepstone.errors import UsageError
+from stepstone.persistence.serialization import unstorable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -114,18 +115,11 @@ _COLUMNS: LiteralString = (
 def _text(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidQuery(f"{name} must be a string, got {value!r} ({type(value).__name__})")
-    if "\x00" in value:
-        raise InvalidQuery(
-            f"{name} {value[:40]!r} contains a NUL character, which no stored value can contain"
-        )
     if len(value) > MAX_TEXT:
         raise InvalidQuery(f"{name} is {len(value)} characters long, over the limit of {MAX_TEXT}")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise InvalidQuery(
-            f"{name} {value[:40]!r} is not valid Unicode text (a lone surrogate)"
-        ) from None
+    problem = unstorable(value)
+    if problem is not None:
+        raise InvalidQuery(f"{name} {value[:40]!r} {problem}, which no stored value can contain")
     return value
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_size",
     "describe_type",
     "described",
+    "unstorable",
 ]
 
 DEFAULT_MAX_SIZE = 1024 * 1024
@@ -84,6 +85,18 @@ def check_size(text: str, limit: int, what: Described) -> None:
             f"{described(what)} is {size} bytes once serialized, over the limit of {limit} bytes: "
             "store large data elsewhere and pass a reference, or raise max_value_size"
         )
+
+
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL cannot store `text` in a text column (a NUL character, or a lone
+    surrogate, which is not valid Unicode), or None if it can."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (it holds a lone surrogate)"
+    return None
 
 
 class JsonSerializer:

@@ -590,6 +590,11 @@ class Store(Operations):
                 return cursor.fetchall() if fetch == "all" else None
         except psycopg.Error as exc:
             self._raise(exc, action, fence)
+        except UnicodeEncodeError as exc:  # a parameter the driver cannot send
+            raise UsageError(
+                f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
+                "which PostgreSQL cannot store: pass valid text"
+            ) from None
 
     def _one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self._query(

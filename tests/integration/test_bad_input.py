@@ -75,6 +75,49 @@ def test_longest_valid_id_is_accepted(rt: Runtime) -> None:
     assert rt.handle("é" * 255).status() == "SUCCEEDED"
 
 
+@pytest.mark.parametrize(
+    ("decorator", "kwargs", "message"),
+    [
+        ("workflow", {"name": 5}, "the workflow name must be a non-empty string, got 5"),
+        ("workflow", {"name": ""}, "the workflow name must be a non-empty string, got ''"),
+        ("workflow", {"name": "a\x00b"}, "the workflow name 'a\\x00b' contains a NUL character"),
+        ("workflow", {"name": "a\ud800"}, "is not valid Unicode text (it holds a lone surrogate)"),
+        ("workflow", {"version": "1\x00"}, "the workflow version '1\\x00' contains a NUL"),
+        ("step", {"name": "s\x00"}, "the step name 's\\x00' contains a NUL character"),
+        ("transaction", {"name": "t\udfff"}, "the transaction step name 't\\udfff' is not valid"),
+    ],
+)
+def test_names_postgresql_cannot_store_are_refused_at_decoration(
+    rt: Runtime, decorator: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """A workflow or step name (or a version) that is not text PostgreSQL can store is refused
+    when the function is decorated, naming it: not at launch, not in the middle of a run.
+    Nothing is registered: the runtime still launches and records no definition."""
+    with pytest.raises(UsageError, match=re.escape(message)):
+        getattr(rt, decorator)(**kwargs)
+    rt.launch()
+    with rt.store.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM stepstone.workflows").fetchone() == (0,)
+    assert _count_executions(rt) == 0
+
+
+def test_store_reads_refuse_text_that_is_not_valid_unicode(rt: Runtime) -> None:
+    """Store calls given a lone surrogate (which nothing stored can hold) raise a UsageError
+    naming the call, not the driver's UnicodeEncodeError."""
+    rt.launch()
+    calls = {
+        "get execution": lambda: rt.store.get_execution("a\ud800"),
+        "get status": lambda: rt.store.get_status("a\ud800"),
+        "list steps": lambda: rt.store.list_steps("a\ud800"),
+        "get state": lambda: rt.store.get_state("a\ud800"),
+        "load workflow": lambda: rt.store.load_workflow("w\udfff"),
+    }
+    for action, call in calls.items():
+        with pytest.raises(UsageError, match=f"^{action}: a value given is not valid Unicode"):
+            call()
+    assert rt.health_status().reachable
+
+
 def test_workflows_and_steps_registered_twice_under_one_name_are_refused(rt: Runtime) -> None:
     """A second definition under a used name raises and tells how to tell them apart."""
 
