@@ -217,15 +217,15 @@ class Runtime:
             self.store.close()
             raise
         self._session = session
-        self._engine.launch()
         self._heartbeat = Heartbeat(session, self._heartbeat_interval)
-        self._heartbeat.start()
         self._sweeper = Sweeper(self._engine, self.store, self._sweep_interval)
         try:
+            self._engine.launch()
+            self._heartbeat.start()
             recover_own(self._engine, self.store)
             self._sweeper.sweep_once()
         except BaseException:
-            self.shutdown(wait=False)
+            self.shutdown(wait=False)  # gives the executor id back
             raise
         self._sweeper.start()
         if self._retention is not None:

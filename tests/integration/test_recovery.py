@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
+import stepstone
 from stepstone import ExecutorIdInUse, RecoveryLimitExceeded, Runtime, WorkflowFailed
 from tests.support.runtime import FAST, Crash
 
@@ -203,6 +204,34 @@ def test_second_live_process_with_the_same_executor_id_is_refused(db: str) -> No
     again = Runtime(db, executor_id="shared-id", **FAST)
     again.launch()  # free again once the holder is gone
     again.shutdown()
+
+
+def test_a_launch_that_fails_after_taking_the_executor_id_gives_it_back(db: str) -> None:
+    """When registering the definitions fails (here a trigger refuses them), launch() raises
+    and gives the executor id back: the next launch with that id does not wait for it."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'definitions are frozen'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON stepstone.workflows "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    first = Runtime(db, executor_id="fragile", **FAST)
+
+    @first.workflow()
+    def flow() -> int:
+        return 1
+
+    with pytest.raises(stepstone.PersistenceError, match="definitions are frozen"):
+        first.launch()
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER refuse ON stepstone.workflows")
+    second = Runtime(db, executor_id="fragile", **{**FAST, "connect_timeout": 0.5})
+    second.workflow(name="flow")(lambda: 1)
+    second.launch()  # ExecutorIdInUse if the failed launch still held the id
+    second.shutdown()
 
 
 def test_unregistered_workflows_and_versions_are_left_alone_loudly(db: str) -> None:
