@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stepstone.runtime._errorcodec import error_summary
+from stepstone.persistence.recorded_errors import error_summary
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

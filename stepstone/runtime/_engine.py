@@ -27,8 +27,8 @@ from stepstone.errors import (
     WorkflowNotFound,
 )
 from stepstone.persistence.ids import check_workflow_id
+from stepstone.persistence.recorded_errors import error_summary, rebuild_error
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult
-from stepstone.runtime._errorcodec import error_summary, rebuild_error
 from stepstone.runtime._execution import Execution
 from stepstone.runtime.context import _CURRENT
 from stepstone.telemetry import Telemetry

@@ -28,8 +28,8 @@ from stepstone.errors import (
     WorkflowFailed,
 )
 from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH
+from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
 from stepstone.persistence.rows import StepCommit
-from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_error
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 from stepstone.telemetry import Telemetry

@@ -1,5 +1,8 @@
 """Recorded errors: how an exception is stored with a step or an execution, and rebuilt.
 
+The format is a persistence contract: the runtime writes it, the CLI and any reader of the
+tables read it.
+
 An error is stored as its type's path, its message, its args and attributes (serialized
 when the serializer accepts them) and its traceback. It is rebuilt only from a type that is
 already imported in this process and derives from BaseException; otherwise a `StepError`

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from stepstone.errors import StepError
+from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
 from stepstone.persistence.serialization import JsonSerializer
-from stepstone.runtime._errorcodec import encode_error, error_summary, rebuild_error
 
 SERIALIZER = JsonSerializer()
 MAX_TRACEBACK = 16 * 1024
