@@ -1,13 +1,31 @@
-"""The rule for workflow ids (which are execution ids): what the executions table stores."""
+"""The rules for names given from outside: workflow ids (which are execution ids), which the
+executions table stores, and the schema name, which every statement and migration quotes."""
 
 from __future__ import annotations
 
-from stepstone.errors import InvalidWorkflowId
+import re
+
+from stepstone.errors import ConfigurationError, InvalidWorkflowId
 from stepstone.persistence.serialization import unstorable
 
-__all__ = ["MAX_WORKFLOW_ID_LENGTH", "check_workflow_id"]
+__all__ = [
+    "MAX_SCHEMA_NAME_LENGTH",
+    "MAX_WORKFLOW_ID_LENGTH",
+    "SCHEMA_NAME_RULE",
+    "check_schema_name",
+    "check_workflow_id",
+]
 
 MAX_WORKFLOW_ID_LENGTH = 255
+
+MAX_SCHEMA_NAME_LENGTH = 63
+"""PostgreSQL's identifier limit (NAMEDATALEN - 1); it truncates longer names silently."""
+
+SCHEMA_NAME_RULE = (
+    f"1 to {MAX_SCHEMA_NAME_LENGTH} ASCII letters, digits and underscores, not starting with "
+    "a digit ([A-Za-z_][A-Za-z0-9_]*), and not starting with pg_ (reserved for system schemas)"
+)
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_workflow_id(workflow_id: object) -> str:
@@ -32,3 +50,28 @@ def check_workflow_id(workflow_id: object) -> str:
             "use an id without it"
         )
     return workflow_id
+
+
+def check_schema_name(schema: object) -> str:
+    """Return `schema` if it follows SCHEMA_NAME_RULE; ConfigurationError naming it otherwise.
+
+    The name is quoted as an identifier wherever it is used, but quoting is not enough: the
+    migrations put it inside `$$`-quoted function bodies, which a `$$` in it would end, and
+    psycopg reads a `%` in a statement sent with parameters as a placeholder. So only plain
+    identifier characters are accepted; case is kept (`Tenant_7` stays `Tenant_7`).
+    """
+    if not isinstance(schema, str):
+        raise ConfigurationError(
+            f"schema must be a string, got {schema!r} ({type(schema).__name__}): "
+            f"a schema name is {SCHEMA_NAME_RULE}"
+        )
+    if (
+        not 0 < len(schema) <= MAX_SCHEMA_NAME_LENGTH
+        or _SCHEMA_NAME.fullmatch(schema) is None
+        or schema.startswith("pg_")
+    ):
+        raise ConfigurationError(
+            f"schema {schema!r} is not a name stepstone can use: a schema name is "
+            f"{SCHEMA_NAME_RULE}"
+        )
+    return schema

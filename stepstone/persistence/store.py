@@ -33,6 +33,7 @@ from stepstone.errors import (
 from stepstone.persistence import _conninfo
 from stepstone.persistence._queries import Queries
 from stepstone.persistence.executors import ExecutorSession
+from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
 from stepstone.persistence.rows import (
     Checkpoint,
@@ -74,8 +75,6 @@ CANCELLED_SQLSTATE = "SS002"
 
 log = structlog.get_logger("stepstone.persistence")
 
-_MAX_SCHEMA_LENGTH = 63  # PostgreSQL truncates longer identifiers
-
 
 class Store(Operations):
     """Durable storage for definitions, executions, steps, state, checkpoints and logs.
@@ -95,10 +94,7 @@ class Store(Operations):
         max_value_size: int = DEFAULT_MAX_SIZE,
         connect_timeout: float = 10.0,
     ) -> None:
-        if not isinstance(schema, str) or not 0 < len(schema) <= _MAX_SCHEMA_LENGTH:
-            raise ConfigurationError(
-                f"schema must be a name of 1 to {_MAX_SCHEMA_LENGTH} characters, got {schema!r}"
-            )
+        check_schema_name(schema)
         if not (
             isinstance(min_size, int)
             and isinstance(max_size, int)

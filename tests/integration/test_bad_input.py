@@ -185,8 +185,8 @@ def test_environment_variable_supplies_the_database(
     ("kwargs", "message"),
     [
         ({"workers": 0}, "workers must be an int >= 1, got 0"),
-        ({"schema": ""}, "schema must be a name of 1 to 63 characters"),
-        ({"schema": "s" * 64}, "schema must be a name of 1 to 63 characters"),
+        ({"schema": ""}, "schema '' is not a name stepstone can use: a schema name is 1 to 63"),
+        ({"schema": "s" * 64}, "schema 's{64}' is not a name stepstone can use"),
         ({"pool_min_size": 5, "pool_max_size": 2}, "min_size=5 max_size=2"),
         ({"executor_id": ""}, "executor_id must be a string of 1 to 255 characters"),
         ({"max_value_size": 0}, "max_value_size must be a positive int, got 0"),
