@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, LiteralString
 
@@ -132,7 +133,9 @@ def _json_object(name: str, value: object) -> dict[str, Any]:
         text.encode()
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidQuery(f"{name} {value!r} cannot be stored as JSON: {exc}") from None
-    if "\\u0000" in text:  # json.dumps writes a NUL character as this escape
+    # json.dumps writes a NUL character as \u0000 and a backslash as \\: a NUL is a \u0000
+    # behind an odd run of backslashes (the text \u0000 itself is written \\u0000).
+    if re.search(r"(?<!\\)(?:\\\\)*\\u0000", text):
         raise InvalidQuery(f"{name} contain a NUL character, which no stored value can contain")
     return dict(value)
 
