@@ -10,11 +10,13 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 from stepstone.errors import StepOutsideWorkflow, UsageError
 from stepstone.persistence.ids import check_workflow_id
+from stepstone.persistence.serialization import describe_type, unstorable
 from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
@@ -31,15 +33,99 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _check_attributes(attributes: object) -> None:
-    if not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes):
+def _check_attributes(attributes: object) -> dict[str, Any]:
+    """A copy of `attributes` if it is a JSON object PostgreSQL can store; UsageError naming
+    the offending key (its path, for nested values) and what to do otherwise.
+
+    Checked here, before anything is written: values the database refuses (NaN, infinities,
+    a NUL character, a lone surrogate) used to fail the start statement, which looks like a
+    database outage. The copy keeps later changes to the caller's dict from bypassing it.
+    """
+    if not isinstance(attributes, dict):
         raise UsageError(f"attributes must be a dict with string keys, got {attributes!r}")
+    for key in attributes:
+        if not isinstance(key, str):
+            raise UsageError(
+                f"attributes must be a dict with string keys, got the key {key!r} "
+                f"({describe_type(key)}) in {attributes!r}"
+            )
     try:
-        text = json.dumps(attributes)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"attributes {attributes!r} are not JSON: {exc}") from exc
-    if "\\u0000" in text:
-        raise UsageError("attributes contain a NUL character, which PostgreSQL cannot store")
+        checked: dict[str, Any] = _json_value(attributes, "attributes", set())
+    except RecursionError:
+        raise UsageError(
+            "attributes are nested too deeply to be stored as JSON: flatten them"
+        ) from None
+    return checked
+
+
+def _json_value(value: object, path: str, containers: set[int]) -> Any:
+    """`value` rebuilt from JSON types (tuples become lists), checked for what PostgreSQL's
+    jsonb can hold; `path` names it and `containers` holds the ids of those enclosing it."""
+    if isinstance(value, str):
+        problem = unstorable(value)
+        if problem is not None:
+            raise UsageError(
+                f"{path} {problem}, which PostgreSQL cannot store: remove it, or store the "
+                "text encoded (base64, for instance)"
+            )
+        return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)
+        except ValueError:  # more digits than Python writes (sys.set_int_max_str_digits)
+            raise UsageError(
+                f"{path} is an integer too large to write as JSON: store it as a string"
+            ) from None
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UsageError(
+                f"{path} is {value!r}, which JSON cannot hold: attributes take finite numbers; "
+                f"store it as a string ({str(value)!r}) or leave the key out"
+            )
+        return value
+    if isinstance(value, dict | list | tuple):
+        if id(value) in containers:
+            raise UsageError(
+                f"{path} contains itself, which JSON cannot hold: pass a copy without the cycle"
+            )
+        containers.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return _json_object(value, path, containers)
+            return [
+                _json_value(item, f"{path}[{index}]", containers)
+                for index, item in enumerate(value)
+            ]
+        finally:
+            containers.discard(id(value))
+    raise UsageError(
+        f"{path} is of type {describe_type(value)}, which is not JSON: attributes take str, int, "
+        "float, bool and None, in lists and dicts with string keys; convert it (to a string, "
+        "for instance)"
+    )
+
+
+def _json_object(value: dict[Any, Any], path: str, containers: set[int]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise UsageError(
+                f"{path} has the key {key!r} ({describe_type(key)}), but JSON object keys are "
+                "strings: convert it with str()"
+            )
+        problem = unstorable(key)
+        # A key PostgreSQL cannot store is shown escaped, so that the message itself can be.
+        shown = json.dumps(key, ensure_ascii=problem is not None)
+        if problem is not None:
+            raise UsageError(
+                f"the key {shown} of {path} {problem}, which PostgreSQL cannot store: use a "
+                "key without it"
+            )
+        result[key] = _json_value(item, f"{path}[{shown}]", containers)
+    return result
 
 
 def fingerprint(fn: Callable[..., Any]) -> str:
@@ -88,14 +174,16 @@ class Workflow(Generic[P, R]):
     ) -> Workflow[P, R]:
         """This workflow with options for the executions started through the result: a
         fixed `workflow_id`, and `attributes` (a JSON object stored with the execution, for
-        filtering listings).
+        filtering listings: string keys; str, finite int and float, bool, None, lists and
+        dicts as values; no NUL characters or lone surrogates). UsageError names the first
+        key that breaks these rules.
 
         >>> checkout.with_options(workflow_id="order-42", attributes={"tenant": "acme"})("42")  # doctest: +SKIP
         """
         if workflow_id is not None:
             check_workflow_id(workflow_id)
         if attributes is not None:
-            _check_attributes(attributes)
+            attributes = _check_attributes(attributes)
         bound: Workflow[P, R] = Workflow.__new__(Workflow)
         bound.__dict__.update(self.__dict__)
         bound.options = StartOptions(workflow_id=workflow_id, attributes=attributes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import traceback
 from typing import Any
@@ -13,6 +14,7 @@ from stepstone import (
     ConfigurationError,
     DatabaseUnreachable,
     DuplicateRegistration,
+    ExecutionFilter,
     InvalidWorkflowId,
     Runtime,
     UsageError,
@@ -73,6 +75,125 @@ def test_longest_valid_id_is_accepted(rt: Runtime) -> None:
     rt.launch()
     assert flow.with_options(workflow_id="é" * 255)() == 1
     assert rt.handle("é" * 255).status() == "SUCCEEDED"
+
+
+def _cyclic() -> dict[str, Any]:
+    inner: list[Any] = [1]
+    inner.append({"back": inner})
+    return {"a": inner}
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return {"a": value}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"a": math.nan}, 'attributes["a"] is nan, which JSON cannot hold'),
+        ({"a": math.inf}, 'attributes["a"] is inf, which JSON cannot hold'),
+        ({"a": -math.inf}, 'attributes["a"] is -inf, which JSON cannot hold'),
+        ({"a": {"b": [1, 2, math.nan]}}, 'attributes["a"]["b"][2] is nan'),
+        ({"a": ("x", math.inf)}, 'attributes["a"][1] is inf'),
+        ({"a": "x\ud800"}, 'attributes["a"] is not valid Unicode text (it holds a lone surrog'),
+        ({"a": ["ok", {"b": "\udfff"}]}, 'attributes["a"][1]["b"] is not valid Unicode text'),
+        ({"a": "nul\x00"}, 'attributes["a"] contains a NUL character'),
+        ({"a\x00b": 1}, 'the key "a\\u0000b" of attributes contains a NUL character'),
+        ({"k\ud800": 1}, 'the key "k\\ud800" of attributes is not valid Unicode text'),
+        ({"a": {"x\x00": True}}, 'the key "x\\u0000" of attributes["a"] contains a NUL'),
+        ({"租户": {"b": math.nan}}, 'attributes["租户"]["b"] is nan'),
+        ({"a": {1: "x"}}, 'attributes["a"] has the key 1 (int), but JSON object keys are strings'),
+        ({"a": [{1, 2}]}, 'attributes["a"][0] is of type set, which is not JSON'),
+        ({"a": b"raw"}, 'attributes["a"] is of type bytes, which is not JSON'),
+        (_cyclic(), 'attributes["a"][1]["back"] contains itself'),
+        pytest.param(_deep(100_000), "attributes are nested too deeply", id="too-deep"),
+        ({1: "x"}, "attributes must be a dict with string keys, got the key 1 (int)"),
+        (["not", "a", "dict"], "attributes must be a dict with string keys, got ['not'"),
+    ],
+    ids=lambda v: ascii(v)[:30],
+)
+def test_attributes_postgresql_cannot_store_are_refused_at_with_options(
+    rt: Runtime, attributes: Any, message: str
+) -> None:
+    """NaN, infinities, NUL characters and lone surrogates (in keys or values, at any depth),
+    non-JSON values, cycles and non-string keys raise UsageError at with_options, naming the
+    key by its path; nothing is written (they used to fail the start statement, reported as
+    a database outage)."""
+
+    @rt.workflow()
+    def tagged() -> int:
+        return 1
+
+    rt.launch()
+    with pytest.raises(UsageError, match=re.escape(message)) as info:
+        tagged.with_options(workflow_id="tagged-1", attributes=attributes)
+    text = str(info.value)
+    text.encode()  # the message itself is storable, printable text
+    assert "\x00" not in text
+    assert _count_executions(rt) == 0
+
+
+def test_the_refusal_says_what_to_do(rt: Runtime) -> None:
+    """Each kind of refusal ends with the remedy."""
+
+    @rt.workflow()
+    def tagged() -> int:
+        return 1
+
+    remedies = {
+        "store it as a string ('nan') or leave the key out": {"a": math.nan},
+        "remove it, or store the text encoded": {"a": "\x00"},
+        "use a key without it": {"\x00": 1},
+        "convert it (to a string, for instance)": {"a": object()},
+        "convert it with str()": {"a": {None: 1}},
+    }
+    for remedy, attributes in remedies.items():
+        with pytest.raises(UsageError, match=re.escape(remedy)):
+            tagged.with_options(attributes=attributes)
+
+
+def test_good_attributes_are_stored_as_given_and_filterable(rt: Runtime) -> None:
+    """Unicode keys and values, nested lists and dicts, big integers, and text that merely
+    looks like an escape (a backslash followed by u0000) are stored as given (tuples as
+    lists) and found by containment filters, at the top level and nested. Changing the dict
+    after with_options does not change what is stored."""
+
+    @rt.workflow()
+    def tagged(n: int) -> int:
+        return n
+
+    rt.launch()
+    attributes: dict[str, Any] = {
+        "租户": "ácmé 🎉",
+        "nested": {"list": [1, 2.5, True, None, {"deep": "x"}], "pair": ("a", 1)},
+        "big": 2**70,
+        "escape-looking": "\\u0000 and \\ud800",
+        "empty": {},
+    }
+    bound = tagged.with_options(workflow_id="good-1", attributes=attributes)
+    attributes["租户"] = math.nan  # too late: with_options kept a checked copy
+    assert bound(1) == 1
+    tagged.with_options(workflow_id="other", attributes={"租户": "other"})(2)
+    row = rt.store.get_execution("good-1")
+    assert row is not None
+    assert row.attributes == {
+        "租户": "ácmé 🎉",
+        "nested": {"list": [1, 2.5, True, None, {"deep": "x"}], "pair": ["a", 1]},
+        "big": 2**70,
+        "escape-looking": "\\u0000 and \\ud800",
+        "empty": {},
+    }
+    for wanted in (
+        {"租户": "ácmé 🎉"},
+        {"nested": {"list": [{"deep": "x"}]}},
+        {"big": 2**70},
+        {"escape-looking": "\\u0000 and \\ud800"},
+    ):
+        page = rt.list_executions(ExecutionFilter(attributes=wanted))
+        assert [item.id for item in page.items] == ["good-1"], wanted
 
 
 @pytest.mark.parametrize(
