@@ -1,4 +1,12 @@
-"""Where the database is: the DSN given, else STEPSTONE_DATABASE_URL, else libpq's PG* defaults."""
+"""Where the database is: the DSN given, else STEPSTONE_DATABASE_URL, else libpq's PG* defaults.
+
+No message says a password, by construction rather than by masking it afterwards:
+descriptions are built from the parsed host, port, database and user; a connection string
+that cannot be parsed, or a URL that libpq would split in the wrong place, is refused
+without quoting any of it; and libpq's own messages about a well-formed connection string
+(refused connections, failed authentication, a missing database) do not contain its
+password, so driver errors are shown as they are.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +16,65 @@ from psycopg import conninfo as pg_conninfo
 
 from stepstone.errors import ConfigurationError
 
-__all__ = ["describe", "redact", "resolve"]
+__all__ = ["ENV_VAR", "describe", "resolve"]
 
 ENV_VAR = "STEPSTONE_DATABASE_URL"
 
+_URL_PREFIXES = ("postgresql://", "postgres://")  # as libpq recognizes them: case-sensitive
+_ENCODING_HINT = (
+    "percent-encode the special characters of the user and password (/ as %2F, @ as %40, "
+    "% as %25) and any @ in the database name or parameters (%40)"
+)
+
 
 def resolve(dsn: str | None) -> str:
-    """The connection string to use; raise ConfigurationError if it cannot be parsed."""
+    """The connection string to use; ConfigurationError if it cannot be parsed, or is a URL
+    whose user or password holds an unescaped / or @. The error quotes none of it."""
     value = dsn if dsn is not None else os.environ.get(ENV_VAR, "")
+    source = "the dsn argument" if dsn is not None else ENV_VAR
+    if _misread_url(value):
+        # libpq would take part of the user or password for the host, port, database or a
+        # parameter, and every message naming those would show it: say nothing of the URL.
+        raise ConfigurationError(
+            f"the database URL from {source} holds an @ besides the one between the password "
+            "and the host, or after a /: libpq would take part of the user or password for "
+            f"the host, port or database. In the URL, {_ENCODING_HINT}"
+        )
     try:
         pg_conninfo.conninfo_to_dict(value)
     except Exception:  # noqa: BLE001 - any parse failure gets the same password-free message
         # The parser's message may quote the string, password included: say it without it.
         raise ConfigurationError(
             "the database URL could not be parsed: write it as "
-            "postgresql://user:password@host:port/dbname or as key=value pairs "
-            f"(it came from {'the dsn argument' if dsn is not None else ENV_VAR})"
+            "postgresql://user:password@host:port/dbname or as key=value pairs; in a URL, "
+            f"{_ENCODING_HINT} (it came from {source})"
         ) from None
     return value
+
+
+def _misread_url(value: object) -> bool:
+    """Whether `value` is a URL holding an @ other than the one that ends its user and
+    password, as libpq reads it.
+
+    libpq takes the user and password to end at the first @, and to be absent if a / comes
+    first. So a second @ (a password holding @, which libpq splits there and reads the rest
+    as the host), or an @ after a / (a password holding /, which libpq reads as the end of
+    the host and port, the rest being the database) means that the host, port, database or
+    parameters it parses hold parts of the password. An @ that belongs in a database name
+    or a parameter value cannot be told apart from these: it is written %40.
+    """
+    if not isinstance(value, str):
+        return False  # not a connection string at all: the parser says so
+    prefix = next((p for p in _URL_PREFIXES if value.startswith(p)), None)
+    if prefix is None:
+        return False
+    rest = value[len(prefix) :]
+    at, slash = rest.find("@"), rest.find("/")
+    if at == -1:
+        return False
+    if slash != -1 and slash < at:
+        return True
+    return "@" in rest[at + 1 :]
 
 
 def describe(dsn: str) -> str:
@@ -40,9 +89,3 @@ def describe(dsn: str) -> str:
     port = pick("port", "PGPORT", "5432")
     dbname = pick("dbname", "PGDATABASE", user)
     return f"host={host} port={port} dbname={dbname} user={user}"
-
-
-def redact(text: str, dsn: str) -> str:
-    """`text` with the password of `dsn`, if it has one, replaced by ***."""
-    password = pg_conninfo.conninfo_to_dict(dsn).get("password") or os.environ.get("PGPASSWORD")
-    return text.replace(str(password), "***") if password else text

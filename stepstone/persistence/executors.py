@@ -18,7 +18,6 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from stepstone.errors import ExecutorIdInUse, PersistenceError
-from stepstone.persistence import _conninfo
 
 if TYPE_CHECKING:
     from stepstone.persistence.store import Store
@@ -156,7 +155,7 @@ class ExecutorSession:
             conn.execute(self._store.queries[name], params)
         except psycopg.Error as exc:
             conn.close()
-            reason = _conninfo.redact(str(exc).strip(), self._store.conninfo)
             raise PersistenceError(
-                f"{name.replace('_', ' ')} of executor {self.executor_id!r} failed: {reason}"
+                f"{name.replace('_', ' ')} of executor {self.executor_id!r} failed: "
+                f"{str(exc).strip()}"
             ) from exc

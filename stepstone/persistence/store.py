@@ -139,7 +139,7 @@ class Store(Operations):
                 self.conninfo, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
             )
         except psycopg.OperationalError as exc:
-            reason = _conninfo.redact(str(exc).strip(), self.conninfo)
+            reason = str(exc).strip()  # libpq's messages hold no password (see _conninfo)
             raise DatabaseUnreachable(
                 f"cannot connect to PostgreSQL at {self.describe()}: {reason}. Check that the "
                 f"server runs and the database exists, or set the DSN (or {_conninfo.ENV_VAR})"
@@ -287,7 +287,7 @@ class Store(Operations):
                     # The server went away under the step: not the step's failure.
                     raise PersistenceError(
                         f"the connection was lost during a transaction step on {self.describe()}: "
-                        f"{_conninfo.redact(str(exc).strip(), self.conninfo)}"
+                        f"{str(exc).strip()}"
                     ) from exc
                 _rollback_quietly(conn)
                 raise
@@ -508,7 +508,7 @@ class Store(Operations):
                 if version == expected:
                     counts = conn.execute(self.queries["health_counts"]).fetchone()
         except (psycopg.Error, DatabaseUnreachable) as exc:
-            error = _conninfo.redact(str(exc), self.conninfo)
+            error = str(exc)
             return HealthStatus(
                 reachable=False,
                 latency_ms=None,
@@ -623,8 +623,7 @@ class Store(Operations):
             raise PersistenceError(
                 f"{action} failed: the store is closed (call open(); Runtime.launch() does)"
             ) from exc
-        reason = _conninfo.redact(str(exc).strip(), self.conninfo)
-        raise PersistenceError(f"{action} failed on {self.describe()}: {reason}") from exc
+        raise PersistenceError(f"{action} failed on {self.describe()}: {str(exc).strip()}") from exc
 
 
 def _split(registered: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:

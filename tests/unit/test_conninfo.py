@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import traceback
+from urllib.parse import quote
 
 import pytest
+from psycopg import ProgrammingError
+from psycopg import conninfo as pg_conninfo
 
 from stepstone.errors import ConfigurationError
 from stepstone.persistence import _conninfo
@@ -124,24 +127,149 @@ def test_describe_database_defaults_to_the_user() -> None:
     assert _conninfo.describe("user=bob host=h") == "host=h port=5432 dbname=bob user=bob"
 
 
+# -- URLs that libpq would split in the wrong place -----------------------------------------
+
+# Passwords of letters that no message of stepstone's holds, with / and @ at various places.
+PASSWORDS = [
+    "Zq7/Vw9",
+    "/Zq7Vw9",
+    "Zq7Vw9/",
+    "Zq7@Vw9",
+    "@Zq7Vw9",
+    "Zq7Vw9@",
+    "Zq/7@Vw9",
+    "Zq@7/Vw9",
+    "Zq//7@@Vw9",
+    "Zq7:Vw/9@Kx",
+    "Zq7?Vw@9Kx",  # libpq does not stop at ? before the @
+    "Zq7@Vw9?user=Kx",  # the rest would be a parameter
+    "Zq7/Vw9?host=Kx",
+    "Zq7@Vw9:6543",  # the rest looks like host:port
+]
+HOST, DBNAME, USER = "pg-primary.example.net", "orders_prod", "svc_q"
+SHAPES = [
+    "postgresql://{user}:{password}@{host}:6543/{dbname}",
+    "postgresql://{user}:{password}@{host}/{dbname}?sslmode=require",
+    "postgresql://{user}:{password}@{host}",
+    "postgres://{user}:{password}@{host}/{dbname}",
+    "postgresql://{password}@{host}/{dbname}",  # a user name holding / or @
+    "postgresql://{user}:{password}@[::1]:6543/{dbname}",
+]
+MALFORMED = [
+    shape.format(user=USER, password=password, host=HOST, dbname=DBNAME)
+    for password in PASSWORDS
+    for shape in SHAPES
+]
+
+
+def _fragments(text: str) -> set[str]:
+    """Every piece of `text` three characters long."""
+    return {text[i : i + 3] for i in range(len(text) - 2)}
+
+
+def _parsed_as(url: str) -> list[str]:
+    """The values libpq reads from `url` (host, port, dbname, user...), if it can."""
+    try:
+        return [value for value in pg_conninfo.conninfo_to_dict(url).values() if value]
+    except ProgrammingError:  # the URL may not parse at all
+        return []
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_url_with_slash_or_at_in_userinfo_is_refused_without_echoing_it(url: str) -> None:
+    """A URL whose user or password holds an unescaped / or @ is refused with one fixed
+    message saying to percent-encode them: nothing of the URL in it (no piece of the
+    password, nor the host, port, database or user that libpq would have read), nor in the
+    traceback."""
+    password = next(p for p in PASSWORDS if p in url)
+    with pytest.raises(ConfigurationError) as info:
+        _conninfo.resolve(url)
+    exc = info.value
+    message = str(exc)
+    assert message == (
+        "the database URL from the dsn argument holds an @ besides the one between the "
+        "password and the host, or after a /: libpq would take part of the user or password "
+        "for the host, port or database. In the URL, percent-encode the special characters "
+        "of the user and password (/ as %2F, @ as %40, % as %25) and any @ in the database "
+        "name or parameters (%40)"
+    )
+    shown = "".join(traceback.format_exception(exc))
+    for fragment in _fragments(password):
+        assert fragment not in shown
+    for value in [HOST, DBNAME, USER, *_parsed_as(url)]:
+        assert value not in shown
+    assert exc.__cause__ is None
+
+
+def test_malformed_url_from_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal says the URL came from STEPSTONE_DATABASE_URL, and nothing of it."""
+    monkeypatch.setenv("STEPSTONE_DATABASE_URL", f"postgresql://{USER}:Zq7/Vw9@{HOST}/{DBNAME}")
+    with pytest.raises(ConfigurationError, match="the database URL from STEPSTONE_DATABASE_URL"):
+        _conninfo.resolve(None)
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_percent_encoded_passwords_resolve_and_parse_as_given(password: str) -> None:
+    """The same passwords percent-encoded are accepted unchanged; libpq reads the password,
+    host, port and database intended, and describe() shows the last three and the user."""
+    url = f"postgresql://{USER}:{quote(password, safe='')}@{HOST}:6543/{DBNAME}"
+    assert _conninfo.resolve(url) == url
+    params = pg_conninfo.conninfo_to_dict(url)
+    assert params == {
+        "user": USER,
+        "password": password,
+        "host": HOST,
+        "port": "6543",
+        "dbname": DBNAME,
+    }
+    assert _conninfo.describe(url) == f"host={HOST} port=6543 dbname={DBNAME} user={USER}"
+
+
 @pytest.mark.parametrize(
-    "dsn",
-    ["postgresql://alice:s3cret@h/db", "host=h user=alice password=s3cret"],
-    ids=["url", "key-value"],
+    ("dsn", "password"),
+    [
+        (f"host={HOST} user={USER} password='Zq7 @/Vw9' dbname={DBNAME}", "Zq7 @/Vw9"),
+        (f"host={HOST} user={USER} password='it\\'s@Zq/7' dbname={DBNAME}", "it's@Zq/7"),
+        (f"host={HOST} user={USER} password=Zq7@Vw9/ dbname={DBNAME}", "Zq7@Vw9/"),
+    ],
+    ids=["quoted-with-space", "quoted-with-quote", "bare"],
 )
-def test_redact_replaces_the_password(dsn: str) -> None:
-    """redact() replaces every occurrence of the DSN's password with ***."""
-    text = 'auth failed for "alice" using s3cret (again: s3cret)'
-    assert _conninfo.redact(text, dsn) == 'auth failed for "alice" using *** (again: ***)'
+def test_key_value_passwords_with_slash_and_at_resolve_as_before(dsn: str, password: str) -> None:
+    """Key=value strings are not URLs: a password holding @, / or spaces (quoted) works."""
+    assert _conninfo.resolve(dsn) == dsn
+    assert pg_conninfo.conninfo_to_dict(dsn)["password"] == password
+    assert _conninfo.describe(dsn) == f"host={HOST} port=5432 dbname={DBNAME} user={USER}"
 
 
-def test_redact_uses_pgpassword_when_dsn_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    """redact() hides PGPASSWORD when the DSN carries no password."""
-    monkeypatch.setenv("PGPASSWORD", "envs3cret")
-    assert _conninfo.redact("pw envs3cret leaked", "host=h") == "pw *** leaked"
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://",
+        "postgresql:///orders?host=/var/run/postgresql",  # a socket directory: / in a value
+        f"postgresql://{HOST}/{DBNAME}",
+        f"postgresql://{USER}@{HOST}",
+        f"postgresql://{USER}:Zq7%2FVw9%40@[::1]:6543/{DBNAME}?sslmode=require",
+        f"postgresql://{USER}%40tenant:Zq7@{HOST}/{DBNAME}",
+        f"postgresql://{HOST}/orders%40eu?application_name=batch%40night",
+        f"postgresql://{USER}:Zq7@{HOST}/{DBNAME}?options=-c%20search_path%3Dapp/x",
+    ],
+)
+def test_well_formed_urls_resolve_as_before(url: str) -> None:
+    """URLs with at most the one @ that ends the user and password resolve unchanged,
+    percent-encoded @ and / included."""
+    assert _conninfo.resolve(url) == url
 
 
-def test_redact_without_any_password_leaves_text_alone() -> None:
-    """redact() returns the text unchanged when there is no password to hide."""
-    text = "connection refused on port 5432"
-    assert _conninfo.redact(text, "host=h user=u") == text
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://{HOST}/orders@eu",
+        f"postgresql://{USER}:Zq7@{HOST}/{DBNAME}?application_name=batch@night",
+    ],
+    ids=["dbname", "parameter"],
+)
+def test_an_unescaped_at_after_the_host_is_refused_too(url: str) -> None:
+    """An @ in a database name or a parameter cannot be told apart from a password holding
+    / or @, so it is refused too, with the same advice (write it %40)."""
+    with pytest.raises(ConfigurationError, match="any @ in the database name or parameters"):
+        _conninfo.resolve(url)
