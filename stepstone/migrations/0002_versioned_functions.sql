@@ -1,4 +1,5 @@
--- Versioned function names and one lock order.
+-- Versioned function names, one lock order, a recovery counter that counts only
+-- recoveries, and a fenced hand-back.
 --
 -- Naming. Every function the Store calls carries a version suffix (fence_v1, claim_v1...).
 -- A later migration that changes what a function does, its arguments or its result creates
@@ -12,7 +13,7 @@
 --   - its advisory lock, key (1937010533, hashtext(id)): a fixed class for stepstone and the
 --     id's hash (a collision only means a wait). A step commit takes it shared (in the
 --     fence); every change of an execution's owner or epoch, and every change of its
---     status but its owner's own completion, takes it exclusive (claim_v1,
+--     status but its owner's own completion, takes it exclusive (claim_v1, release_v1,
 --     release_unregistered_v1, cancel_execution_v1, resume_execution_v1);
 --   - its row lock (FOR NO KEY UPDATE, or the UPDATE itself).
 -- Every function that takes both takes them in this order: the advisory locks first, of
@@ -197,9 +198,14 @@ BEGIN
 END $$;
 
 -- Takes over the RUNNING executions among p_ids (only those p_owner already owns if
--- p_only_owned): new owner, next epoch, one more recovery, an audit entry, and everything
--- needed to replay them, trace context included. Locks: the advisory locks of p_ids
--- (exclusive, in key order), then the rows; status and owner are checked under both.
+-- p_only_owned): new owner, next epoch, an audit entry, and everything needed to replay
+-- them, trace context included. Locks: the advisory locks of p_ids (exclusive, in key
+-- order), then the rows; status and owner are checked under both.
+-- The recovery counter counts interruptions only: it goes up when the claim takes over an
+-- execution that had an owner and the reason says that owner stopped running it (restart,
+-- expired_lease, retry, called_again). An operator's resume or fork, waking a suspended
+-- execution, or claiming a released execution (no owner: its hand-back was counted by
+-- release_v1) is not a recovery.
 -- executions_pkey, steps_pkey, states_pkey.
 CREATE FUNCTION {schema}.claim_v1(
     p_owner text, p_ids text[], p_reason text, p_only_owned boolean DEFAULT false
@@ -226,7 +232,11 @@ BEGIN
     ), claimed AS (
         UPDATE {schema}.executions e
            SET owner = p_owner, epoch = e.epoch + 1,
-               recoveries = e.recoveries + 1, updated_at = now()
+               recoveries = e.recoveries
+                   + CASE WHEN p.owner IS NOT NULL
+                           AND p_reason IN ('restart', 'expired_lease', 'retry', 'called_again')
+                          THEN 1 ELSE 0 END,
+               updated_at = now()
           FROM previous p
          WHERE e.id = p.id AND e.status = 'RUNNING'
      RETURNING e.id, e.workflow_name, e.workflow_version, e.inputs, e.epoch, e.recoveries,
@@ -250,11 +260,37 @@ BEGIN
       FROM claimed c;
 END $$;
 
+-- Hands an interrupted execution back at once, fenced: if p_owner still owns the RUNNING
+-- execution at p_epoch, it loses its owner and moves to the next epoch (any executor that
+-- runs its workflow claims it with its next sweep), and true is returned; otherwise nothing
+-- changes and false is returned. A hand-back is an interruption, so it counts as a
+-- recovery here (the claim that follows does not): a hand-back loop ends at max_recoveries.
+-- Locks: the advisory lock (exclusive), then the row. executions_pkey.
+CREATE FUNCTION {schema}.release_v1(p_id text, p_owner text, p_epoch bigint, p_reason text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_epoch bigint;
+BEGIN
+    PERFORM {schema}.lock_executions_v1(ARRAY[p_id]);
+    UPDATE {schema}.executions
+       SET owner = NULL, epoch = epoch + 1, recoveries = recoveries + 1, updated_at = now()
+     WHERE id = p_id AND status = 'RUNNING' AND owner = p_owner AND epoch = p_epoch
+    RETURNING epoch INTO v_epoch;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO {schema}.logs (execution_id, event, actor, details)
+    VALUES (p_id, 'execution_released', p_owner,
+            jsonb_build_object('reason', p_reason, 'epoch', v_epoch, 'previous_epoch', p_epoch));
+    RETURN true;
+END $$;
+
 -- Releases p_owner's RUNNING executions whose (workflow, version) is not among the pairs it
 -- runs (p_names, p_versions), so that an executor that has the definition claims them:
--- no owner, the next epoch, an audit entry each. Locks: the advisory locks of the
--- executions found (exclusive, in key order), then their rows; status and owner are
--- checked under both. executions_running_owner_idx.
+-- no owner, the next epoch, an audit entry each. Not an interruption: no recovery is
+-- counted. Locks: the advisory locks of the executions found (exclusive, in key order),
+-- then their rows; status and owner are checked under both. executions_running_owner_idx.
 CREATE FUNCTION {schema}.release_unregistered_v1(p_owner text, p_names text[], p_versions text[])
 RETURNS TABLE (id text, workflow_name text, workflow_version text)
 LANGUAGE plpgsql AS $$
@@ -374,7 +410,8 @@ END $$;
 
 -- Resume a FAILED or CANCELLED execution: the step records at its end that hold an error
 -- are removed (those steps run again), and it is RUNNING again with a new epoch, owned by
--- p_owner (NULL: the next sweep of an executor that runs its workflow claims it). Returns
+-- p_owner (NULL: the next sweep of an executor that runs its workflow claims it), with a
+-- fresh recovery budget (recoveries = 0: an operator resume is not a crash loop). Returns
 -- the status found (NULL: no such execution); anything but FAILED or CANCELLED is left
 -- alone. Locks: the advisory lock (exclusive), then the row.
 CREATE FUNCTION {schema}.resume_execution_v1(p_id text, p_actor text, p_owner text) RETURNS text
@@ -400,7 +437,7 @@ BEGIN
     END LOOP;
     UPDATE {schema}.executions
        SET status = 'RUNNING', owner = p_owner, epoch = epoch + 1, output = NULL, error = NULL,
-           finished_at = NULL, updated_at = now()
+           finished_at = NULL, recoveries = 0, updated_at = now()
      WHERE id = p_id;
     INSERT INTO {schema}.logs (execution_id, event, actor, details)
     VALUES (p_id, 'execution_resumed', p_actor,

@@ -139,6 +139,11 @@ SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, st
                   WHERE x.id = %(id)s OFFSET 0) e
           WHERE e.status = 'RUNNING' AND e.owner = %(owner)s), %(reason)s, true);
 
+-- name: release
+-- Hand an interrupted execution back at once, fenced by (owner, epoch) (see release_v1).
+-- executions_pkey.
+SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s);
+
 -- name: get_execution
 -- executions_pkey.
 SELECT id, workflow_name, workflow_version, status, inputs, output, error, owner, epoch,
