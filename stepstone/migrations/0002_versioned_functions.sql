@@ -1,5 +1,5 @@
 -- Versioned function names, one lock order, a recovery counter that counts only
--- recoveries, and a fenced hand-back.
+-- recoveries, cancellation that reaches an execution's descendants, and a fenced hand-back.
 --
 -- Naming. Every function the Store calls carries a version suffix (fence_v1, claim_v1...).
 -- A later migration that changes what a function does, its arguments or its result creates
@@ -387,24 +387,60 @@ BEGIN
     END IF;
 END $$;
 
--- Cancel a RUNNING or ENQUEUED execution: it ends CANCELLED now; its executor stops at its
--- next step boundary (that commit fails with SS002). Returns the status found (NULL: no
--- such execution); anything but RUNNING or ENQUEUED is left as it was. Locks: the advisory
--- lock (exclusive), then the row.
+-- Cancel a RUNNING or ENQUEUED execution and every RUNNING or ENQUEUED descendant (its
+-- children, their children, and so on, by parent_id): each ends CANCELLED now, with an
+-- audit entry of its own (a descendant's says parent_cancelled and names the ancestor that
+-- was cancelled and its own parent), and its executor stops at its next step boundary
+-- (that commit fails with SS002). For each one cancelled, a notification on the channel
+-- 'stepstone' ('cancelled:' || id, delivered at commit) tells executors at once; it is a
+-- hint, the status is the truth. Returns the status the named execution had (NULL: no such
+-- execution); if that is not RUNNING or ENQUEUED, nothing changes.
+-- Locks: the advisory locks of the execution and its descendants found (exclusive, in key
+-- order), then their rows; statuses are checked under both. A child started after the
+-- descendants were found is not cancelled here; its parent stops at its next step boundary.
+-- executions_pkey, executions_parent_idx.
 CREATE FUNCTION {schema}.cancel_execution_v1(p_id text, p_actor text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_ids    text[];
     v_status text;
+    v_row    record;
 BEGIN
-    PERFORM {schema}.lock_executions_v1(ARRAY[p_id]);
+    -- UNION (not UNION ALL) ends the recursion even if parent_id values formed a cycle.
+    WITH RECURSIVE tree (id, status) AS (
+        SELECT e.id, e.status FROM {schema}.executions e WHERE e.id = p_id
+        UNION
+        SELECT c.id, c.status FROM {schema}.executions c JOIN tree t ON c.parent_id = t.id
+    )
+    SELECT array_agg(t.id) INTO v_ids
+      FROM tree t WHERE t.id = p_id OR t.status IN ('RUNNING', 'ENQUEUED');
+    IF v_ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM {schema}.lock_executions_v1(v_ids);
     SELECT status INTO v_status FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
-    IF v_status IN ('RUNNING', 'ENQUEUED') THEN
+    IF v_status IS NULL OR v_status NOT IN ('RUNNING', 'ENQUEUED') THEN
+        RETURN v_status;
+    END IF;
+    FOR v_row IN
+        SELECT e.id, e.status, e.parent_id FROM {schema}.executions e
+         WHERE e.id = ANY (v_ids) AND e.status IN ('RUNNING', 'ENQUEUED')
+         ORDER BY e.id
+           FOR NO KEY UPDATE
+    LOOP
         UPDATE {schema}.executions
            SET status = 'CANCELLED', finished_at = now(), updated_at = now()
-         WHERE id = p_id;
+         WHERE id = v_row.id;
         INSERT INTO {schema}.logs (execution_id, event, actor, details)
-        VALUES (p_id, 'execution_cancelled', p_actor, jsonb_build_object('previous_status', v_status));
-    END IF;
+        VALUES (v_row.id, 'execution_cancelled', p_actor,
+                CASE WHEN v_row.id = p_id
+                     THEN jsonb_build_object('previous_status', v_row.status)
+                     ELSE jsonb_build_object('previous_status', v_row.status,
+                                             'reason', 'parent_cancelled',
+                                             'ancestor', p_id, 'parent', v_row.parent_id)
+                END);
+        PERFORM pg_notify('stepstone', 'cancelled:' || v_row.id);
+    END LOOP;
     RETURN v_status;
 END $$;
 
