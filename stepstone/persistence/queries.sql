@@ -42,40 +42,28 @@ UPDATE {schema}.executors SET heartbeat_at = '-infinity' WHERE id = %(id)s;
 
 -- name: claim_all_own
 -- At launch: every running execution this executor id owned before it restarted, that it
--- runs and that is not running in this process. executions_running_owner_idx.
+-- runs and that is not running in this process. The ids are found without locks; claim_v1
+-- takes their advisory locks, then their rows, and claims those this executor still owns.
+-- executions_running_owner_idx.
 SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
-  FROM {schema}.claim(%(owner)s, ARRAY(
+  FROM {schema}.claim_v1(%(owner)s, ARRAY(
          SELECT e.id FROM {schema}.executions e
           WHERE e.status = 'RUNNING' AND e.owner = %(owner)s
             AND (e.workflow_name, e.workflow_version) IN
                 (SELECT n, v FROM unnest(%(names)s::text[], %(versions)s::text[]) AS r (n, v))
-            AND e.id <> ALL (%(active)s::text[])
-            FOR NO KEY UPDATE SKIP LOCKED), %(reason)s);
+            AND e.id <> ALL (%(active)s::text[])), %(reason)s, true);
 
 -- name: release_unregistered_own
 -- Own running executions whose definition this executor lacks lose their owner, so that an
--- executor that has it claims them. executions_running_owner_idx.
-WITH released AS (
-    UPDATE {schema}.executions e
-       SET owner = NULL, epoch = e.epoch + 1, updated_at = now()
-     WHERE e.status = 'RUNNING' AND e.owner = %(owner)s
-       AND (e.workflow_name, e.workflow_version) NOT IN
-           (SELECT n, v FROM unnest(%(names)s::text[], %(versions)s::text[]) AS r (n, v))
- RETURNING e.id, e.workflow_name, e.workflow_version, e.epoch
-), logged AS (
-    INSERT INTO {schema}.logs (execution_id, event, actor, details)
-    SELECT r.id, 'execution_released', %(owner)s,
-           jsonb_build_object('reason', 'definition not registered by this executor',
-                              'workflow', r.workflow_name, 'version', r.workflow_version,
-                              'epoch', r.epoch)
-      FROM released r
-)
-SELECT id, workflow_name, workflow_version FROM released;
+-- executor that has it claims them (see release_unregistered_v1).
+-- executions_running_owner_idx.
+SELECT id, workflow_name, workflow_version
+  FROM {schema}.release_unregistered_v1(%(owner)s, %(names)s::text[], %(versions)s::text[]);
 
 -- name: sweep
--- One statement per sweep interval (see the sweep function).
+-- One statement per sweep interval (see sweep_v1).
 SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
-  FROM {schema}.sweep(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
+  FROM {schema}.sweep_v1(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
 
 -- name: running_owned_by
 -- executions_running_owner_idx.
@@ -104,28 +92,28 @@ SELECT count(*) FILTER (WHERE e.status = 'RUNNING'),
 -- name: start_execution
 -- Hot (one per start). executions_pkey.
 SELECT created, workflow_name, status, owner, epoch, output, error
-  FROM {schema}.start_execution(%(id)s, %(name)s, %(version)s, %(inputs)s, %(owner)s,
-                                %(parent)s, %(trace)s, %(attributes)s);
+  FROM {schema}.start_execution_v1(%(id)s, %(name)s, %(version)s, %(inputs)s, %(owner)s,
+                                   %(parent)s, %(trace)s, %(attributes)s);
 
 -- name: commit_step
 -- Hot (one per step). executions_pkey for the fence, steps_pkey for the insert.
-SELECT {schema}.commit_step(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
-                            %(output)s, %(error)s, %(attempts)s, %(started_at)s,
-                            %(finished_at)s, %(state)s, %(deleted)s, %(logs)s);
+SELECT {schema}.commit_step_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
+                               %(output)s, %(error)s, %(attempts)s, %(started_at)s,
+                               %(finished_at)s, %(state)s, %(deleted)s, %(logs)s);
 
 -- name: finish_execution
 -- Hot (one per completion). executions_pkey.
-SELECT {schema}.finish_execution(%(id)s, %(owner)s, %(epoch)s, %(status)s, %(output)s,
-                                 %(error)s, %(seq)s, %(state)s, %(deleted)s, %(details)s);
+SELECT {schema}.finish_execution_v1(%(id)s, %(owner)s, %(epoch)s, %(status)s, %(output)s,
+                                    %(error)s, %(seq)s, %(state)s, %(deleted)s, %(details)s);
 
 -- name: update_state
 -- executions_pkey for the fence, states_pkey and checkpoints_pkey for the writes.
-SELECT {schema}.fence(%(id)s, %(owner)s, %(epoch)s),
-       {schema}.write_state(%(id)s, %(seq)s, %(state)s, %(deleted)s);
+SELECT {schema}.fence_v1(%(id)s, %(owner)s, %(epoch)s),
+       {schema}.write_state_v1(%(id)s, %(seq)s, %(state)s, %(deleted)s);
 
 -- name: save_checkpoint
 -- executions_pkey for the fence, checkpoints_pkey for the upsert.
-WITH fenced AS (SELECT {schema}.fence(%(id)s, %(owner)s, %(epoch)s))
+WITH fenced AS (SELECT {schema}.fence_v1(%(id)s, %(owner)s, %(epoch)s))
 INSERT INTO {schema}.checkpoints (execution_id, seq, state)
 SELECT %(id)s, %(seq)s, %(state)s FROM fenced
     ON CONFLICT (execution_id, seq) DO UPDATE SET state = EXCLUDED.state, created_at = now();
@@ -142,13 +130,19 @@ SELECT seq, state
 -- Resume one execution this executor owns (called again with its id, or left behind by a
 -- database error): bump the epoch so that any older run of it is fenced out, record the
 -- resumption and return the inputs with every recorded step and the committed state, in
--- one statement. executions_pkey.
+-- one statement. The id is looked up without a lock (nothing is locked if it is not ours);
+-- claim_v1 takes its advisory lock, then its row, and checks again. executions_pkey.
 SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
-  FROM {schema}.claim(%(owner)s, ARRAY(
+  FROM {schema}.claim_v1(%(owner)s, ARRAY(
          SELECT e.id
            FROM (SELECT x.id, x.status, x.owner FROM {schema}.executions x
-                  WHERE x.id = %(id)s OFFSET 0 FOR NO KEY UPDATE) e
-          WHERE e.status = 'RUNNING' AND e.owner = %(owner)s), %(reason)s);
+                  WHERE x.id = %(id)s OFFSET 0) e
+          WHERE e.status = 'RUNNING' AND e.owner = %(owner)s), %(reason)s, true);
+
+-- name: release
+-- Hand an interrupted execution back at once, fenced by (owner, epoch) (see release_v1).
+-- executions_pkey.
+SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s);
 
 -- name: get_execution
 -- executions_pkey.
@@ -191,16 +185,16 @@ SELECT execution_id, seq, state FROM {schema}.checkpoints WHERE execution_id = %
 SELECT count(*) FROM {schema}.steps WHERE execution_id = %(id)s;
 
 -- name: cancel_execution
-SELECT {schema}.cancel_execution(%(id)s, %(actor)s);
+SELECT {schema}.cancel_execution_v1(%(id)s, %(actor)s);
 
 -- name: resume_execution
-SELECT {schema}.resume_execution(%(id)s, %(actor)s, %(owner)s);
+SELECT {schema}.resume_execution_v1(%(id)s, %(actor)s, %(owner)s);
 
 -- name: fork_execution
-SELECT {schema}.fork_execution(%(id)s, %(step)s, %(new_id)s, %(actor)s, %(owner)s);
+SELECT {schema}.fork_execution_v1(%(id)s, %(step)s, %(new_id)s, %(actor)s, %(owner)s);
 
 -- name: purge_executions
-SELECT {schema}.purge_executions(%(cutoff)s, %(batch)s);
+SELECT {schema}.purge_executions_v1(%(cutoff)s, %(batch)s);
 
 -- name: log_system_event
 -- Events that belong to no execution (a purge) are logged under the id '', which no

@@ -400,6 +400,16 @@ class Store(Operations):
         )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
+    def release_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
+        """Hand an interrupted execution back at once: if `owner` still owns it RUNNING at
+        `epoch`, it loses its owner and moves to the next epoch (the next sweep of an
+        executor that runs its workflow claims it), counting as one recovery, with an audit
+        entry naming `reason`. False, changing nothing, if `owner` no longer owns it there."""
+        row = self._one(
+            "release", {"id": execution_id, "owner": owner, "epoch": epoch, "reason": reason}
+        )
+        return bool(row and row[0])
+
     def sweep(self, owner: str, registered: Sequence[tuple[str, str]], limit: int) -> SweepResult:
         """Claim up to `limit` running executions whose owner's lease expired (or that have
         no owner) and whose definition is in `registered`, in one statement; also report

@@ -58,7 +58,7 @@ def test_fence_lookup_uses_the_primary_key(conn: psycopg.Connection[Any]) -> Non
     locks it only where it must."""
     source = conn.execute(
         "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'stepstone' AND p.proname = 'fence'"
+        "WHERE n.nspname = 'stepstone' AND p.proname = 'fence_v1'"
     ).fetchone()
     assert source is not None
     lookups = re.findall(

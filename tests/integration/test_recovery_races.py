@@ -219,7 +219,7 @@ def test_transaction_step_at_repeatable_read_is_still_fenced(rt: Runtime, db: st
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("SELECT count(*) FROM marks").fetchone()  # the snapshot is taken here
         with psycopg.connect(db, autocommit=True) as other:
-            other.execute("SELECT * FROM stepstone.claim('thief', ARRAY['rr-1'], 'test')")
+            other.execute("SELECT * FROM stepstone.claim_v1('thief', ARRAY['rr-1'], 'test')")
         conn.execute("INSERT INTO marks VALUES ('late')")
 
     @rt.workflow()

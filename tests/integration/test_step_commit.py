@@ -119,13 +119,13 @@ def test_fence_makes_a_concurrent_claim_wait(launched: Runtime, db: str) -> None
         stepstone.persistence.StartRequest("lock-1", "parked", "1", "{}", rt.executor_id)
     )
     with psycopg.connect(db) as committer, psycopg.connect(db, autocommit=True) as claimer:
-        committer.execute("SELECT stepstone.fence('lock-1', %s, 1)", [rt.executor_id])
+        committer.execute("SELECT stepstone.fence_v1('lock-1', %s, 1)", [rt.executor_id])
         claimer.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
-            claimer.execute("SELECT * FROM stepstone.claim('thief', ARRAY['lock-1'], 'test')")
+            claimer.execute("SELECT * FROM stepstone.claim_v1('thief', ARRAY['lock-1'], 'test')")
         committer.commit()
         claimed = claimer.execute(
-            "SELECT epoch FROM stepstone.claim('thief', ARRAY['lock-1'], 'test')"
+            "SELECT epoch FROM stepstone.claim_v1('thief', ARRAY['lock-1'], 'test')"
         ).fetchall()
         assert claimed == [(2,)]
     with pytest.raises(OwnershipLost, match="owner thief, epoch 2"):
