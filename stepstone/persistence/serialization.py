@@ -7,10 +7,11 @@ dataclasses round-trip exactly. Nothing is ever unpickled. Any object with `dump
 
 A datetime or time is stored as its ISO text (wall time and UTC offset, what any reader
 understands) and, beside it, what the ISO text cannot say: the IANA key of a `ZoneInfo`
-(`"z"`), the name given to a fixed-offset `datetime.timezone` (`"n"`) and `fold=1` (`"f"`).
-So a ZoneInfo datetime comes back with its zone, and arithmetic across a daylight saving
-change gives the same result on replay as on the first run. Values stored before these
-fields existed read as they always did. Other tzinfo classes keep only their UTC offset.
+(`"z"`), the name given to a fixed-offset `datetime.timezone` (`"n"`), a fixed offset with
+a fraction of a second in microseconds (`"o"`: `fromisoformat` misreads some) and `fold=1`
+(`"f"`). So a ZoneInfo datetime comes back with its zone, and arithmetic across a daylight
+saving change gives the same result on replay as on the first run. Values stored before
+these fields existed read as they always did. Other tzinfo classes keep their UTC offset.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ DEFAULT_MAX_SIZE = 1024 * 1024
 _TAG = "__stepstone__"
 
 _Clock = TypeVar("_Clock", dt.datetime, dt.time)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 @runtime_checkable
@@ -200,9 +202,12 @@ def _encode_clock(tag: str, value: dt.datetime | dt.time) -> dict[str, Any]:
             if zone.key is not None:  # ZoneInfo.from_file() has no key: its offset is kept
                 obj["z"] = zone.key
         elif type(zone) is dt.timezone:
+            offset = zone.utcoffset(None)
             name = zone.tzname(None)
-            if name != dt.timezone(zone.utcoffset(None)).tzname(None):
+            if name != dt.timezone(offset).tzname(None):
                 obj["n"] = name
+            if offset.microseconds:  # fromisoformat() reads +00:00:00.000001 as +00:00
+                obj["o"] = offset // _MICROSECOND
     if value.fold:
         obj["f"] = 1
     return obj
@@ -213,12 +218,13 @@ def _decode_clock(obj: dict[str, Any], value: _Clock) -> _Clock:
     key = obj.get("z")
     if key is not None:
         return value.replace(tzinfo=_zone(key, obj["v"]), fold=fold)
-    name = obj.get("n")
-    if name is not None:
-        offset = value.utcoffset()
-        if not isinstance(name, str) or offset is None:
-            raise ValueError(f"time zone name {name!r} of {obj['v']!r} is not valid")
-        value = value.replace(tzinfo=dt.timezone(offset, name))
+    name, micros = obj.get("n"), obj.get("o")
+    if name is not None or micros is not None:
+        offset = value.utcoffset() if micros is None else micros * _MICROSECOND
+        if offset is None or not isinstance(name, str | None):
+            raise ValueError(f"time zone of {obj['v']!r} is not valid: {name!r}, {micros!r}")
+        zone = dt.timezone(offset) if name is None else dt.timezone(offset, name)
+        value = value.replace(tzinfo=zone)
     return value.replace(fold=fold) if fold else value
 
 

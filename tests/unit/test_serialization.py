@@ -400,6 +400,8 @@ def test_times_keep_their_zoneinfo(value: dt.time) -> None:
         dt.timezone(dt.timedelta(0), "GMT"),
         dt.timezone(dt.timedelta(hours=5, minutes=30)),
         dt.timezone(dt.timedelta(seconds=1, microseconds=7)),
+        dt.timezone(dt.timedelta(microseconds=1)),
+        dt.timezone(-dt.timedelta(microseconds=500), "tiny"),
     ],
     ids=repr,
 )
