@@ -197,7 +197,7 @@ def _encode_clock(tag: str, value: dt.datetime | dt.time) -> dict[str, Any]:
     # name and fold ride beside it, only when present (so UTC and naive values stay small).
     obj: dict[str, Any] = {_TAG: tag, "v": value.isoformat()}
     zone = value.tzinfo
-    if zone is not None:
+    if zone is not None and zone is not dt.UTC:
         if isinstance(zone, ZoneInfo):
             if zone.key is not None:  # ZoneInfo.from_file() has no key: its offset is kept
                 obj["z"] = zone.key
