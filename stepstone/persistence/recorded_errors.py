@@ -468,6 +468,21 @@ class _StandIn(StepError):
     def __str__(self) -> str:
         return self.error_message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy and pickle: the class is found again by its type path, not by import
+        kind = type(self)
+        path = f"{kind.__module__}:{kind.__qualname__}"
+        group = isinstance(self, BaseExceptionGroup)
+        return _revive, (path, group, self.args, dict(self.__dict__))
+
+
+def _revive(path: str, group: bool, args: tuple[Any, ...], state: dict[str, Any]) -> _StandIn:
+    kind = _stand_in_class(path, group)
+    exc = kind.__new__(kind, *args) if group else kind.__new__(kind)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
 
 _stand_ins: dict[tuple[str, bool], type[_StandIn]] = {}
 

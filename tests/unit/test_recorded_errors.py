@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import copy
 import decimal
 import errno
 import http.client
 import io
 import json
+import pickle
 import re
 import sys
 from typing import TYPE_CHECKING, Any
@@ -554,6 +556,32 @@ def test_stand_in_classes_are_cached_per_type_path() -> None:
     with pytest.raises(StepError) as caught:
         raise first
     assert caught.value is first
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["plain", "group"])
+def test_stand_ins_copy_and_pickle(group: bool) -> None:
+    """copy.copy, copy.deepcopy and pickle give a stand-in of the same class, str, args,
+    attributes and notes (its class is found again by type path, never imported)."""
+    kind = local_error_class()
+    member = with_notes(kind("E1"), "n")
+    original = Batch(1, [member, ValueError("v")]) if group else member
+    record = stored(encode_error(original, SERIALIZER))
+    record["type"] = "gone_module:Batch" if group else record["type"]
+    stand_in = rebuild_error(record, SERIALIZER)
+    assert isinstance(stand_in, StepError)
+    assert isinstance(stand_in, ExceptionGroup) == group
+    for twin in (
+        copy.copy(stand_in),
+        copy.deepcopy(stand_in),
+        pickle.loads(pickle.dumps(stand_in)),  # noqa: S301 - our own bytes
+    ):
+        assert type(twin) is type(stand_in)
+        assert str(twin) == str(stand_in)
+        assert repr(twin) == repr(stand_in)
+        assert twin.args == stand_in.args or group
+        assert vars(twin).get("__notes__") == vars(stand_in).get("__notes__")
+        if not group:
+            assert twin.code == "E1"  # type: ignore[attr-defined]
 
 
 def test_stand_in_records_again_as_the_original_type() -> None:
