@@ -124,7 +124,13 @@ class WorkflowCancelled(WorkflowOutcome):
 
 
 class StepError(StepstoneError):
-    """A recorded step error whose exception type cannot be rebuilt in this process."""
+    """A recorded step error whose exception type cannot be rebuilt in this process.
+
+    A replay raises it as a subclass that stands in for the recorded type: same `__name__`,
+    `__qualname__` and `__module__`, `str()` the recorded message, the recorded notes and
+    what attributes could be decoded (an exception group's stand-in is also an
+    ExceptionGroup of its members). `error_type` is the recorded type's dotted name and
+    `error_message` the message."""
 
     def __init__(self, error_type: str, error_message: str) -> None:
         super().__init__(f"{error_type}: {error_message}")

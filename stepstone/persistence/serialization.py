@@ -4,6 +4,14 @@
 lacks, so that datetime, date, time, timedelta, UUID, Decimal, bytes, tuples, sets and
 dataclasses round-trip exactly. Nothing is ever unpickled. Any object with `dumps` and
 `loads` (the `Serializer` protocol) can replace it.
+
+A datetime or time is stored as its ISO text (wall time and UTC offset, what any reader
+understands) and, beside it, what the ISO text cannot say: the IANA key of a `ZoneInfo`
+(`"z"`), the name given to a fixed-offset `datetime.timezone` (`"n"`), a fixed offset with
+a fraction of a second in microseconds (`"o"`: `fromisoformat` misreads some) and `fold=1`
+(`"f"`). So a ZoneInfo datetime comes back with its zone, and arithmetic across a daylight
+saving change gives the same result on replay as on the first run. Values stored before
+these fields existed read as they always did. Other tzinfo classes keep their UTC offset.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import json
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+from zoneinfo import ZoneInfo
 
 from stepstone.errors import SerializationError
 
@@ -35,6 +44,9 @@ DEFAULT_MAX_SIZE = 1024 * 1024
 """Default limit on one serialized value: 1 MiB."""
 
 _TAG = "__stepstone__"
+
+_Clock = TypeVar("_Clock", dt.datetime, dt.time)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 @runtime_checkable
@@ -126,11 +138,11 @@ def _encode(value: Any) -> Any:
     if kind is tuple:
         return {_TAG: "tuple", "v": [_encode(item) for item in value]}
     if kind is dt.datetime:
-        return {_TAG: "datetime", "v": value.isoformat()}
+        return _encode_clock("datetime", value)
     if kind is dt.date:
         return {_TAG: "date", "v": value.isoformat()}
     if kind is dt.time:
-        return {_TAG: "time", "v": value.isoformat()}
+        return _encode_clock("time", value)
     if kind is dt.timedelta:
         return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
     if kind is uuid.UUID:
@@ -158,11 +170,11 @@ def _decode(obj: dict[str, Any]) -> Any:
         case "dict":
             return dict(v)
         case "datetime":
-            return dt.datetime.fromisoformat(v)
+            return _decode_clock(obj, dt.datetime.fromisoformat(v))
         case "date":
             return dt.date.fromisoformat(v)
         case "time":
-            return dt.time.fromisoformat(v)
+            return _decode_clock(obj, dt.time.fromisoformat(v))
         case "timedelta":
             return dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
         case "uuid":
@@ -178,6 +190,52 @@ def _decode(obj: dict[str, Any]) -> Any:
         case "dataclass":
             return _build_dataclass(_find_dataclass(obj["t"]), v)
     raise ValueError(f"unknown serialized type tag {tag!r}")
+
+
+def _encode_clock(tag: str, value: dt.datetime | dt.time) -> dict[str, Any]:
+    # The ISO text keeps the wall time and the offset; the zone key, a fixed offset's own
+    # name and fold ride beside it, only when present (so UTC and naive values stay small).
+    obj: dict[str, Any] = {_TAG: tag, "v": value.isoformat()}
+    zone = value.tzinfo
+    if zone is not None and zone is not dt.UTC:
+        if isinstance(zone, ZoneInfo):
+            if zone.key is not None:  # ZoneInfo.from_file() has no key: its offset is kept
+                obj["z"] = zone.key
+        elif type(zone) is dt.timezone:
+            offset = zone.utcoffset(None)
+            name = zone.tzname(None)
+            if name != dt.timezone(offset).tzname(None):
+                obj["n"] = name
+            if offset.microseconds:  # fromisoformat() reads +00:00:00.000001 as +00:00
+                obj["o"] = offset // _MICROSECOND
+    if value.fold:
+        obj["f"] = 1
+    return obj
+
+
+def _decode_clock(obj: dict[str, Any], value: _Clock) -> _Clock:
+    fold = obj.get("f", 0)
+    key = obj.get("z")
+    if key is not None:
+        return value.replace(tzinfo=_zone(key, obj["v"]), fold=fold)
+    name, micros = obj.get("n"), obj.get("o")
+    if name is not None or micros is not None:
+        offset = value.utcoffset() if micros is None else micros * _MICROSECOND
+        if offset is None or not isinstance(name, str | None):
+            raise ValueError(f"time zone of {obj['v']!r} is not valid: {name!r}, {micros!r}")
+        zone = dt.timezone(offset) if name is None else dt.timezone(offset, name)
+        value = value.replace(tzinfo=zone)
+    return value.replace(fold=fold) if fold else value
+
+
+def _zone(key: Any, text: Any) -> ZoneInfo:
+    try:
+        return ZoneInfo(key)
+    except (ValueError, TypeError, LookupError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(
+            f"{text!r} is in the time zone {key!r}, which this machine does not know: install "
+            "the tzdata package or update the system's time zone database, then read it again"
+        ) from exc
 
 
 def _build_dataclass(kind: Any, values: dict[str, Any]) -> Any:

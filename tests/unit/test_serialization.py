@@ -6,9 +6,14 @@ import decimal
 import json
 import math
 import uuid
+import zoneinfo
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stepstone.errors import SerializationError
 from stepstone.persistence.serialization import (
@@ -89,6 +94,20 @@ def assert_same(expected: Any, actual: Any, path: str = "value") -> None:
             assert actual.as_tuple() == expected.as_tuple(), f"{path}: exponent or digits differ"
         if kind in (dt.datetime, dt.time):
             assert actual.utcoffset() == expected.utcoffset(), f"{path}: offset differs"
+            assert actual.fold == expected.fold, f"{path}: fold differs"
+            assert zone_of(actual) == zone_of(expected), f"{path}: time zone differs"
+
+
+def zone_of(value: dt.datetime | dt.time) -> tuple[Any, ...] | None:
+    """What identifies a value's time zone: a ZoneInfo's key, a fixed offset and its name."""
+    zone = value.tzinfo
+    if zone is None:
+        return None
+    if isinstance(zone, ZoneInfo):
+        return ("zoneinfo", zone.key)
+    if isinstance(zone, dt.timezone):
+        return ("fixed", zone.utcoffset(None), zone.tzname(None))
+    return ("other", repr(zone))
 
 
 def roundtrip(value: Any) -> Any:
@@ -110,6 +129,15 @@ def roundtrip(value: Any) -> Any:
         ({frozenset({1})}, {frozenset({True})}),
         (decimal.Decimal("1.10"), decimal.Decimal("1.1")),
         (float("nan"), 0.0),
+        (dt.datetime(2024, 1, 1, fold=1), dt.datetime(2024, 1, 1)),
+        (
+            dt.datetime(2024, 7, 1, 12, tzinfo=ZoneInfo("Europe/Paris")),
+            dt.datetime(2024, 7, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        ),
+        (
+            dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1), "CET")),
+            dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        ),
     ],
 )
 def test_assert_same_detects_equal_values_of_different_types(expected: Any, actual: Any) -> None:
@@ -271,6 +299,228 @@ def test_naive_datetime_stays_naive() -> None:
 )
 def test_dates_and_times_round_trip(value: dt.date | dt.time) -> None:
     """Dates stay dates (not datetimes) and times keep microseconds and offset."""
+    assert_same(value, roundtrip(value))
+
+
+PARIS = ZoneInfo("Europe/Paris")
+NEW_YORK = ZoneInfo("America/New_York")
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")  # a 30-minute daylight saving shift
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2024, 7, 1, 19, 0, tzinfo=PARIS),
+        dt.datetime(2024, 1, 15, 8, 30, 0, 250, tzinfo=NEW_YORK),
+        dt.datetime(2024, 4, 7, 1, 45, fold=1, tzinfo=LORD_HOWE),
+        dt.datetime(2024, 1, 1, tzinfo=ZoneInfo("UTC")),
+        dt.datetime(1, 1, 1, tzinfo=ZoneInfo("Asia/Kolkata")),
+    ],
+    ids=["paris summer", "new york winter", "lord howe fold", "zoneinfo utc", "year 1"],
+)
+def test_zoneinfo_datetimes_keep_their_zone(value: dt.datetime) -> None:
+    """A datetime in a ZoneInfo comes back in the same ZoneInfo (same key), not a fixed offset."""
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert isinstance(result.tzinfo, ZoneInfo)
+    assert result.tzinfo.key == value.tzinfo.key  # type: ignore[union-attr]
+
+
+def test_zoneinfo_datetime_arithmetic_across_dst_matches_the_original() -> None:
+    """Adding a day across the spring change gives the same instant on the decoded value as on
+    the original (a fixed offset would be an hour off: the reported 17:00Z vs 16:00Z)."""
+    before = dt.datetime(2024, 3, 30, 18, 0, tzinfo=PARIS)
+    decoded = roundtrip(before)
+    later = decoded + dt.timedelta(days=1)
+    assert later == before + dt.timedelta(days=1)
+    assert later.astimezone(dt.UTC) == dt.datetime(2024, 3, 31, 16, 0, tzinfo=dt.UTC)
+    assert later.utcoffset() == dt.timedelta(hours=2)
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_ambiguous_wall_time_keeps_its_fold(fold: int) -> None:
+    """2024-11-03 01:30 in New York happens twice: fold 0 and fold 1 come back distinct (in
+    offset and instant) and each equal to its original, and so does an hour later."""
+    value = dt.datetime(2024, 11, 3, 1, 30, fold=fold, tzinfo=NEW_YORK)
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert result.fold == fold
+    assert result.utcoffset() == dt.timedelta(hours=-4 - fold)
+    assert result.timestamp() == value.timestamp()
+    assert_same(value + dt.timedelta(hours=1), result + dt.timedelta(hours=1))
+    other = roundtrip(value.replace(fold=1 - fold))
+    assert other.timestamp() != result.timestamp()
+    assert other.utcoffset() != result.utcoffset()
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_wall_time_in_the_spring_gap_round_trips(fold: int) -> None:
+    """2024-03-10 02:30 does not exist in New York; it comes back with the same wall time, fold
+    and offset, so it resolves to the same instant as the original."""
+    value = dt.datetime(2024, 3, 10, 2, 30, fold=fold, tzinfo=NEW_YORK)
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert result.timestamp() == value.timestamp()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2024, 11, 3, 1, 30, fold=1),
+        dt.time(1, 30, fold=1),
+        dt.time(1, 30, fold=1, tzinfo=IST),
+        dt.datetime(2024, 1, 1, 12, fold=1, tzinfo=dt.UTC),
+    ],
+    ids=repr,
+)
+def test_fold_is_kept_on_naive_and_aware_values(value: dt.datetime | dt.time) -> None:
+    """fold=1 survives for naive datetimes, times and fixed-offset values too."""
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert result.fold == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [dt.time(9, 15, tzinfo=PARIS), dt.time(23, 59, 59, 999999, fold=1, tzinfo=NEW_YORK)],
+    ids=repr,
+)
+def test_times_keep_their_zoneinfo(value: dt.time) -> None:
+    """A time with a ZoneInfo (which has no offset without a date) keeps the zone."""
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert result.tzinfo is value.tzinfo
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [
+        dt.timezone(dt.timedelta(hours=1), "CET"),
+        dt.timezone(dt.timedelta(hours=-3, minutes=-15), "Somewhere"),
+        dt.timezone(dt.timedelta(0), "GMT"),
+        dt.timezone(dt.timedelta(hours=5, minutes=30)),
+        dt.timezone(dt.timedelta(seconds=1, microseconds=7)),
+        dt.timezone(dt.timedelta(microseconds=1)),
+        dt.timezone(-dt.timedelta(microseconds=500), "tiny"),
+    ],
+    ids=repr,
+)
+def test_fixed_offset_zones_keep_offset_and_name(zone: dt.timezone) -> None:
+    """A datetime.timezone comes back with the same offset and the same name (given or not)."""
+    value = dt.datetime(2024, 6, 1, 12, tzinfo=zone)
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert result.tzinfo == zone
+    assert result.tzname() == value.tzname()
+
+
+def test_utc_stays_the_utc_singleton() -> None:
+    """A UTC datetime comes back with datetime.UTC itself, stored without extra fields."""
+    value = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)
+    assert roundtrip(value).tzinfo is dt.UTC
+    assert json.loads(JsonSerializer().dumps(value)) == {
+        "__stepstone__": "datetime",
+        "v": "2024-06-01T12:00:00+00:00",
+    }
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (
+            '{"__stepstone__":"datetime","v":"2024-11-03T01:30:00-05:00"}',
+            dt.datetime(2024, 11, 3, 1, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        ),
+        (
+            '{"__stepstone__":"datetime","v":"2024-01-01T00:00:00.000007"}',
+            dt.datetime(2024, 1, 1, 0, 0, 0, 7),
+        ),
+        ('{"__stepstone__":"time","v":"12:30:00+05:30"}', dt.time(12, 30, tzinfo=IST)),
+    ],
+)
+def test_values_stored_in_the_older_form_decode_as_before(stored: str, expected: Any) -> None:
+    """A datetime or time stored before zones and fold were kept reads back as it always did."""
+    assert_same(expected, JsonSerializer().loads(stored))
+
+
+def test_older_readers_see_the_offset_of_a_zoneinfo_datetime() -> None:
+    """The stored ISO text of a ZoneInfo datetime holds its UTC offset, so a reader that ignores
+    the zone key still gets the right instant."""
+    value = dt.datetime(2024, 11, 3, 1, 30, fold=1, tzinfo=NEW_YORK)
+    stored = json.loads(JsonSerializer().dumps(value))
+    assert stored == {
+        "__stepstone__": "datetime",
+        "v": "2024-11-03T01:30:00-05:00",
+        "z": "America/New_York",
+        "f": 1,
+    }
+    # (PEP 495: a time in the fold never compares equal across zones; compare instants.)
+    assert dt.datetime.fromisoformat(stored["v"]).timestamp() == value.timestamp()
+
+
+@pytest.mark.parametrize("key", ["Mars/Olympus_Mons", "../etc/passwd", ""])
+def test_unknown_zone_key_raises_value_error_naming_it(key: str) -> None:
+    """Decoding a ZoneInfo key this machine does not know raises ValueError naming the key."""
+    stored = json.dumps({"__stepstone__": "datetime", "v": "2024-01-01T00:00:00+01:00", "z": key})
+    with pytest.raises(ValueError, match="time zone") as info:
+        JsonSerializer().loads(stored)
+    assert repr(key) in str(info.value)
+    assert "tzdata" in str(info.value)
+
+
+def test_zoneinfo_without_a_key_keeps_its_offset() -> None:
+    """A ZoneInfo read from a file (it has no key) is stored by its UTC offset, as other tzinfo
+    classes are: the instant survives, the zone cannot."""
+    files = [Path(root) / "Europe" / "Paris" for root in zoneinfo.TZPATH]
+    found = [path for path in files if path.is_file()]
+    if not found:
+        pytest.skip("no system time zone database to read a zone file from")
+    with found[0].open("rb") as file:
+        keyless = ZoneInfo.from_file(file)
+    value = dt.datetime(2024, 7, 1, 12, tzinfo=keyless)
+    result = roundtrip(value)
+    assert result == value
+    assert result.utcoffset() == dt.timedelta(hours=2)
+    assert isinstance(result.tzinfo, dt.timezone)
+
+
+_FIXED_ZONES = st.builds(
+    dt.timezone,
+    st.timedeltas(
+        min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)
+    ),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8),
+) | st.builds(
+    dt.timezone,
+    st.timedeltas(
+        min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)
+    ),
+)
+_ZONES = st.none() | st.just(dt.UTC) | st.timezones() | _FIXED_ZONES
+
+
+@given(
+    value=st.datetimes(timezones=_ZONES, allow_imaginary=True),
+    fold=st.integers(min_value=0, max_value=1),
+)
+def test_datetimes_round_trip_exactly(value: dt.datetime, fold: int) -> None:
+    """Any datetime, naive or in any zone, with either fold, comes back with the same wall
+    time, fold, zone (ZoneInfo key, or offset and name) and offset, and behaves the same."""
+    value = value.replace(fold=fold)
+    result = roundtrip(value)
+    assert_same(value, result)
+    assert result.replace(tzinfo=None) == value.replace(tzinfo=None)
+    if value.tzinfo is not None and dt.MINYEAR < value.year < dt.MAXYEAR:
+        assert_same(value + dt.timedelta(days=1), result + dt.timedelta(days=1))
+
+
+@given(
+    value=st.times(timezones=_ZONES),
+    fold=st.integers(min_value=0, max_value=1),
+)
+def test_times_round_trip_exactly(value: dt.time, fold: int) -> None:
+    """Any time, naive or in any zone, with either fold, comes back the same."""
+    value = value.replace(fold=fold)
     assert_same(value, roundtrip(value))
 
 
