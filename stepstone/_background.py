@@ -18,26 +18,37 @@ __all__ = ["Loop"]
 
 class Loop:
     """Calls `job()` every `interval` seconds (with ±10% jitter so that executors drift
-    apart). `job()` returns True to be called again at once (it has more to do)."""
+    apart), and at once after `nudge()`. `job()` returns True to be called again at once
+    (it has more to do)."""
 
     def __init__(self, name: str, interval: float, job: Callable[[], bool]) -> None:
         self._name = name
         self._interval = interval
         self._job = job
         self._stop = threading.Event()
+        self._nudged = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"stepstone-{name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def nudge(self) -> None:
+        """Run the job now rather than at the end of the interval."""
+        self._nudged.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._nudged.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
     def _run(self) -> None:
         wait = self._next()
-        while not self._stop.wait(wait):
+        while True:
+            self._nudged.wait(wait)
+            if self._stop.is_set():
+                return
+            self._nudged.clear()
             try:
                 again = self._job()
             except Exception as exc:  # noqa: BLE001 - a failed round is logged and retried

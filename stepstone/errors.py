@@ -10,7 +10,10 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnreachable",
     "DuplicateRegistration",
+    "ExecutionCancelled",
     "ExecutorIdInUse",
+    "HandedBack",
+    "Interrupted",
     "InvalidWorkflowId",
     "MigrationError",
     "NonDeterminismError",
@@ -23,6 +26,7 @@ __all__ = [
     "StepError",
     "StepOutsideWorkflow",
     "StepstoneError",
+    "Suspended",
     "UnregisteredWorkflow",
     "UsageError",
     "WorkflowCancelled",
@@ -188,23 +192,6 @@ class RecoveryLimitExceeded(StepstoneError):
         self.limit = limit
 
 
-class OwnershipLost(StepstoneError):
-    """Another executor claimed this execution; this one must stop running it."""
-
-    def __init__(
-        self, workflow_id: str, executor_id: str, epoch: int, detail: str | None = None
-    ) -> None:
-        found = f" ({detail})" if detail else ""
-        super().__init__(
-            f"executor {executor_id!r} no longer owns workflow {workflow_id!r} at epoch {epoch}"
-            f"{found}: another executor claimed it, so nothing more of it was committed here "
-            "and this executor stopped running it"
-        )
-        self.workflow_id = workflow_id
-        self.executor_id = executor_id
-        self.epoch = epoch
-
-
 class WorkflowIdConflict(StepstoneError):
     """The workflow id already belongs to an execution of another workflow."""
 
@@ -216,3 +203,58 @@ class WorkflowIdConflict(StepstoneError):
         self.workflow_id = workflow_id
         self.existing = existing
         self.requested = requested
+
+
+# -- control flow -------------------------------------------------------------------------
+#
+# These unwind a workflow body without failing its execution. They derive from
+# BaseException, so that a workflow's own `except Exception` cannot swallow them, and they
+# never reach the caller of a workflow: the runtime turns each into what the caller sees
+# (the outcome of the execution, or a wait for it).
+
+
+class HandedBack(BaseException):
+    """The execution stops running in this thread without being failed: it is handed back
+    (to another executor, to a later run here, or to its cancellation)."""
+
+    def __init__(self, message: str, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class OwnershipLost(HandedBack):
+    """Another executor claimed this execution; this one must stop running it."""
+
+    def __init__(
+        self, workflow_id: str, executor_id: str, epoch: int, detail: str | None = None
+    ) -> None:
+        found = f" ({detail})" if detail else ""
+        super().__init__(
+            f"executor {executor_id!r} no longer owns workflow {workflow_id!r} at epoch {epoch}"
+            f"{found}: another executor claimed it, so nothing more of it was committed here "
+            "and this executor stopped running it",
+            workflow_id,
+        )
+        self.executor_id = executor_id
+        self.epoch = epoch
+
+
+class ExecutionCancelled(HandedBack):
+    """The running execution itself was cancelled: it stops at its next step boundary.
+    Its callers get WorkflowCancelled."""
+
+
+class Interrupted(HandedBack):
+    """The database or the connection pool failed under the execution (the cause says how):
+    it stays RUNNING, and this executor resumes it when the database answers again."""
+
+
+class Suspended(HandedBack):
+    """The execution waits for another execution (`waiting_for`) to end: its thread is free
+    at once, and the execution is resumed, by replay, when that one has ended."""
+
+    def __init__(self, workflow_id: str, waiting_for: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} waits for workflow {waiting_for!r} to end", workflow_id
+        )
+        self.waiting_for = waiting_for

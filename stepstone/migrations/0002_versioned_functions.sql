@@ -176,6 +176,27 @@ BEGIN
     END IF;
 END $$;
 
+-- Records a transaction step (commit_step_v1) and, in the same statement, resets what the
+-- step's SQL may have changed in the pooled connection's session, so that the next user of
+-- the connection starts clean: run-time settings (SET, set_config(..., false)) go back to
+-- the connection's defaults, session advisory locks are released, LISTENs end. It runs
+-- after the fence, inside the step's transaction, just before its COMMIT.
+CREATE FUNCTION {schema}.commit_transaction_step_v1(
+    p_id text, p_owner text, p_epoch bigint, p_seq integer, p_name text, p_kind text,
+    p_output text, p_error jsonb, p_attempts integer,
+    p_started_at timestamptz, p_finished_at timestamptz,
+    p_state jsonb, p_deleted text[], p_logs jsonb
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {schema}.commit_step_v1(p_id, p_owner, p_epoch, p_seq, p_name, p_kind, p_output,
+                                    p_error, p_attempts, p_started_at, p_finished_at,
+                                    p_state, p_deleted, p_logs);
+    RESET ALL;
+    PERFORM pg_advisory_unlock_all();
+    UNLISTEN *;
+END $$;
+
 -- Finishes an execution (fenced like a step) with its last state changes and audit entry.
 -- It locks only its own row (the exclusive fence), never the advisory lock.
 CREATE FUNCTION {schema}.finish_execution_v1(
@@ -263,18 +284,22 @@ END $$;
 -- Hands an interrupted execution back at once, fenced: if p_owner still owns the RUNNING
 -- execution at p_epoch, it loses its owner and moves to the next epoch (any executor that
 -- runs its workflow claims it with its next sweep), and true is returned; otherwise nothing
--- changes and false is returned. A hand-back is an interruption, so it counts as a
--- recovery here (the claim that follows does not): a hand-back loop ends at max_recoveries.
+-- changes and false is returned. A hand-back after an interruption (p_interrupted) counts
+-- as a recovery here (the claim that follows does not), so a hand-back loop ends at
+-- max_recoveries; handing back at a graceful shutdown does not count.
 -- Locks: the advisory lock (exclusive), then the row. executions_pkey.
-CREATE FUNCTION {schema}.release_v1(p_id text, p_owner text, p_epoch bigint, p_reason text)
-RETURNS boolean
+CREATE FUNCTION {schema}.release_v1(
+    p_id text, p_owner text, p_epoch bigint, p_reason text, p_interrupted boolean
+) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_epoch bigint;
 BEGIN
     PERFORM {schema}.lock_executions_v1(ARRAY[p_id]);
     UPDATE {schema}.executions
-       SET owner = NULL, epoch = epoch + 1, recoveries = recoveries + 1, updated_at = now()
+       SET owner = NULL, epoch = epoch + 1,
+           recoveries = recoveries + CASE WHEN p_interrupted THEN 1 ELSE 0 END,
+           updated_at = now()
      WHERE id = p_id AND status = 'RUNNING' AND owner = p_owner AND epoch = p_epoch
     RETURNING epoch INTO v_epoch;
     IF NOT FOUND THEN
@@ -282,7 +307,8 @@ BEGIN
     END IF;
     INSERT INTO {schema}.logs (execution_id, event, actor, details)
     VALUES (p_id, 'execution_released', p_owner,
-            jsonb_build_object('reason', p_reason, 'epoch', v_epoch, 'previous_epoch', p_epoch));
+            jsonb_build_object('reason', p_reason, 'epoch', v_epoch, 'previous_epoch', p_epoch,
+                               'interrupted', p_interrupted));
     RETURN true;
 END $$;
 

@@ -65,6 +65,15 @@ SELECT id, workflow_name, workflow_version
 SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
   FROM {schema}.sweep_v1(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
 
+-- name: release
+-- Hand an interrupted execution back at once (see the release function). executions_pkey.
+SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s, %(interrupted)s);
+
+-- name: ended_among
+-- Which of the executions suspended runs wait for have ended. executions_pkey.
+SELECT id FROM {schema}.executions
+ WHERE id = ANY (%(ids)s::text[]) AND status IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+
 -- name: running_owned_by
 -- executions_running_owner_idx.
 SELECT id FROM {schema}.executions WHERE status = 'RUNNING' AND owner = %(owner)s;
@@ -100,6 +109,12 @@ SELECT created, workflow_name, status, owner, epoch, output, error
 SELECT {schema}.commit_step_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
                                %(output)s, %(error)s, %(attempts)s, %(started_at)s,
                                %(finished_at)s, %(state)s, %(deleted)s, %(logs)s);
+
+-- name: commit_transaction_step
+-- Hot (one per step). executions_pkey for the fence, steps_pkey for the insert.
+SELECT {schema}.commit_transaction_step_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
+                                           %(output)s, %(error)s, %(attempts)s, %(started_at)s,
+                                           %(finished_at)s, %(state)s, %(deleted)s, %(logs)s);
 
 -- name: finish_execution
 -- Hot (one per completion). executions_pkey.
@@ -138,11 +153,6 @@ SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, st
            FROM (SELECT x.id, x.status, x.owner FROM {schema}.executions x
                   WHERE x.id = %(id)s OFFSET 0) e
           WHERE e.status = 'RUNNING' AND e.owner = %(owner)s), %(reason)s, true);
-
--- name: release
--- Hand an interrupted execution back at once, fenced by (owner, epoch) (see release_v1).
--- executions_pkey.
-SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s);
 
 -- name: get_execution
 -- executions_pkey.

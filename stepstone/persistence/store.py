@@ -24,14 +24,14 @@ from stepstone import migrations
 from stepstone.errors import (
     ConfigurationError,
     DatabaseUnreachable,
-    OwnershipLost,
     PersistenceError,
     SerializationError,
     UsageError,
-    WorkflowCancelled,
 )
 from stepstone.persistence import _conninfo
+from stepstone.persistence._driver_errors import FENCE_SQLSTATE, Fence, classify, fenced, outage
 from stepstone.persistence._queries import Queries
+from stepstone.persistence._sessions import session_settings
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
@@ -68,10 +68,6 @@ __all__ = ["FENCE_SQLSTATE", "Store"]
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
-FENCE_SQLSTATE = "SS001"
-"""SQLSTATE raised by the fence when an executor no longer owns an execution."""
-CANCELLED_SQLSTATE = "SS002"
-"""SQLSTATE raised by the fence when the execution was cancelled."""
 
 log = structlog.get_logger("stepstone.persistence")
 
@@ -93,6 +89,7 @@ class Store(Operations):
         serializer: Serializer | None = None,
         max_value_size: int = DEFAULT_MAX_SIZE,
         connect_timeout: float = 10.0,
+        idle_in_transaction_timeout: float = 300.0,
     ) -> None:
         check_schema_name(schema)
         if not (
@@ -113,18 +110,34 @@ class Store(Operations):
         self.schema = schema
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self.max_value_size = max_value_size
+        if (
+            isinstance(idle_in_transaction_timeout, bool)
+            or not isinstance(idle_in_transaction_timeout, int | float)
+            or not idle_in_transaction_timeout >= 1
+        ):
+            raise ConfigurationError(
+                "idle_in_transaction_timeout must be a number of seconds >= 1, got "
+                f"{idle_in_transaction_timeout!r}"
+            )
         self._connect_timeout = connect_timeout
+        self._idle_timeout = float(idle_in_transaction_timeout)
         self.queries = Queries(schema)
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
+        self._pool_sizes = (min_size, max_size)
+        self._pool = self._new_pool()
+        self._opened = False
+
+    def _new_pool(self) -> ConnectionPool[Connection]:
+        # A closed pool cannot be opened again: each open() gets a new one.
+        min_size, max_size = self._pool_sizes
+        return ConnectionPool(
             self.conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **session_settings(self.conninfo, self._idle_timeout)},
             open=False,
-            name=f"stepstone-{schema}",
-            timeout=connect_timeout,
+            name=f"stepstone-{self.schema}",
+            timeout=self._connect_timeout,
         )
-        self._opened = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -158,7 +171,15 @@ class Store(Operations):
             self.migrate()
         else:
             self.connect().close()
-        self._pool.open(wait=True, timeout=self._connect_timeout)
+        pool = self._new_pool()
+        try:
+            pool.open(wait=True, timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            pool.close()
+            raise DatabaseUnreachable(
+                f"cannot open a connection pool to PostgreSQL at {self.describe()}: {exc}"
+            ) from exc
+        self._pool = pool
         self._opened = True
 
     def close(self) -> None:
@@ -262,52 +283,67 @@ class Store(Operations):
         the step record that `record(result)` builds: the record and the COMMIT travel in one
         pipelined round trip, and a fenced-out record rolls everything back.
 
-        Errors raised by `body` propagate unchanged after the rollback.
+        Errors raised by `body`, and errors the body's SQL causes at the COMMIT (a deferred
+        constraint, a serialization failure, a read-only transaction), propagate unchanged
+        after the rollback: they are the step's own. A lost connection or an exhausted pool
+        is a PersistenceError; a fenced-out record is OwnershipLost or ExecutionCancelled.
         """
-        with self._pool.connection() as conn:
-            try:
-                conn.execute(b"BEGIN", prepare=False)
-                result = body(conn)
-                status = conn.info.transaction_status
-                if status == TransactionStatus.INERROR:
-                    raise UsageError(
-                        "a statement of the transaction step failed and its error was caught "
-                        "inside the step, so the transaction is aborted; it was rolled back"
-                    )
-                if status != TransactionStatus.INTRANS:
-                    raise UsageError(
-                        "the transaction step ended its transaction itself (commit() or "
-                        "rollback() on the injected connection): stepstone commits it together "
-                        "with the step record, so remove that call"
-                    )
-                commit = record(result)
-                params = self._commit_params(commit)
-            except Exception as exc:
-                if conn.broken or conn.closed:
-                    # The server went away under the step: not the step's failure.
-                    raise PersistenceError(
-                        f"the connection was lost during a transaction step on {self.describe()}: "
-                        f"{str(exc).strip()}"
-                    ) from exc
-                _rollback_quietly(conn)
-                raise
-            except BaseException:
-                _rollback_quietly(conn)
-                raise
-            finally:
-                conn.row_factory = tuple_row  # undo any row factory the step set
-            try:
-                with conn.pipeline():
-                    conn.execute(self.queries["commit_step"], params)
-                    conn.execute(b"COMMIT", prepare=False)
-            except psycopg.Error as exc:
-                _rollback_quietly(conn)
-                self._raise(
-                    exc,
-                    f"committing step {commit.seq} of {commit.execution_id!r}",
-                    (commit.execution_id, commit.owner, commit.epoch),
+        try:
+            conn = self._pool.getconn()
+        except psycopg.Error as exc:  # PoolTimeout, PoolClosed: not the step's doing
+            raise outage(exc, "taking a connection for a transaction step", self.describe) from exc
+        try:
+            result, commit = self._transaction_body(conn, body, record)
+            self._commit_transaction_step(conn, commit)
+        finally:
+            self._pool.putconn(conn)
+        return result
+
+    def _transaction_body(
+        self, conn: Connection, body: Callable[[Connection], T], record: Callable[[T], StepCommit]
+    ) -> tuple[T, StepCommit]:
+        try:
+            conn.execute(b"BEGIN", prepare=False)
+            result = body(conn)
+            status = conn.info.transaction_status
+            if status == TransactionStatus.INERROR:
+                raise UsageError(
+                    "a statement of the transaction step failed and its error was caught "
+                    "inside the step, so the transaction is aborted; it was rolled back"
                 )
-            return result
+            if status != TransactionStatus.INTRANS:
+                raise UsageError(
+                    "the transaction step ended its transaction itself (commit() or "
+                    "rollback() on the injected connection): stepstone commits it together "
+                    "with the step record, so remove that call"
+                )
+            return result, record(result)
+        except Exception as exc:
+            if conn.broken or conn.closed:
+                # The server went away under the step: not the step's failure.
+                raise outage(exc, "a transaction step", self.describe) from exc
+            _rollback_quietly(conn)
+            raise
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        finally:
+            conn.row_factory = tuple_row  # undo any row factory the step set
+
+    def _commit_transaction_step(self, conn: Connection, commit: StepCommit) -> None:
+        try:
+            with conn.pipeline():
+                conn.execute(self.queries["commit_transaction_step"], self._commit_params(commit))
+                conn.execute(b"COMMIT", prepare=False)
+        except psycopg.Error as exc:
+            broken = conn.broken or conn.closed
+            if not broken:
+                _rollback_quietly(conn)
+            kind = classify(exc, user_sql=True, broken=broken)
+            if kind == "step":
+                raise  # the step's own SQL failed at its COMMIT: the step's failure
+            fence = (commit.execution_id, commit.owner, commit.epoch)
+            self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", fence)
 
     def finish_execution(
         self,
@@ -400,16 +436,6 @@ class Store(Operations):
         )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
-    def release_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
-        """Hand an interrupted execution back at once: if `owner` still owns it RUNNING at
-        `epoch`, it loses its owner and moves to the next epoch (the next sweep of an
-        executor that runs its workflow claims it), counting as one recovery, with an audit
-        entry naming `reason`. False, changing nothing, if `owner` no longer owns it there."""
-        row = self._one(
-            "release", {"id": execution_id, "owner": owner, "epoch": epoch, "reason": reason}
-        )
-        return bool(row and row[0])
-
     def sweep(self, owner: str, registered: Sequence[tuple[str, str]], limit: int) -> SweepResult:
         """Claim up to `limit` running executions whose owner's lease expired (or that have
         no owner) and whose definition is in `registered`, in one statement; also report
@@ -423,6 +449,27 @@ class Store(Operations):
             (str(row[1]), str(row[2]), str(row[3])) for row in rows if row[0] == "unclaimable"
         ]
         return SweepResult(claimed, unclaimable)
+
+    def release_execution(
+        self, execution_id: str, owner: str, epoch: int, reason: str, *, interrupted: bool
+    ) -> bool:
+        """Hand a RUNNING execution that `owner` owns at `epoch` back at once: no owner, the
+        next epoch, an audit entry with `reason`; any executor that runs its workflow claims
+        it. `interrupted` counts it as a recovery (a loop of them ends at max_recoveries).
+        False, changing nothing, if it is not `owner`'s at `epoch`."""
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "reason": reason,
+            "interrupted": interrupted,
+        }
+        row = self._one("release", params)
+        return bool(row and row[0])
+
+    def ended_among(self, execution_ids: Collection[str]) -> list[str]:
+        """Those of `execution_ids` that have ended (SUCCEEDED, FAILED or CANCELLED)."""
+        return [str(row[0]) for row in self._all("ended_among", {"ids": list(execution_ids)})]
 
     def running_owned_by(self, owner: str) -> list[str]:
         """Ids of the RUNNING executions `owner` owns."""
@@ -518,7 +565,7 @@ class Store(Operations):
                 if version == expected:
                     counts = conn.execute(self.queries["health_counts"]).fetchone()
         except (psycopg.Error, DatabaseUnreachable) as exc:
-            error = str(exc)
+            error = str(exc).strip()
             return HealthStatus(
                 reachable=False,
                 latency_ms=None,
@@ -583,7 +630,7 @@ class Store(Operations):
         *,
         fetch: Literal["one", "all"] | None,
         action: Described,
-        fence: tuple[str, str, int] | None = None,
+        fence: Fence | None = None,
     ) -> Any:
         """Run one statement on a pooled connection; driver errors become stepstone's, named
         by `action` (formatted only then) and, for a write fenced by (execution id, owner,
@@ -614,26 +661,22 @@ class Store(Operations):
         )
         return rows
 
-    def _exec(
-        self, name: str, params: Mapping[str, Any], fence: tuple[str, str, int] | None = None
-    ) -> None:
+    def _exec(self, name: str, params: Mapping[str, Any], fence: Fence | None = None) -> None:
         self._query(
             self.queries[name], params, fetch=None, action=name.replace("_", " "), fence=fence
         )
 
-    def _raise(
-        self, exc: psycopg.Error, action: Described, fence: tuple[str, str, int] | None
-    ) -> NoReturn:
-        if exc.sqlstate in (FENCE_SQLSTATE, CANCELLED_SQLSTATE) and fence is not None:
-            if exc.sqlstate == CANCELLED_SQLSTATE:
-                raise WorkflowCancelled(f"workflow {fence[0]!r} was cancelled", fence[0]) from exc
-            raise OwnershipLost(*fence, detail=exc.diag.message_detail) from exc
-        action = described(action)
+    def _raise(self, exc: psycopg.Error, action: Described, fence: Fence | None) -> NoReturn:
+        if fence is not None:
+            kind = classify(exc, user_sql=False)
+            if kind in ("fenced", "cancelled"):
+                raise fenced(kind, exc, fence) from exc
         if not self._opened:
             raise PersistenceError(
-                f"{action} failed: the store is closed (call open(); Runtime.launch() does)"
+                f"{described(action)} failed: the store is closed (call open(); "
+                "Runtime.launch() does)"
             ) from exc
-        raise PersistenceError(f"{action} failed on {self.describe()}: {str(exc).strip()}") from exc
+        raise outage(exc, described(action), self.describe) from exc
 
 
 def _split(registered: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:

@@ -8,7 +8,7 @@ whose owner's lease expired, as many as the worker pool has room for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from stepstone._background import Loop
 from stepstone.errors import StepstoneError
@@ -16,15 +16,50 @@ from stepstone.errors import StepstoneError
 if TYPE_CHECKING:
     from stepstone.persistence.rows import ResumeRecord
     from stepstone.persistence.store import Store
-    from stepstone.runtime._engine import Engine
+    from stepstone.telemetry import EventLog
 
-__all__ = ["Sweeper", "recover_own"]
+__all__ = ["Resumer", "Sweeper", "recover_own"]
 
 
-def recover_own(engine: Engine, store: Store) -> int:
+class Resumer(Protocol):
+    """What recovery needs from whatever runs executions (the runtime's engine)."""
+
+    executor_id: str
+    log: EventLog
+
+    def registered(self) -> list[tuple[str, str]]:
+        """(name, version) of the workflows it can run."""
+        ...
+
+    def capacity(self) -> int:
+        """How many more executions it should take on now."""
+        ...
+
+    def active_ids(self) -> set[str]:
+        """The executions it runs, queues or keeps suspended now (not to be claimed)."""
+        ...
+
+    def resume(self, record: ResumeRecord) -> bool:
+        """Run a claimed execution; False if it cannot."""
+        ...
+
+    def take_orphans(self) -> tuple[set[str], bool]:
+        """Own executions a database error stopped, and whether to look for more."""
+        ...
+
+    def give_back_orphans(self, orphans: set[str]) -> None:
+        """Orphans a failed sweep could not resume: try again next time."""
+        ...
+
+    def recovered(self, reason: str, count: int) -> None:
+        """Count resumed executions (telemetry)."""
+        ...
+
+
+def recover_own(engine: Resumer, store: Store) -> int:
     """Resume this executor's interrupted executions; return how many were resumed."""
     registered = engine.registered()
-    log = engine.telemetry.log
+    log = engine.log
     for workflow_id, name, version in store.release_unregistered(engine.executor_id, registered):
         log.warning(
             "execution_released",
@@ -37,12 +72,12 @@ def recover_own(engine: Engine, store: Store) -> int:
     return _resume(engine, records, "restart")
 
 
-def _resume(engine: Engine, records: list[ResumeRecord], reason: str) -> int:
+def _resume(engine: Resumer, records: list[ResumeRecord], reason: str) -> int:
     resumed = 0
     for record in records:
         if engine.resume(record):
             resumed += 1
-            engine.telemetry.log.info(
+            engine.log.info(
                 "execution_recovered",
                 workflow_id=record.id,
                 workflow=record.workflow_name,
@@ -50,14 +85,14 @@ def _resume(engine: Engine, records: list[ResumeRecord], reason: str) -> int:
                 epoch=record.epoch,
                 recoveries=record.recoveries,
             )
-    engine.telemetry.recovered(reason, resumed)
+    engine.recovered(reason, resumed)
     return resumed
 
 
 class Sweeper(Loop):
     """Claims expired executions (and own leftovers) every `interval` seconds."""
 
-    def __init__(self, engine: Engine, store: Store, interval: float) -> None:
+    def __init__(self, engine: Resumer, store: Store, interval: float) -> None:
         super().__init__("sweep", interval, self.sweep_once)
         self._engine = engine
         self._store = store
@@ -72,7 +107,7 @@ class Sweeper(Loop):
         for workflow_id, name, version in result.unclaimable:
             if workflow_id not in self._reported:
                 self._reported.add(workflow_id)
-                self._engine.telemetry.log.warning(
+                self._engine.log.warning(
                     "execution_unclaimable",
                     workflow_id=workflow_id,
                     workflow=name,

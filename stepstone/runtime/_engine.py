@@ -1,35 +1,57 @@
-"""The engine: registers definitions, starts, joins and resumes executions, and runs them in
-this thread or in the worker pool. What happens inside one execution is in _execution.
+"""The engine: starts, finds, resumes and wakes executions, and runs each in this thread or
+in the worker pool. Its parts each have a module: the registry of definitions, the runs of
+this process (`_runs`), the worker pool, outcomes in the database, the waker; what happens
+inside one execution is in `_execution` (the driver) and `_journal` (its decisions).
+
+Where a run ends, what it raised becomes what its caller sees:
+
+- a result, WorkflowFailed or WorkflowCancelled: the outcome, to every caller;
+- `Suspended`: the run waits for another execution without holding its thread; a caller
+  in a workflow suspends too, a caller outside one waits for the resumed run's outcome;
+- `OwnershipLost`: the execution goes on elsewhere; callers wait for its outcome;
+- `Interrupted` (the database failed): the execution is left to this executor's sweep,
+  which resumes it when the database answers; a direct caller gets the PersistenceError;
+- any other BaseException (KeyboardInterrupt, SystemExit...): the execution is handed
+  back at once (released for any executor to claim); the exception goes on in the thread
+  that ran it, and other callers wait for the outcome.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import trace
 
 from stepstone.errors import (
-    DuplicateRegistration,
+    ExecutionCancelled,
+    HandedBack,
+    Interrupted,
     NotLaunched,
     OwnershipLost,
     PersistenceError,
     RecoveryLimitExceeded,
     ResultTimeout,
+    Suspended,
     UnregisteredWorkflow,
     UsageError,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
-    WorkflowNotFound,
 )
 from stepstone.persistence.ids import check_workflow_id
-from stepstone.persistence.recorded_errors import error_summary, rebuild_error
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult
 from stepstone.runtime._execution import Execution
+from stepstone.runtime._journal import Journal
+from stepstone.runtime._outcomes import Outcomes
+from stepstone.runtime._pool import WorkerPool
+from stepstone.runtime._registry import Registry
+from stepstone.runtime._runs import LocalRuns, Run, elsewhere
+from stepstone.runtime._waker import Waker
 from stepstone.runtime.context import _CURRENT
 from stepstone.telemetry import Telemetry
 
@@ -43,12 +65,11 @@ __all__ = ["Engine"]
 
 R = TypeVar("R")
 
-_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-_MAX_POLL_OUTAGE = 60.0  # seconds a waiting result() tolerates an unreachable database
+_WAKE_INTERVAL = 0.2  # seconds between polls for awaited executions that run elsewhere
 
 
 class Engine:
-    """Registers definitions and runs executions for one Runtime (one executor)."""
+    """Runs the executions of one Runtime (one executor)."""
 
     def __init__(
         self,
@@ -60,59 +81,53 @@ class Engine:
     ) -> None:
         self.store = store
         self.telemetry = telemetry
+        self.log = telemetry.log
         self.executor_id = executor_id
-        self.workflows: dict[str, Workflow[Any, Any]] = {}
-        self.steps: dict[str, object] = {}
         self.max_recoveries = max_recoveries
-        self._workers = workers
-        self._active: dict[str, Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._in_flight = 0
-        self._queued: dict[str, tuple[Future[Any], Callable[[], Any]]] = {}
-        self._orphans: set[str] = set()
-        self._reconcile = False
+        self.registry = Registry()
+        self.runs = LocalRuns()
+        self.pool = WorkerPool(workers)
+        self.outcomes = Outcomes(store)
+        self._waker: Waker | None = None
         self.launched = False
+
+    # -- registration and lifecycle ----------------------------------------------------------
 
     def registered(self) -> list[tuple[str, str]]:
         """(name, version) of every registered workflow."""
-        with self._lock:
-            return [(w.name, w.version) for w in self.workflows.values()]
-
-    # -- registration ------------------------------------------------------------------------
+        return self.registry.registered()
 
     def register_workflow(self, workflow: Workflow[Any, Any]) -> None:
-        with self._lock:
-            if workflow.name in self.workflows:
-                raise DuplicateRegistration(
-                    f"a workflow named {workflow.name!r} is already registered "
-                    f"({self.workflows[workflow.name].fn!r}): pass name= to tell them apart"
-                )
-            self.workflows[workflow.name] = workflow
+        self.registry.add_workflow(workflow)
         if self.launched:
             self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
 
-    def register_step(self, name: str, step: object) -> None:
-        with self._lock:
-            if name in self.steps:
-                raise DuplicateRegistration(
-                    f"a step named {name!r} is already registered: pass name= to tell them apart"
-                )
-            self.steps[name] = step
-
-    # -- lifecycle ---------------------------------------------------------------------------
+    def register_step(self, name: str) -> None:
+        self.registry.add_step(name)
 
     def launch(self) -> None:
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="stepstone-worker")
-        for workflow in list(self.workflows.values()):
+        for workflow in self.registry.workflows():
             self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
+        self.pool.start()
+        self._waker = Waker(self.runs, self.store, self.wake, _WAKE_INTERVAL)
+        self._waker.start()
         self.launched = True
 
     def shutdown(self, *, wait: bool) -> None:
+        """Stop waking, let the pool finish (if `wait`), and hand back the executions
+        suspended here, so that any executor may resume them at once."""
         self.launched = False
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait)
-            self._pool = None
+        if self._waker is not None:
+            self._waker.stop()
+            self._waker = None
+        self.pool.shutdown(wait=wait)
+        for workflow_id, run in self.runs.suspended():
+            # If this fails, the lease (ended at shutdown) lets another executor claim it.
+            with contextlib.suppress(PersistenceError, HandedBack):
+                self.store.release_execution(
+                    workflow_id, self.executor_id, run.epoch, "shutdown", interrupted=False
+                )
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "was handed back"))
 
     def check_launched(self) -> None:
         if not self.launched:
@@ -133,13 +148,23 @@ class Engine:
     # -- calls -------------------------------------------------------------------------------
 
     def call(self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        """A workflow called like a function: run it durably in this thread."""
+        """A workflow called like a function: run it durably in this thread (inside a
+        workflow: as its child)."""
         parent = _CURRENT.get()
         if parent is not None:
             return parent.run_child(workflow, args, kwargs)
         self._check(workflow)
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        result: R = self.run(workflow, workflow_id, args, kwargs, parent_id=None)
+        try:
+            result: R = self.run(workflow, workflow_id, args, kwargs, parent_id=None)
+        except (Suspended, OwnershipLost):
+            outcome: R = self.await_outcome(workflow_id)
+            return outcome
+        except Interrupted as signal:
+            cause = signal.__cause__
+            if isinstance(cause, PersistenceError):
+                raise cause from signal
+            raise PersistenceError(str(signal)) from signal
         return result
 
     def run(
@@ -149,27 +174,31 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent_id: str | None,
+        suspend_as: str | None = None,
     ) -> R:
-        """Run (or join, or resume) execution `workflow_id` in this thread."""
-        future, mine = self._begin_local(workflow_id)
+        """Run (or join, or resume) execution `workflow_id` in this thread. `suspend_as`:
+        the id of the workflow calling it, which suspends rather than block while the
+        execution runs elsewhere."""
+        run, mine = self.runs.begin(workflow_id)
         if not mine:
-            joined: R = self._wait_local(workflow_id, future)
+            joined: R = self.await_outcome(workflow_id, suspend_as=suspend_as)
             return joined
         try:
-            outcome = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
-            result: R = outcome() if callable(outcome) else self.wait_outcome(workflow_id, None)
+            job = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
         except BaseException as exc:
-            self._end_local(workflow_id, future, error=exc)
+            self.runs.end(workflow_id, run, error=exc)
             raise
-        self._end_local(workflow_id, future, result=result)
+        if job is None:
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
+            found: R = self.await_outcome(workflow_id, suspend_as=suspend_as)
+            return found
+        result: R = self._run_here(workflow_id, run, job)
         return result
 
     def start(
         self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """Start an execution in the worker pool and return its handle."""
-        from stepstone.runtime.handle import WorkflowHandle
-
+    ) -> str:
+        """Start an execution in the worker pool; its id."""
         if _CURRENT.get() is not None and workflow.options.workflow_id is None:
             raise UsageError(
                 "Runtime.start() inside a workflow needs an explicit workflow id "
@@ -178,112 +207,175 @@ class Engine:
             )
         self._check(workflow)
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        future, mine = self._begin_local(workflow_id)
+        run, mine = self.runs.begin(workflow_id, "queued")
         if not mine:
-            return WorkflowHandle(self, workflow_id, future)
+            return workflow_id
         try:
-            outcome = self._start_or_find(workflow, workflow_id, args, kwargs, None)
+            job = self._start_or_find(workflow, workflow_id, args, kwargs, None)
         except BaseException as exc:
-            self._end_local(workflow_id, future, error=exc)
+            self.runs.end(workflow_id, run, error=exc)
             raise
-        if not callable(outcome):
-            self._end_local(workflow_id, future, result=None)
-            return WorkflowHandle(self, workflow_id, None)
-        self._submit(workflow_id, future, outcome)
-        return WorkflowHandle(self, workflow_id, future)
+        if job is None:
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
+        else:
+            self._submit(workflow_id, job)
+        return workflow_id
 
-    def _submit(
-        self,
-        workflow_id: str,
-        future: Future[Any],
-        run: Callable[[], Any],
-        *,
-        stealable: bool = True,
-    ) -> None:
-        """Queue `run` in the worker pool. Until a worker starts it, a thread that waits for
-        this execution may take it and run it itself (so that a parent waiting for its
-        child never waits for a worker that the parent itself occupies)."""
-        pool = self._pool
-        shut_down = NotLaunched("the runtime was shut down before the execution could run")
-        if pool is None:
-            self._end_local(workflow_id, future, error=shut_down)
-            return
-        with self._lock:
-            self._in_flight += 1
-            if stealable:
-                self._queued[workflow_id] = (future, run)
+    def cancel(self, workflow_id: str, actor: str) -> None:
+        """Cancel an execution (and its children) and stop it here before its next step."""
+        self.store.cancel_execution(workflow_id, actor)
+        self.runs.request_cancel(workflow_id, confirmed=True)
+
+    def cancel_hint(self, workflow_id: str) -> None:
+        """Another process may have cancelled `workflow_id`: check before its next step."""
+        self.runs.request_cancel(workflow_id, confirmed=False)
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def await_outcome(
+        self, workflow_id: str, *, suspend_as: str | None = None, deadline: float | None = None
+    ) -> Any:
+        """The outcome of `workflow_id`. A queued run of it is taken and run in this thread.
+        With `suspend_as` (a workflow waiting for it), raise Suspended instead of blocking
+        while it is not done; otherwise block until it is, or until `deadline`."""
+        stolen = self.runs.steal(workflow_id)
+        if stolen is not None:
+            try:
+                return self._run_here(workflow_id, *stolen)
+            except (Suspended, OwnershipLost) as signal:
+                if suspend_as is not None:
+                    raise Suspended(suspend_as, workflow_id) from signal
+        future = self.runs.future(workflow_id)
+        if future is not None:
+            if suspend_as is not None and not future.done():
+                raise Suspended(suspend_as, workflow_id)
+            try:
+                return future.result(_remaining(deadline))
+            except HandedBack:
+                pass  # it goes on elsewhere: its outcome is in the database
+            except concurrent.futures.TimeoutError:
+                raise ResultTimeout(
+                    f"workflow {workflow_id!r} did not finish in time; it goes on running: "
+                    "call result() again to keep waiting"
+                ) from None
+        if suspend_as is None:
+            return self.outcomes.wait(workflow_id, deadline)
         try:
-            pool.submit(self._run_in_worker, workflow_id, future, run, stealable)
-        except RuntimeError:  # shutdown() closed the pool meanwhile
-            with self._lock:
-                self._in_flight -= 1
-                self._queued.pop(workflow_id, None)
-            self._end_local(workflow_id, future, error=shut_down)
+            ended, outcome = self.outcomes.ended(workflow_id)
+        except PersistenceError as exc:
+            raise Interrupted(
+                f"workflow {suspend_as!r} was interrupted reading the outcome of {workflow_id!r}",
+                suspend_as,
+            ) from exc
+        if ended:
+            return outcome()
+        raise Suspended(suspend_as, workflow_id)
 
-    def _run_in_worker(
-        self, workflow_id: str, future: Future[Any], run: Callable[[], Any], stealable: bool
-    ) -> None:
-        try:
-            if stealable:
-                with self._lock:
-                    queued = self._queued.get(workflow_id)
-                    if queued is None or queued[0] is not future:
-                        return  # a waiting thread took it and ran it
-                    del self._queued[workflow_id]
-            self._run_here(workflow_id, future, run)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-
-    def _run_here(self, workflow_id: str, future: Future[Any], run: Callable[[], Any]) -> Any:
-        try:
-            result = run()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
-            self._end_local(workflow_id, future, error=exc)
-            return None
-        self._end_local(workflow_id, future, result=result)
-        return result
-
-    # -- recovery ----------------------------------------------------------------------------
+    # -- resuming and waking -----------------------------------------------------------------
 
     def capacity(self) -> int:
         """How many more executions the worker pool should take on now."""
-        with self._lock:
-            return max(0, 2 * self._workers - self._in_flight)
+        return self.pool.capacity()
 
     def active_ids(self) -> set[str]:
-        with self._lock:
-            return set(self._active)
+        return self.runs.active_ids()
 
     def take_orphans(self) -> tuple[set[str], bool]:
-        """Own executions a database error stopped here, and whether all own running
-        executions should be checked (a start may have failed after its commit)."""
-        with self._lock:
-            orphans, self._orphans = self._orphans, set()
-            reconcile, self._reconcile = self._reconcile, False
-            return orphans, reconcile
+        return self.runs.take_orphans()
 
     def give_back_orphans(self, orphans: set[str]) -> None:
-        with self._lock:
-            self._orphans |= orphans
-            self._reconcile = True
+        self.runs.give_back_orphans(orphans)
+
+    def recovered(self, reason: str, count: int) -> None:
+        self.telemetry.recovered(reason, count)
 
     def resume(self, record: ResumeRecord) -> bool:
         """Run a claimed execution in the worker pool; False if it cannot run here."""
-        workflow = self.workflows.get(record.workflow_name)
-        if workflow is None or workflow.version != record.workflow_version or self._pool is None:
+        workflow = self.registry.find(record.workflow_name, record.workflow_version)
+        if workflow is None or not self.pool.running:
             return False
         execution, body = self._resumed(workflow, record)
-        future, mine = self._begin_local(record.id)
-        if not mine:
-            # A thread here waits for this id (it belonged to another executor when that
-            # thread asked). The claim made it ours: run it; the waiter sees the outcome.
-            self._submit(
-                record.id, Future(), lambda: self._execute(execution, body), stealable=False
-            )
-            return True
-        self._submit(record.id, future, lambda: self._execute(execution, body))
+        self._submit(record.id, lambda: self._execute(execution, body))
         return True
+
+    def wake(self, workflow_id: str) -> None:
+        """Resume a suspended execution whose awaited execution ended."""
+        try:
+            record = self.store.claim_own(workflow_id, self.executor_id, reason="woken")
+        except PersistenceError:
+            self.runs.wake_later(workflow_id)
+            return
+        if record is None or not self.resume(record):
+            # Cancelled, or taken over meanwhile: its callers read the outcome.
+            self.runs.drop(workflow_id, elsewhere(workflow_id, "is no longer run here"))
+
+    def _submit(self, workflow_id: str, job: Callable[[], Any]) -> None:
+        run = self.runs.queue(workflow_id, job)
+        if not self.pool.submit(lambda queued: self._work(workflow_id, run, queued)):
+            error = NotLaunched("the runtime was shut down before the execution could run")
+            self.runs.end(workflow_id, run, error=error)
+
+    def _work(self, workflow_id: str, run: Run, queued: bool) -> None:
+        """A worker's part: run `run` unless a waiting thread took it, or it was cancelled
+        while it waited in the queue."""
+        job = self.runs.take(workflow_id, run)
+        if job is None:
+            return
+        if (queued or run.cancel is not None) and self._ended_meanwhile(run, workflow_id):
+            return
+        # The outcome is in the run's future, and interruptions were logged.
+        with contextlib.suppress(BaseException):
+            self._run_here(workflow_id, run, job)
+
+    def _ended_meanwhile(self, run: Run, workflow_id: str) -> bool:
+        """True (and the run ended with the outcome) if the execution was cancelled or
+        ended before its run could start: no body of it may run then."""
+        if run.cancel == "confirmed":
+            self.runs.end(workflow_id, run, error=_cancelled(workflow_id))
+            return True
+        try:
+            ended, outcome = self.outcomes.ended(workflow_id)
+        except (PersistenceError, UsageError):
+            return False  # the fence decides
+        if not ended:
+            return False
+        try:
+            result = outcome()
+        except Exception as exc:  # noqa: BLE001 - the recorded outcome, handed to the callers
+            self.runs.end(workflow_id, run, error=exc)
+        else:
+            self.runs.end(workflow_id, run, result=result)
+        return True
+
+    def _run_here(self, workflow_id: str, run: Run, job: Callable[[], Any]) -> Any:
+        """Run `job` (an execution of `workflow_id`) in this thread and settle its run."""
+        try:
+            result = job()
+        except Suspended as signal:
+            self.runs.suspend(workflow_id, run, signal.waiting_for)
+            if self._waker is not None:
+                self._waker.nudge()
+            raise
+        except Interrupted as signal:
+            self.runs.orphan(workflow_id)
+            self.runs.end(workflow_id, run, error=signal)
+            raise
+        except HandedBack as signal:
+            self.runs.end(workflow_id, run, error=signal)
+            raise
+        except Exception as exc:
+            self.runs.end(workflow_id, run, error=exc)
+            raise
+        except BaseException as exc:
+            handed = elsewhere(workflow_id, f"was handed back after {type(exc).__name__}")
+            self.runs.end(workflow_id, run, error=handed)
+            raise
+        self.runs.end(workflow_id, run, result=result)
+        if self._waker is not None and self.runs.has_ready():
+            self._waker.nudge()
+        return result
+
+    # -- starting and finding ----------------------------------------------------------------
 
     def _start_or_find(
         self,
@@ -294,7 +386,7 @@ class Engine:
         parent_id: str | None,
     ) -> Callable[[], R] | None:
         """Write the execution (or find it). Returns what runs it here, or None when it is
-        someone else's to run and its outcome has to be awaited."""
+        someone else's to run (or ended) and its outcome has to be awaited."""
         check_workflow_id(workflow_id)
         inputs = self.store.encode(
             {"args": list(args), "kwargs": kwargs}, lambda: f"inputs of workflow {workflow.name!r}"
@@ -319,9 +411,8 @@ class Engine:
         )
         if found.created:
             self.telemetry.workflow_started(workflow.name)
-            execution = Execution(
-                self, workflow, workflow_id, found.epoch, span=span, recovered=False
-            )
+            journal = Journal(workflow_id, self.executor_id, found.epoch)
+            execution = Execution(self, workflow, journal, span=span, recovered=False)
             return lambda: self._execute(execution, lambda: workflow.fn(*args, **kwargs))
         return self._existing(workflow, workflow_id, found)
 
@@ -350,16 +441,8 @@ class Engine:
             parent=self.telemetry.parent_from(record.trace_context),
             recovered=True,
         )
-        execution = Execution(
-            self,
-            workflow,
-            record.id,
-            record.epoch,
-            record.steps,
-            record.state,
-            span=span,
-            recovered=True,
-        )
+        journal = Journal(record.id, self.executor_id, record.epoch, record.steps, record.state)
+        execution = Execution(self, workflow, journal, span=span, recovered=True)
         if record.recoveries > self.max_recoveries:
             error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
 
@@ -376,6 +459,8 @@ class Engine:
 
         return execution, body
 
+    # -- one run of an execution -------------------------------------------------------------
+
     def _execute(self, execution: Execution, body: Callable[[], Any]) -> Any:
         """Run one execution in this thread, inside its span, and report how it ended."""
         telemetry = self.telemetry
@@ -385,6 +470,8 @@ class Engine:
             execution.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
         ):
             token = _CURRENT.set(execution)
+            execution.thread = threading.get_ident()
+            self.runs.attach(workflow_id, execution)
             telemetry.workflow_running(1)
             telemetry.log.info(
                 "workflow_started",
@@ -402,25 +489,56 @@ class Engine:
             except WorkflowFailed as failed:
                 self._ended(execution, "FAILED", clock, failed.__cause__ or failed)
                 raise
-            except WorkflowCancelled as cancelled:
+            except ExecutionCancelled as signal:
+                if signal.workflow_id != workflow_id:
+                    raise
+                cancelled = _cancelled(workflow_id)
                 self._ended(execution, "CANCELLED", clock, cancelled)
-                raise
-            except (OwnershipLost, PersistenceError) as exc:
-                Telemetry.failed(execution.span, exc)
-                telemetry.log.warning(
-                    "workflow_interrupted",
-                    workflow_id=workflow_id,
-                    workflow=name,
-                    epoch=execution.epoch,
-                    reason=type(exc).__name__,
-                    error=str(exc)[:500],
+                raise cancelled from signal
+            except Suspended as signal:
+                telemetry.log.debug(
+                    "workflow_suspended", workflow_id=workflow_id, waiting_for=signal.waiting_for
                 )
+                raise
+            except HandedBack as signal:
+                self._interrupted(execution, signal)
+                raise
+            except BaseException as exc:
+                self._hand_back(execution, exc)
                 raise
             finally:
                 telemetry.workflow_running(-1)
                 _CURRENT.reset(token)
             self._ended(execution, "SUCCEEDED", clock, None)
             return outcome
+
+    def _interrupted(self, execution: Execution, signal: BaseException) -> None:
+        Telemetry.failed(execution.span, signal)
+        self.telemetry.log.warning(
+            "workflow_interrupted",
+            workflow_id=execution.workflow_id,
+            workflow=execution.workflow.name,
+            epoch=execution.epoch,
+            reason=type(signal).__name__,
+            error=str(signal)[:500],
+        )
+
+    def _hand_back(self, execution: Execution, exc: BaseException) -> None:
+        """A KeyboardInterrupt, SystemExit, CancelledError... stopped the run: release the
+        execution at once so that any executor (this one included) resumes it."""
+        self._interrupted(execution, exc)
+        try:
+            self.store.release_execution(
+                execution.workflow_id,
+                self.executor_id,
+                execution.epoch,
+                f"{type(exc).__name__} raised while it ran",
+                interrupted=True,
+            )
+        except PersistenceError:
+            self.runs.orphan(execution.workflow_id)  # this executor's sweep resumes it
+        except HandedBack:
+            pass  # not ours any more
 
     def _ended(
         self, execution: Execution, status: str, clock: float, error: BaseException | None
@@ -439,95 +557,10 @@ class Engine:
             duration=round(seconds, 6),
         )
 
-    # -- outcomes ----------------------------------------------------------------------------
 
-    def wait_outcome(self, workflow_id: str, deadline: float | None) -> Any:
-        """Poll the stored status until the execution ends, then return or raise its outcome."""
-        delay = 0.005
-        failing_since: float | None = None
-        while True:
-            try:
-                found = self.store.get_status(workflow_id)
-                failing_since = None
-            except PersistenceError:
-                # The database is briefly unreachable (a restart): keep waiting, for a while.
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since > _MAX_POLL_OUTAGE or (
-                    deadline is not None and now >= deadline
-                ):
-                    raise
-                time.sleep(min(delay, 0.5))
-                delay = min(delay * 2, 0.5)
-                continue
-            if found is None:
-                raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
-            status, output, error = found
-            if status in _TERMINAL:
-                return self.outcome(workflow_id, status, output, error)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(
-                    f"workflow {workflow_id!r} is still {status}; it goes on running: "
-                    "call result() again to keep waiting"
-                )
-            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 2, 0.5)
+def _cancelled(workflow_id: str) -> WorkflowCancelled:
+    return WorkflowCancelled(f"workflow {workflow_id!r} was cancelled", workflow_id)
 
-    def outcome(
-        self, workflow_id: str, status: str, output: str | None, error: dict[str, Any] | None
-    ) -> Any:
-        if status == "SUCCEEDED":
-            return self.store.decode(output) if output is not None else None
-        if status == "CANCELLED":
-            raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled", workflow_id)
-        record = error or {}
-        error_type, message = error_summary(record)
-        raise WorkflowFailed(workflow_id, error_type, message) from rebuild_error(
-            record, self.store.serializer
-        )
 
-    # -- executions running in this process --------------------------------------------------
-
-    def _begin_local(self, workflow_id: str) -> tuple[Future[Any], bool]:
-        with self._lock:
-            future = self._active.get(workflow_id)
-            if future is not None:
-                return future, False
-            future = Future()
-            self._active[workflow_id] = future
-            return future, True
-
-    def _end_local(
-        self,
-        workflow_id: str,
-        future: Future[Any],
-        *,
-        result: Any = None,
-        error: BaseException | None = None,
-    ) -> None:
-        with self._lock:
-            if self._active.get(workflow_id) is future:
-                del self._active[workflow_id]
-            if isinstance(error, PersistenceError):
-                # Stopped by the database, still RUNNING and ours: the sweep resumes it.
-                self._orphans.add(workflow_id)
-                self._reconcile = True
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def _wait_local(self, workflow_id: str, future: Future[Any]) -> Any:
-        with self._lock:
-            queued = self._queued.get(workflow_id)
-            if queued is not None and queued[0] is future:
-                del self._queued[workflow_id]  # not started yet: run it in this thread
-            else:
-                queued = None
-        if queued is not None:
-            self._run_here(workflow_id, future, queued[1])
-        try:
-            return future.result()
-        except (OwnershipLost, PersistenceError):
-            return self.wait_outcome(workflow_id, None)
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

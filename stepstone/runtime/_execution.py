@@ -1,17 +1,28 @@
-"""One execution being run or replayed: its steps, its state, its completion.
+"""One execution being run (or replayed) in this thread: the sync driver of its journal.
 
-It never builds SQL: every write goes through the Store, one call per step commit and one
-for the completion.
+The journal (`_journal`) decides; this module does the I/O around the decisions: it runs
+step bodies with their retry policy, records each step with one Store call (one round
+trip), and finishes the execution with one more. It never builds SQL.
+
+What a step body raises decides what happens:
+
+- an `Exception` is the step's own failure: retried per its policy, then recorded, and
+  raised in the workflow (where its code may catch it; a replay raises the same error);
+- a `HandedBack` signal (fenced out, cancelled, suspended, interrupted) unwinds the
+  workflow without recording anything;
+- any other `BaseException` (KeyboardInterrupt, SystemExit, asyncio.CancelledError) is an
+  interruption: nothing is recorded, and the engine hands the execution back at once.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import copy
 import functools
 import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
@@ -19,27 +30,32 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stepstone.errors import (
+    ExecutionCancelled,
+    HandedBack,
+    Interrupted,
     NonDeterminismError,
     OwnershipLost,
     PersistenceError,
-    StepstoneError,
+    Suspended,
     UsageError,
-    WorkflowCancelled,
     WorkflowFailed,
 )
 from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
-from stepstone.persistence.rows import StepCommit
+from stepstone.persistence.serialization import unstorable
+from stepstone.runtime._journal import now, retry_note
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Callable
     from types import FrameType
 
-    from stepstone.persistence.rows import RecordedStep
+    from stepstone.persistence.rows import RecordedStep, StepCommit
     from stepstone.runtime._engine import Engine
+    from stepstone.runtime._journal import Journal
     from stepstone.runtime.definitions import Workflow, _StepBase
 
 __all__ = ["Execution"]
@@ -47,10 +63,6 @@ __all__ = ["Execution"]
 R = TypeVar("R")
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # noqa: PTH120 - compared with frame paths
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _call_site() -> str:
@@ -73,16 +85,13 @@ class _ChildStep:
 
 
 class Execution:
-    """One execution being run (or replayed) in this thread."""
+    """One execution being run (or replayed) in one thread."""
 
     def __init__(
         self,
         engine: Engine,
         workflow: Workflow[Any, Any],
-        workflow_id: str,
-        epoch: int,
-        recorded: dict[int, RecordedStep] | None = None,
-        committed_state: dict[str, str] | None = None,
+        journal: Journal,
         *,
         span: trace.Span,
         recovered: bool,
@@ -93,20 +102,27 @@ class Execution:
         self.span = span
         self.recovered = recovered
         self.workflow = workflow
-        self.workflow_id = workflow_id
-        self.owner = engine.executor_id
-        self.epoch = epoch
-        self.recorded = recorded or {}
-        self.seq = 0
+        self.workflow_id = journal.workflow_id
+        self.journal = journal
         self.state = State(self)
-        self.committed = dict(committed_state or {})
         self.context = WorkflowContext(self)
-        self.doomed: StepstoneError | None = None
         self.in_step = False
+        self.thread: int | None = None
+        self._cancel: Literal["confirmed", "hint"] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.journal.epoch
 
     @property
     def replaying(self) -> bool:
-        return self.seq in self.recorded
+        return self.journal.replaying
+
+    def request_cancel(self, *, confirmed: bool) -> None:
+        """Stop before the next step body: `confirmed` when this process cancelled it, else
+        a hint that the database confirms first."""
+        if self._cancel != "confirmed":
+            self._cancel = "confirmed" if confirmed else "hint"
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -121,31 +137,43 @@ class Execution:
                     f"workflow {self.workflow_id!r}: call it from the workflow body instead"
                 )
             return step.fn(*args, **kwargs)
-        seq = self.seq
-        self.seq += 1
-        if self.doomed is not None:
-            raise self.doomed
-        recorded = self.recorded.get(seq)
+        if threading.get_ident() != self.thread:
+            raise UsageError(
+                f"{step.kind} {step.name!r} of workflow {self.workflow_id!r} was called from "
+                "another thread than the workflow's: steps get their positions in call order, "
+                "which threads would make unrepeatable on replay. Call steps from the workflow "
+                "body's thread; run concurrent work inside one step"
+            )
+        seq, recorded = self.journal.next_step(step.name, _call_site)
         if recorded is not None:
-            return self._replay(recorded, step.name, seq)
+            return self._replay(recorded)
+        if self._cancel is not None:
+            self._check_cancelled()
         return self._run_new(step, seq, args, kwargs)
 
     def run_child(
         self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        child_id = workflow.options.workflow_id or self._child_id(self.seq)
+        child_id = workflow.options.workflow_id or self._child_id(self.journal.seq)
 
         def run() -> R:
+            # Runs here when it can; when it goes on elsewhere, this execution waits for it
+            # without holding the thread.
             try:
-                return self.engine.run(workflow, child_id, args, kwargs, parent_id=self.workflow_id)
-            except (OwnershipLost, PersistenceError):
-                # The child goes on elsewhere, or here once the database is back: what the
-                # parent records is the child's outcome, not this interruption.
-                outcome: R = self.engine.wait_outcome(child_id, None)
-                return outcome
+                return self.engine.run(
+                    workflow,
+                    child_id,
+                    args,
+                    kwargs,
+                    parent_id=self.workflow_id,
+                    suspend_as=self.workflow_id,
+                )
+            except (Suspended, OwnershipLost) as signal:
+                raise Suspended(self.workflow_id, child_id) from signal
+            except PersistenceError as exc:
+                raise self._interrupted(f"starting or finding child {child_id!r}", exc) from exc
 
-        child = _ChildStep(workflow.name, run)
-        result: R = self.run_step(child, (), {})
+        result: R = self.run_step(_ChildStep(workflow.name, run), (), {})
         return result
 
     def _child_id(self, seq: int) -> str:
@@ -154,14 +182,25 @@ class Execution:
             return candidate
         return f"{hashlib.sha256(self.workflow_id.encode()).hexdigest()}/{seq}"
 
-    def _replay(self, recorded: RecordedStep, name: str, seq: int) -> Any:
-        if recorded.name != name:
-            error = NonDeterminismError(self.workflow_id, seq, recorded.name, name, _call_site())
-            self.doomed = error
-            raise error
+    def _replay(self, recorded: RecordedStep) -> Any:
         if recorded.error is not None:
             raise rebuild_error(recorded.error, self.store.serializer)
         return self.store.decode(recorded.output) if recorded.output is not None else None
+
+    def _check_cancelled(self) -> None:
+        if self._cancel == "hint":
+            try:
+                found = self.store.get_status(self.workflow_id)
+            except PersistenceError as exc:
+                raise self._interrupted("checking for a cancellation", exc) from exc
+            if found is None or found[0] != "CANCELLED":
+                self._cancel = None
+                return
+        signal = ExecutionCancelled(
+            f"workflow {self.workflow_id!r} was cancelled", self.workflow_id
+        )
+        self.journal.doom(signal)
+        raise signal
 
     def _run_new(
         self,
@@ -188,9 +227,10 @@ class Execution:
                     attempts=len(retries) + 1,
                 )
         except BaseException as exc:
-            abandoned = isinstance(exc, StepstoneError) or not isinstance(exc, Exception)
-            outcome = "abandoned" if abandoned else "failed"
-            Telemetry.failed(span, exc)
+            handed_back = isinstance(exc, HandedBack | UsageError) or not isinstance(exc, Exception)
+            outcome = "abandoned" if handed_back else "failed"
+            if not isinstance(exc, Suspended):
+                Telemetry.failed(span, exc)
             raise
         finally:
             otel_context.detach(token)
@@ -214,51 +254,61 @@ class Execution:
         retries: list[str],
     ) -> Any:
         policy = step.retry
-        started = _now()
+        started = now()
         attempt = 0
         while True:
             attempt += 1
-            self.in_step = True
             try:
                 if step.kind == "transaction":
-                    return self._run_transaction(step, seq, args, kwargs, attempt, started, retries)
-                result = step.fn(*args, **kwargs)
-            except (OwnershipLost, PersistenceError, WorkflowCancelled) as exc:
-                # This executor may no longer write this execution: stop running it here.
-                self.doomed = exc
-                raise
-            except Exception as exc:
-                if policy.retries(exc, attempt):
-                    error = f"{type(exc).__name__}: {exc}"[:500]
-                    retries.append(error)
+                    # The body and its commit are one transaction: done when this returns.
+                    return self._transaction(step, seq, args, kwargs, attempt, started, retries)
+                self.in_step = True
+                try:
+                    result = step.fn(*args, **kwargs)
+                finally:
                     self.in_step = False
-                    delay = policy.delay(attempt)
-                    span = trace.get_current_span()
-                    span.add_event(
-                        "retry", {"stepstone.step.attempt": attempt, "exception.message": error}
-                    )
-                    span.set_attribute("stepstone.step.attempt", attempt + 1)
-                    self.telemetry.log.info(
-                        "step_retried",
-                        workflow_id=self.workflow_id,
-                        step=step.name,
-                        seq=seq,
-                        attempt=attempt,
-                        error=error,
-                        delay=delay,
-                    )
-                    time.sleep(delay)
-                    continue
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # A control signal, or an interruption (KeyboardInterrupt, SystemExit,
+                    # CancelledError...): nothing is recorded, and nothing more runs.
+                    self.journal.doom(exc)
+                    raise
                 if isinstance(exc, UsageError):
-                    raise  # misuse (unserializable output, ...): nothing is recorded for it
+                    raise  # misuse (a step called where it cannot be): nothing is recorded
+                if policy.retries(exc, attempt):
+                    self._retry(step, seq, attempt, exc, retries, policy.delay(attempt))
+                    continue
                 self._commit(self._record(step, seq, None, exc, attempt, started, retries))
                 raise
-            finally:
-                self.in_step = False
             self._commit(self._record(step, seq, result, None, attempt, started, retries))
             return result
 
-    def _run_transaction(
+    def _retry(
+        self,
+        step: _StepBase[Any, Any] | _ChildStep,
+        seq: int,
+        attempt: int,
+        exc: BaseException,
+        retries: list[str],
+        delay: float,
+    ) -> None:
+        error = retry_note(exc)
+        retries.append(error)
+        span = trace.get_current_span()
+        span.add_event("retry", {"stepstone.step.attempt": attempt, "exception.message": error})
+        span.set_attribute("stepstone.step.attempt", attempt + 1)
+        self.telemetry.log.info(
+            "step_retried",
+            workflow_id=self.workflow_id,
+            step=step.name,
+            seq=seq,
+            attempt=attempt,
+            error=error,
+            delay=delay,
+        )
+        time.sleep(delay)
+
+    def _transaction(
         self,
         step: _StepBase[Any, Any] | _ChildStep,
         seq: int,
@@ -268,8 +318,17 @@ class Execution:
         started: dt.datetime,
         retries: list[str],
     ) -> Any:
+        raised: list[BaseException] = []
+
         def body(conn: Any) -> Any:
-            return step.fn(conn, *args, **kwargs)
+            self.in_step = True
+            try:
+                return step.fn(conn, *args, **kwargs)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            finally:
+                self.in_step = False
 
         built: list[tuple[StepCommit, float]] = []
 
@@ -278,7 +337,12 @@ class Execution:
             built.append((commit, time.perf_counter()))
             return commit
 
-        result = self.store.run_transaction_step(body, record)
+        try:
+            result = self.store.run_transaction_step(body, record)
+        except PersistenceError as exc:
+            if raised and raised[-1] is exc:
+                raise  # the body's own
+            raise self._interrupted(f"running step {seq}", exc) from exc
         self._committed(*built[0])
         return result
 
@@ -303,111 +367,98 @@ class Execution:
         else:
             output = None
             recorded_error = encode_error(error, self.store.serializer)
-        changed, deleted = self._state_delta()
-        logs: list[dict[str, Any]] = []
-        if retries:
-            logs.append(
-                {
-                    "event": "step_retried",
-                    "details": {"step": step.name, "attempts": attempts, "errors": retries},
-                }
-            )
-        if recorded_error is not None:
-            error_type, message = error_summary(recorded_error)
-            logs.append(
-                {
-                    "event": "step_failed",
-                    "details": {"step": step.name, "error": f"{error_type}: {message}"[:1000]},
-                }
-            )
-        return StepCommit(
-            execution_id=self.workflow_id,
-            owner=self.owner,
-            epoch=self.epoch,
+        return self.journal.step_commit(
             seq=seq,
             name=step.name,
             kind=step.kind,
             output=output,
             error=recorded_error,
             attempts=attempts,
-            started_at=started,
-            finished_at=_now(),
-            state=changed,
-            deleted=deleted,
-            logs=logs or None,
+            started=started,
+            retries=retries,
+            state=self._state_delta(),
         )
 
     def _commit(self, commit: StepCommit) -> None:
         since = time.perf_counter()
         try:
             self.store.commit_step(commit)
-        except (OwnershipLost, PersistenceError, WorkflowCancelled) as exc:
-            self.doomed = exc
+        except HandedBack as signal:
+            self.journal.doom(signal)
             raise
+        except PersistenceError as exc:
+            raise self._interrupted(f"committing step {commit.seq}", exc) from exc
         self._committed(commit, since)
 
     def _committed(self, commit: StepCommit, since: float) -> None:
         """The step is durable: what it wrote is now the committed state."""
         self.telemetry.step_committed(commit.kind, time.perf_counter() - since)
-        if commit.state:
-            self.committed.update(commit.state)
-        for key in commit.deleted or ():
-            self.committed.pop(key, None)
+        self.journal.committed_state(commit.state, commit.deleted)
+
+    def _interrupted(self, what: str, exc: PersistenceError) -> Interrupted:
+        signal = Interrupted(
+            f"workflow {self.workflow_id!r} was interrupted {what}: {exc}", self.workflow_id
+        )
+        self.journal.doom(signal)
+        return signal
 
     # -- state -------------------------------------------------------------------------------
 
     def _state_delta(self) -> tuple[dict[str, str] | None, list[str] | None]:
-        data = self.state._data
-        if not data and not self.committed:
-            return None, None
-        changed = {}
-        for key, value in data.items():
-            text = self.store.encode(value, functools.partial(_state_key, key, self.workflow_id))
-            if self.committed.get(key) != text:
-                changed[key] = text
-        deleted = [key for key in self.committed if key not in data]
-        return changed or None, deleted or None
+        return self.journal.state_delta(self.state._data, self._encode_state)
+
+    def _encode_state(self, key: str, value: Any) -> str:
+        return self.store.encode(value, functools.partial(_state_key, key, self.workflow_id))
+
+    def check_state_key(self, key: object) -> None:
+        """UsageError unless `key` can be stored, and unless state may change now."""
+        if not isinstance(key, str):
+            raise UsageError(f"state keys must be strings, got {key!r} ({type(key).__name__})")
+        problem = unstorable(key)
+        if problem is not None:
+            raise UsageError(
+                f"state key {key!r} of workflow {self.workflow_id!r} {problem}, which "
+                "PostgreSQL cannot store: use a key without it"
+            )
+        self.check_state_writable(key)
+
+    def check_state_writable(self, key: object) -> None:
+        if self.in_step:
+            # A replay skips step bodies, so a change made in one would be lost on recovery.
+            raise UsageError(
+                f"state key {key!r} of workflow {self.workflow_id!r} was changed inside "
+                "a step's body: change state in the workflow body (from the step's result)"
+            )
+
+    def read_state(self, value: Any) -> Any:
+        """A state value as code reads it: inside a step's body, a copy (changing it in place
+        would be lost on replay, which skips the body)."""
+        return copy.deepcopy(value) if self.in_step else value
 
     # -- completion --------------------------------------------------------------------------
 
     def succeed(self, result: Any) -> Any:
-        if self.doomed is not None:
-            return self.fail(self.doomed)
-        unreplayed = [seq for seq in self.recorded if seq >= self.seq]
-        if unreplayed:
-            first = min(unreplayed)
-            error = NonDeterminismError(
-                self.workflow_id,
-                first,
-                self.recorded[first].name,
-                None,
-                _definition_site(self.workflow),
-            )
-            return self.fail(error)
+        doomed = self.journal.doomed
+        if doomed is not None:
+            return self.fail(doomed)
+        diverged = self.journal.unreplayed(functools.partial(_definition_site, self.workflow))
+        if diverged is not None:
+            return self.fail(diverged)
         try:
             output = self.store.encode(result, f"output of workflow {self.workflow_id!r}")
             changed, deleted = self._state_delta()
         except UsageError as exc:
             return self.fail(exc)
-        self.store.finish_execution(
-            self.workflow_id,
-            self.owner,
-            self.epoch,
-            status="SUCCEEDED",
-            output=output,
-            error=None,
-            seq=self.seq,
-            state=changed,
-            deleted=deleted,
-        )
+        self._finish("SUCCEEDED", output, None, changed, deleted, None)
         return result
 
     def fail(self, exc: BaseException) -> NoReturn:
-        doomed = self.doomed
-        if isinstance(doomed, OwnershipLost | PersistenceError | WorkflowCancelled):
-            raise doomed
-        if isinstance(exc, OwnershipLost | PersistenceError | WorkflowCancelled):
-            raise exc
+        """Record the execution FAILED with `exc` (or with what doomed it) and raise
+        WorkflowFailed; a control signal or interruption that doomed it is raised instead."""
+        doomed = self.journal.doomed
+        for signal in (doomed, exc):
+            if signal is not None and not isinstance(signal, Exception):
+                raise signal
         cause = doomed if doomed is not None else exc
         record = encode_error(cause, self.store.serializer)
         try:
@@ -415,17 +466,8 @@ class Execution:
         except UsageError:
             changed, deleted = None, None  # the failure is recorded even if the state is not
         error_type, message = error_summary(record)
-        self.store.finish_execution(
-            self.workflow_id,
-            self.owner,
-            self.epoch,
-            status="FAILED",
-            output=None,
-            error=record,
-            seq=self.seq,
-            state=changed,
-            deleted=deleted,
-            details={"error": f"{error_type}: {message}"[:1000]},
+        self._finish(
+            "FAILED", None, record, changed, deleted, {"error": f"{error_type}: {message}"[:1000]}
         )
         if isinstance(cause, NonDeterminismError):
             self.telemetry.log.error(
@@ -437,6 +479,31 @@ class Execution:
                 call_site=cause.call_site,
             )
         raise WorkflowFailed(self.workflow_id, error_type, message) from cause
+
+    def _finish(
+        self,
+        status: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        changed: dict[str, str] | None,
+        deleted: list[str] | None,
+        details: dict[str, Any] | None,
+    ) -> None:
+        try:
+            self.store.finish_execution(
+                self.workflow_id,
+                self.journal.owner,
+                self.journal.epoch,
+                status=status,
+                output=output,
+                error=error,
+                seq=self.journal.seq,
+                state=changed,
+                deleted=deleted,
+                details=details,
+            )
+        except PersistenceError as exc:
+            raise self._interrupted(f"finishing as {status}", exc) from exc
 
 
 def _state_key(key: str, workflow_id: str) -> str:

@@ -21,9 +21,10 @@ class State(MutableMapping[str, Any]):
 
     Changes are committed with the next step commit or with the workflow's completion, and
     `Runtime.get_state()` reads the committed state from any process. Values are compared
-    by their serialized form at each commit, so mutating a value in place counts as a change.
-    State belongs to the workflow body: changing it inside a step's body is refused, since a
-    replay skips that body.
+    by their serialized form at each commit, so mutating a value in place (in the workflow
+    body) counts as a change. State belongs to the workflow body: a step's body, which a
+    replay skips, cannot change it: assigning or deleting a key there is refused, and the
+    values it reads are copies (changing one in place changes nothing).
     """
 
     __slots__ = ("_data", "_execution")
@@ -32,25 +33,15 @@ class State(MutableMapping[str, Any]):
         self._data: dict[str, Any] = {}
         self._execution = execution
 
-    def _check_writable(self, key: object) -> None:
-        if self._execution.in_step:
-            # A replay skips step bodies, so a change made in one would be lost on recovery.
-            raise UsageError(
-                f"state key {key!r} of workflow {self._execution.workflow_id!r} was changed inside "
-                "a step's body: change state in the workflow body (from the step's result)"
-            )
-
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return self._execution.read_state(self._data[key])
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if not isinstance(key, str):
-            raise UsageError(f"state keys must be strings, got {key!r} ({type(key).__name__})")
-        self._check_writable(key)
+        self._execution.check_state_key(key)
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
-        self._check_writable(key)
+        self._execution.check_state_writable(key)
         del self._data[key]
 
     def __iter__(self) -> Iterator[str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from stepstone.errors import OwnershipLost, PersistenceError, ResultTimeout, WorkflowNotFound
+from stepstone.errors import WorkflowNotFound
+from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
     from stepstone.runtime._engine import Engine
@@ -19,11 +20,8 @@ R = TypeVar("R")
 class WorkflowHandle(Generic[R]):
     """An execution: its id, its status and, once it ends, its result."""
 
-    def __init__(
-        self, engine: Engine, workflow_id: str, future: concurrent.futures.Future[Any] | None
-    ) -> None:
+    def __init__(self, engine: Engine, workflow_id: str) -> None:
         self._engine = engine
-        self._future = future
         self.workflow_id = workflow_id
 
     def status(self) -> str:
@@ -37,22 +35,23 @@ class WorkflowHandle(Generic[R]):
         """Wait for the execution to end and return its result.
 
         Raises WorkflowFailed (the recorded error is its cause), WorkflowCancelled, or
-        ResultTimeout after `timeout` seconds; the execution goes on in every case.
+        ResultTimeout after `timeout` seconds; the execution goes on in every case. If the
+        execution is queued in this process, the calling thread runs it. Inside a workflow
+        body, waiting does not hold the thread: the workflow is suspended until the
+        execution ends, then resumed by replay (`timeout` does not apply there).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._future is not None:
-            try:
-                result: R = self._future.result(timeout)
-            except concurrent.futures.TimeoutError:
-                raise ResultTimeout(
-                    f"workflow {self.workflow_id!r} did not finish within {timeout} s; it goes "
-                    "on running: call result() again to keep waiting"
-                ) from None
-            except (OwnershipLost, PersistenceError):
-                pass  # it goes on elsewhere, or here after a retry: the outcome will be stored
-            else:
-                return result
-        outcome: R = self._engine.wait_outcome(self.workflow_id, deadline)
+        execution = _CURRENT.get()
+        suspend_as = (
+            execution.workflow_id
+            if execution is not None
+            and not execution.in_step
+            and execution.thread == threading.get_ident()
+            else None
+        )
+        outcome: R = self._engine.await_outcome(
+            self.workflow_id, suspend_as=suspend_as, deadline=deadline
+        )
         return outcome
 
     def get_state(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from stepstone._background import Loop
 from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, UsageError
 from stepstone.persistence.ids import check_workflow_id
+from stepstone.persistence.notifications import Listener
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer, unstorable
 from stepstone.persistence.store import Store
 from stepstone.recovery.heartbeat import Heartbeat
@@ -135,6 +136,7 @@ class Runtime:
         self._session: ExecutorSession | None = None
         self._heartbeat: Heartbeat | None = None
         self._sweeper: Sweeper | None = None
+        self._listener: Listener | None = None
         self._retention = retention
         self._retention_interval = float(retention_interval)
         self._purger: Loop | None = None
@@ -170,7 +172,7 @@ class Runtime:
 
         def decorate(func: Callable[P, R]) -> Step[P, R]:
             step = Step(func, name or _default_name(func), policy)
-            self._engine.register_step(step.name, step)
+            self._engine.register_step(step.name)
             return step
 
         return decorate
@@ -189,7 +191,7 @@ class Runtime:
             func: Callable[Concatenate[psycopg.Connection[Any], P], R],
         ) -> TransactionStep[P, R]:
             step = TransactionStep(func, name or _default_name(func), policy)
-            self._engine.register_step(step.name, step)
+            self._engine.register_step(step.name)
             return step
 
         return decorate
@@ -219,9 +221,12 @@ class Runtime:
         self._session = session
         self._heartbeat = Heartbeat(session, self._heartbeat_interval)
         self._sweeper = Sweeper(self._engine, self.store, self._sweep_interval)
+        self._listener = Listener(self.store, self._notified)
+        self.telemetry.open()
         try:
             self._engine.launch()
             self._heartbeat.start()
+            self._listener.start(wait=self._connect_timeout)
             recover_own(self._engine, self.store)
             self._sweeper.sweep_once()
         except BaseException:
@@ -234,6 +239,11 @@ class Runtime:
                 "purge", self._retention_interval, lambda: self._purge_batch(retention)
             )
             self._purger.start()
+
+    def _notified(self, payload: str) -> None:
+        event, _, workflow_id = payload.partition(":")
+        if event == "cancelled":
+            self._engine.cancel_hint(workflow_id)
 
     def _purge_batch(self, older_than: dt.timedelta) -> bool:
         # One bounded batch per round; True (go again at once) while batches come back full.
@@ -252,6 +262,9 @@ class Runtime:
             self._sweeper.stop()
             self._sweeper = None
         self._engine.shutdown(wait=wait)
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
@@ -279,13 +292,12 @@ class Runtime:
         workflow comes with one: `rt.start(wf.with_options(workflow_id="..."), ...)`. An id
         that exists already returns that execution's handle and runs nothing.
         """
-        handle: WorkflowHandle[R] = self._engine.start(workflow, args, kwargs)
-        return handle
+        return WorkflowHandle(self._engine, self._engine.start(workflow, args, kwargs))
 
     def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to any execution by id."""
         check_workflow_id(workflow_id)
-        return WorkflowHandle(self._engine, workflow_id, None)
+        return WorkflowHandle(self._engine, workflow_id)
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution, from any process."""
@@ -316,7 +328,7 @@ class Runtime:
         """Cancel a running or enqueued execution: it ends CANCELLED, and the executor running
         it stops at its next step boundary (its callers get WorkflowCancelled)."""
         check_workflow_id(workflow_id)
-        self.store.cancel_execution(workflow_id, self.executor_id)
+        self._engine.cancel(workflow_id, self.executor_id)
 
     def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Run a FAILED or CANCELLED execution again, here, from its last recorded step (a
@@ -346,7 +358,7 @@ class Runtime:
         if record is not None and not self._engine.resume(record):
             # Not registered here: give it to an executor that runs its workflow.
             self.store.release_unregistered(self.executor_id, self._engine.registered())
-        return WorkflowHandle(self._engine, workflow_id, None)
+        return WorkflowHandle(self._engine, workflow_id)
 
     def purge(self, older_than: dt.timedelta) -> int:
         """Delete executions that ended more than `older_than` ago, with everything that

@@ -177,6 +177,10 @@ class Telemetry:
         """Record queued measurements now (before reading metrics in a test, say)."""
         self._record.flush()
 
+    def open(self) -> None:
+        """(Re)start the recording thread after `close()`: a Runtime launched again."""
+        self._record.open()
+
     def close(self) -> None:
         """Record what is queued and stop the recording thread."""
         self._record.close()

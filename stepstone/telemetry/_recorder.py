@@ -25,14 +25,22 @@ class Recorder:
     """Runs queued measurement calls on a daemon thread (or at once, when `deferred` is off)."""
 
     def __init__(self, *, deferred: bool) -> None:
-        self.deferred = deferred
+        self._wanted = deferred
+        self.deferred = False
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._drain_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if deferred:
-            self._thread = threading.Thread(target=self._run, name="stepstone-metrics", daemon=True)
-            self._thread.start()
+        self.open()
+
+    def open(self) -> None:
+        """Start the thread (again, after `close()`), if measurements are deferred."""
+        if not self._wanted or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop = threading.Event()
+        self.deferred = True
+        self._thread = threading.Thread(target=self._run, name="stepstone-metrics", daemon=True)
+        self._thread.start()
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.deferred:
@@ -61,5 +69,6 @@ class Recorder:
         self.flush()
 
     def _run(self) -> None:
-        while not self._stop.wait(_INTERVAL):
+        stop = self._stop
+        while not stop.wait(_INTERVAL):
             self.flush()

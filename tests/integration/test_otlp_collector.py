@@ -72,8 +72,9 @@ def test_spans_metrics_and_logs_arrive_at_the_collector(
     assert len(spans) == 1
     trace_id = re.search(r"Trace ID\s+: ([0-9a-f]{32})", spans[0])
     assert trace_id is not None
+    # Each record's text, up to the next record or the next export of another signal.
     records = [
-        block
+        re.split(r"^Resource(?:Metrics|Spans|Log) #", block, flags=re.MULTILINE)[0]
         for block in received.split("LogRecord #")
         if f"workflow_id: Str({workflow_id})" in block
     ]

@@ -158,7 +158,7 @@ def test_transaction_step_adds_no_round_trip_to_the_users_transaction(
         step_round_trips = cost.round_trips - 2  # minus start and completion
         assert step_round_trips == k + 2
         assert _only(cost, "INSERT INTO marks") == k
-        assert _only(cost, "commit_step") == 1
+        assert _only(cost, "commit_transaction_step") == 1
         assert _only(cost, "BEGIN") == 1
         assert _only(cost, "COMMIT") == 1
         assert cost.transactions == 1 + 2  # the step's one transaction, plus start and completion

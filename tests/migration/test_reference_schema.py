@@ -159,7 +159,7 @@ def test_reference_schema_matches_the_migration_chain(chain: Connection, referen
             "CREATE OR REPLACE FUNCTION stepstone.lock_executions_v1(p_ids text[]) RETURNS void "
             "LANGUAGE sql AS 'SELECT NULL'"
         ),
-        "DROP FUNCTION stepstone.release_v1(text, text, bigint, text)",
+        "DROP FUNCTION stepstone.release_v1(text, text, bigint, text, boolean)",
     ],
 )
 def test_the_comparison_sees_each_kind_of_difference(chain: Connection, change: str) -> None:
