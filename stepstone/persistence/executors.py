@@ -17,7 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from stepstone.errors import ExecutorIdInUse, PersistenceError
+from stepstone.errors import ExecutorIdInUse
+from stepstone.persistence._driver_errors import outage
 
 if TYPE_CHECKING:
     from stepstone.persistence.store import Store
@@ -155,7 +156,5 @@ class ExecutorSession:
             conn.execute(self._store.queries[name], params)
         except psycopg.Error as exc:
             conn.close()
-            raise PersistenceError(
-                f"{name.replace('_', ' ')} of executor {self.executor_id!r} failed: "
-                f"{str(exc).strip()}"
-            ) from exc
+            action = f"{name.replace('_', ' ')} of executor {self.executor_id!r}"
+            raise outage(exc, action, self._store.describe) from exc

@@ -9,6 +9,8 @@ acts on one checks the database first.
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,8 @@ class Listener:
         self._retry = retry
         self._stop = threading.Event()
         self._connected = threading.Event()
+        # stop() writes to this pair to end the listener's wait at once.
+        self._wake_out, self._wake_in = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name="stepstone-listen", daemon=True)
 
     def start(self, wait: float | None = None) -> None:
@@ -49,8 +53,11 @@ class Listener:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake_in.send(b"x")
         if self._thread.is_alive():
             self._thread.join()
+        self._wake_in.close()
+        self._wake_out.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -66,8 +73,11 @@ class Listener:
             conn.execute(b"LISTEN " + CHANNEL.encode())
             self._connected.set()
             while not self._stop.is_set():
-                for notify in conn.notifies(timeout=0.5):
-                    self._deliver(notify.payload)
+                # Wait for the server (or for stop()) without a timeout to poll with.
+                ready, _, _ = select.select([conn.fileno(), self._wake_out.fileno()], [], [])
+                if conn.fileno() in ready:
+                    for notify in conn.notifies(timeout=0):
+                        self._deliver(notify.payload)
 
     def _deliver(self, payload: str) -> None:
         try:

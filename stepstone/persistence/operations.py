@@ -1,13 +1,14 @@
 """Inspecting and operating on executions: listings, statistics, checkpoints, and the
 operator actions (cancel, resume, fork, purge), each recorded in the audit log with its
-actor. A part of `Store`, which mixes it in; the SQL is in queries.sql and the migration.
+actor. `Store` offers each (its `operations` collaborator does the work); the SQL is in
+queries.sql and the migrations.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -29,50 +30,22 @@ from stepstone.persistence.listing import (
 from stepstone.persistence.rows import Checkpoint, SlowStep, WorkflowStats
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from psycopg import sql
-
-    from stepstone.persistence._queries import Queries
-    from stepstone.persistence.rows import ExecutionRow
+    from stepstone.persistence._statements import Statements
 
 __all__ = ["Operations"]
 
 
 class Operations:
-    """Listings, statistics and operator actions of a Store."""
+    """Listings, statistics and operator actions, on a store's statements. `Store` offers
+    each as a method of its own."""
 
-    if TYPE_CHECKING:  # provided by Store
-        schema: str
-        queries: Queries
-
-        def _query(
-            self,
-            query: bytes | sql.Composed,
-            params: Mapping[str, Any],
-            *,
-            fetch: Literal["one", "all"] | None,
-            action: str,
-            fence: tuple[str, str, int] | None = None,
-        ) -> Any: ...
-
-        def _one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None: ...
-
-        def _all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
-
-        def _exec(
-            self, name: str, params: Mapping[str, Any], fence: tuple[str, str, int] | None = None
-        ) -> None: ...
-
-        def get_status(
-            self, execution_id: str
-        ) -> tuple[str, str | None, dict[str, Any] | None] | None: ...
-
-        def get_execution(self, execution_id: str) -> ExecutionRow | None: ...
+    def __init__(self, statements: Statements, schema: str) -> None:
+        self._sql = statements
+        self.schema = schema
 
     def list_checkpoints(self, execution_id: str) -> list[Checkpoint]:
         """Every checkpoint of an execution, by position (state values are serialized text)."""
-        return [Checkpoint(*row) for row in self._all("list_checkpoints", {"id": execution_id})]
+        return [Checkpoint(*row) for row in self._sql.all("list_checkpoints", {"id": execution_id})]
 
     def list_executions(
         self,
@@ -89,7 +62,7 @@ class Operations:
         query, params = build_list_query(
             self.schema, flt or ExecutionFilter(), sort, direction, limit, cursor
         )
-        rows = self._query(query, params, fetch="all", action="listing executions")
+        rows = self._sql.run(query, params, fetch="all", action="listing executions")
         return page_from_rows(rows, sort, direction, limit)
 
     def workflow_stats(
@@ -98,7 +71,7 @@ class Operations:
         """Per workflow, the executions created in [since, until): counts by outcome,
         p50/p95/p99 duration and retries."""
         params = _window(since, until) | {"name": workflow_name}
-        return [WorkflowStats(*row) for row in self._all("workflow_stats", params)]
+        return [WorkflowStats(*row) for row in self._sql.all("workflow_stats", params)]
 
     def slowest_steps(
         self,
@@ -112,14 +85,16 @@ class Operations:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidQuery(f"limit must be an int from 1 to 1000, got {limit!r}")
         params = _window(since, until) | {"name": workflow_name, "limit": limit}
-        return [SlowStep(*row) for row in self._all("slowest_steps", params)]
+        return [SlowStep(*row) for row in self._sql.all("slowest_steps", params)]
 
     # -- operations --------------------------------------------------------------------------
 
     def cancel_execution(self, execution_id: str, actor: str) -> str:
         """Cancel a RUNNING or ENQUEUED execution (its executor stops at its next step
         boundary); return the status it had. Refused, changing nothing, otherwise."""
-        row = self._one("cancel_execution", {"id": check_workflow_id(execution_id), "actor": actor})
+        row = self._sql.one(
+            "cancel_execution", {"id": check_workflow_id(execution_id), "actor": actor}
+        )
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
@@ -131,7 +106,7 @@ class Operations:
         """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
         (trailing failed steps run again), owned by `owner` (None: claimed by the next sweep
         of an executor that runs its workflow). Returns the status it had."""
-        row = self._one(
+        row = self._sql.one(
             "resume_execution",
             {"id": check_workflow_id(execution_id), "actor": actor, "owner": owner},
         )
@@ -159,9 +134,9 @@ class Operations:
         it. Returns the new execution's id (default: `<id>-fork-<random>`)."""
         if isinstance(from_step, bool) or not isinstance(from_step, int):
             raise InvalidQuery(f"from_step must be an int, got {from_step!r}")
-        if self.get_status(check_workflow_id(execution_id)) is None:
+        if self._sql.one("get_status", {"id": check_workflow_id(execution_id)}) is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
-        row = self._one("count_steps", {"id": execution_id})
+        row = self._sql.one("count_steps", {"id": execution_id})
         recorded = int(row[0]) if row else 0
         if not 0 <= from_step <= recorded:
             raise UsageError(
@@ -179,8 +154,8 @@ class Operations:
             "owner": owner,
         }
         try:
-            self._query(
-                self.queries["fork_execution"],
+            self._sql.run(
+                self._sql.queries["fork_execution"],
                 params,
                 fetch=None,
                 action=f"forking {execution_id!r}",
@@ -188,10 +163,10 @@ class Operations:
         except PersistenceError as exc:
             if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
                 raise
-            existing = self.get_execution(target)
+            existing = self._sql.one("get_execution", {"id": target})
             raise WorkflowIdConflict(
                 target,
-                existing.workflow_name if existing else "(another execution)",
+                str(existing[1]) if existing else "(another execution)",
                 f"a fork of execution {execution_id}",
             ) from None
         return target
@@ -218,7 +193,7 @@ class Operations:
         cutoff = dt.datetime.now(dt.UTC) - older_than
         total = batches = 0
         while max_batches is None or batches < max_batches:
-            row = self._one("purge_executions", {"cutoff": cutoff, "batch": batch_size})
+            row = self._sql.one("purge_executions", {"cutoff": cutoff, "batch": batch_size})
             deleted = int(row[0]) if row else 0
             total += deleted
             batches += 1
@@ -226,7 +201,7 @@ class Operations:
                 break
         if total:
             details = {"deleted": total, "ended_before": cutoff.isoformat()}
-            self._exec(
+            self._sql.exec(
                 "log_system_event",
                 {"event": "executions_purged", "actor": actor, "details": Jsonb(details)},
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import psycopg
 import structlog
@@ -24,14 +24,14 @@ from stepstone import migrations
 from stepstone.errors import (
     ConfigurationError,
     DatabaseUnreachable,
-    PersistenceError,
     SerializationError,
     UsageError,
 )
 from stepstone.persistence import _conninfo
-from stepstone.persistence._driver_errors import FENCE_SQLSTATE, Fence, classify, fenced, outage
+from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
 from stepstone.persistence._queries import Queries
 from stepstone.persistence._sessions import session_settings
+from stepstone.persistence._statements import Statements
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
@@ -59,9 +59,12 @@ from stepstone.persistence.serialization import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
-    from psycopg import sql
+    from stepstone.persistence.listing import ExecutionFilter, ExecutionPage
+    from stepstone.persistence.rows import SlowStep, WorkflowStats
+
 
 __all__ = ["FENCE_SQLSTATE", "Store"]
 
@@ -72,7 +75,7 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 log = structlog.get_logger("stepstone.persistence")
 
 
-class Store(Operations):
+class Store:
     """Durable storage for definitions, executions, steps, state, checkpoints and logs.
 
     >>> store = Store("postgresql://localhost/app")   # doctest: +SKIP
@@ -125,6 +128,10 @@ class Store(Operations):
         self._pool_sizes = (min_size, max_size)
         self._pool = self._new_pool()
         self._opened = False
+        self._sql = Statements(
+            lambda: self._pool, self.queries, self.describe, lambda: self._opened
+        )
+        self.operations = Operations(self._sql, schema)
 
     def _new_pool(self) -> ConnectionPool[Connection]:
         # A closed pool cannot be opened again: each open() gets a new one.
@@ -231,7 +238,7 @@ class Store(Operations):
 
     def save_workflow(self, name: str, version: str, fingerprint: str) -> WorkflowRow:
         """Register a workflow definition (or refresh its fingerprint and last-seen time)."""
-        row = self._one(
+        row = self._sql.one(
             "save_workflow", {"name": name, "version": version, "fingerprint": fingerprint}
         )
         assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
@@ -239,7 +246,7 @@ class Store(Operations):
 
     def load_workflow(self, name: str, version: str | None = None) -> WorkflowRow | None:
         """A registered definition: the given version, or the most recently seen one."""
-        row = self._one("load_workflow", {"name": name, "version": version})
+        row = self._sql.one("load_workflow", {"name": name, "version": version})
         return WorkflowRow(*row) if row else None
 
     # -- the hot path ------------------------------------------------------------------------
@@ -250,7 +257,7 @@ class Store(Operations):
         Idempotent by id: if the id exists, nothing is written and the existing execution
         is returned with `created=False`.
         """
-        row = self._one(
+        row = self._sql.one(
             "start_execution",
             {
                 "id": request.id,
@@ -268,7 +275,7 @@ class Store(Operations):
 
     def commit_step(self, commit: StepCommit) -> None:
         """Record a completed step in one statement and one transaction (fenced)."""
-        self._query(
+        self._sql.run(
             self.queries["commit_step"],
             self._commit_params(commit),
             fetch=None,
@@ -343,7 +350,7 @@ class Store(Operations):
             if kind == "step":
                 raise  # the step's own SQL failed at its COMMIT: the step's failure
             fence = (commit.execution_id, commit.owner, commit.epoch)
-            self._raise(exc, f"committing step {commit.seq} of {commit.execution_id!r}", fence)
+            self._sql.fail(exc, f"committing step {commit.seq} of {commit.execution_id!r}", fence)
 
     def finish_execution(
         self,
@@ -372,7 +379,7 @@ class Store(Operations):
             "deleted": deleted or None,
             "details": Jsonb(details) if details else None,
         }
-        self._query(
+        self._sql.run(
             self.queries["finish_execution"],
             params,
             fetch=None,
@@ -407,7 +414,7 @@ class Store(Operations):
         """Take over a RUNNING execution that `owner` already owns, with a new epoch, and load
         its inputs, recorded steps and committed state, in one statement. None if there is
         no such execution."""
-        row = self._one("claim_own", {"id": execution_id, "owner": owner, "reason": reason})
+        row = self._sql.one("claim_own", {"id": execution_id, "owner": owner, "reason": reason})
         return ResumeRecord.from_row(row) if row else None
 
     def claim_all_own(
@@ -423,7 +430,7 @@ class Store(Operations):
             "active": list(active),
             "reason": "restart",
         }
-        return [ResumeRecord.from_row(row) for row in self._all("claim_all_own", params)]
+        return [ResumeRecord.from_row(row) for row in self._sql.all("claim_all_own", params)]
 
     def release_unregistered(
         self, owner: str, registered: Sequence[tuple[str, str]]
@@ -431,7 +438,7 @@ class Store(Operations):
         """Give up `owner`'s RUNNING executions whose definition is not in `registered`, so an
         executor that has it claims them; return (id, workflow name, version) of each."""
         names, versions = _split(registered)
-        rows = self._all(
+        rows = self._sql.all(
             "release_unregistered_own", {"owner": owner, "names": names, "versions": versions}
         )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
@@ -441,7 +448,7 @@ class Store(Operations):
         no owner) and whose definition is in `registered`, in one statement; also report
         expired ones whose definition is not."""
         names, versions = _split(registered)
-        rows = self._all(
+        rows = self._sql.all(
             "sweep", {"owner": owner, "names": names, "versions": versions, "limit": limit}
         )
         claimed = [ResumeRecord.from_row(row[1:]) for row in rows if row[0] == "claimed"]
@@ -464,16 +471,16 @@ class Store(Operations):
             "reason": reason,
             "interrupted": interrupted,
         }
-        row = self._one("release", params)
+        row = self._sql.one("release", params)
         return bool(row and row[0])
 
     def ended_among(self, execution_ids: Collection[str]) -> list[str]:
         """Those of `execution_ids` that have ended (SUCCEEDED, FAILED or CANCELLED)."""
-        return [str(row[0]) for row in self._all("ended_among", {"ids": list(execution_ids)})]
+        return [str(row[0]) for row in self._sql.all("ended_among", {"ids": list(execution_ids)})]
 
     def running_owned_by(self, owner: str) -> list[str]:
         """Ids of the RUNNING executions `owner` owns."""
-        return [str(row[0]) for row in self._all("running_owned_by", {"owner": owner})]
+        return [str(row[0]) for row in self._sql.all("running_owned_by", {"owner": owner})]
 
     # -- state and checkpoints ---------------------------------------------------------------
 
@@ -496,7 +503,7 @@ class Store(Operations):
             "state": Jsonb(state) if state else None,
             "deleted": deleted or None,
         }
-        self._exec("update_state", params, fence=(execution_id, owner, epoch))
+        self._sql.exec("update_state", params, fence=(execution_id, owner, epoch))
 
     def save_checkpoint(
         self, execution_id: str, owner: str, epoch: int, seq: int, state: Mapping[str, Any]
@@ -510,13 +517,13 @@ class Store(Operations):
             "seq": seq,
             "state": Jsonb(encoded),
         }
-        self._exec("save_checkpoint", params, fence=(execution_id, owner, epoch))
+        self._sql.exec("save_checkpoint", params, fence=(execution_id, owner, epoch))
 
     def recover_from_checkpoint(
         self, execution_id: str, seq: int | None = None
     ) -> Checkpoint | None:
         """The latest checkpoint at or before position `seq` (the latest of all if None)."""
-        row = self._one(
+        row = self._sql.one(
             "recover_from_checkpoint",
             {"id": execution_id, "seq": seq if seq is not None else 2**31 - 1},
         )
@@ -524,28 +531,112 @@ class Store(Operations):
 
     def get_state(self, execution_id: str) -> dict[str, Any]:
         """The latest committed state of an execution (empty if it has none or does not exist)."""
-        rows = self._all("get_state", {"id": execution_id})
+        rows = self._sql.all("get_state", {"id": execution_id})
         return {key: self.decode(value) for key, value in rows}
 
     # -- reads -------------------------------------------------------------------------------
 
     def get_execution(self, execution_id: str) -> ExecutionRow | None:
         """One execution by id."""
-        row = self._one("get_execution", {"id": execution_id})
+        row = self._sql.one("get_execution", {"id": execution_id})
         return ExecutionRow(*row) if row else None
 
     def get_status(self, execution_id: str) -> tuple[str, str | None, dict[str, Any] | None] | None:
         """(status, output, error) of one execution, the cheapest poll."""
-        row = self._one("get_status", {"id": execution_id})
+        row = self._sql.one("get_status", {"id": execution_id})
         return (row[0], row[1], row[2]) if row else None
 
     def list_steps(self, execution_id: str) -> list[StepRow]:
         """The completed steps of an execution, in order."""
-        return [StepRow(*row) for row in self._all("list_steps", {"id": execution_id})]
+        return [StepRow(*row) for row in self._sql.all("list_steps", {"id": execution_id})]
 
     def list_logs(self, execution_id: str) -> list[LogRow]:
         """The audit log of an execution, oldest first."""
-        return [LogRow(*row) for row in self._all("list_logs", {"id": execution_id})]
+        return [LogRow(*row) for row in self._sql.all("list_logs", {"id": execution_id})]
+
+    # -- inspecting and operating (see operations.py) ---------------------------------------
+
+    def list_checkpoints(self, execution_id: str) -> list[Checkpoint]:
+        """Every checkpoint of an execution, by position (state values are serialized text)."""
+        return self.operations.list_checkpoints(execution_id)
+
+    def list_executions(
+        self,
+        flt: ExecutionFilter | None = None,
+        *,
+        sort: str = "created",
+        direction: str = "desc",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ExecutionPage:
+        """One page of executions matching `flt`, sorted by created, updated, duration (ended
+        executions only) or name, newest or largest first with "desc"; `cursor` continues
+        from the page that returned it. InvalidQuery for anything that cannot be used."""
+        return self.operations.list_executions(
+            flt, sort=sort, direction=direction, limit=limit, cursor=cursor
+        )
+
+    def workflow_stats(
+        self, since: dt.datetime, until: dt.datetime | None = None, workflow_name: str | None = None
+    ) -> list[WorkflowStats]:
+        """Per workflow, the executions created in [since, until): counts by outcome,
+        p50/p95/p99 duration and retries."""
+        return self.operations.workflow_stats(since, until, workflow_name)
+
+    def slowest_steps(
+        self,
+        since: dt.datetime,
+        until: dt.datetime | None = None,
+        *,
+        limit: int = 10,
+        workflow_name: str | None = None,
+    ) -> list[SlowStep]:
+        """The slowest steps of the executions created in [since, until)."""
+        return self.operations.slowest_steps(since, until, limit=limit, workflow_name=workflow_name)
+
+    def cancel_execution(self, execution_id: str, actor: str) -> str:
+        """Cancel a RUNNING or ENQUEUED execution and its running or enqueued descendants
+        (each stops at its next step boundary); return the status it had. Refused, changing
+        nothing, otherwise."""
+        return self.operations.cancel_execution(execution_id, actor)
+
+    def resume_execution(self, execution_id: str, actor: str, owner: str | None = None) -> str:
+        """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
+        (trailing failed steps run again), with a fresh recovery budget, owned by `owner`
+        (None: claimed by the next sweep of an executor that runs its workflow). Returns
+        the status it had."""
+        return self.operations.resume_execution(execution_id, actor, owner)
+
+    def fork_execution(
+        self,
+        execution_id: str,
+        from_step: int,
+        actor: str,
+        *,
+        new_id: str | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """Start a new execution of the same workflow and inputs that keeps the recorded
+        steps before position `from_step` and the state checkpointed there, and runs from
+        it. Returns the new execution's id (default: `<id>-fork-<random>`)."""
+        return self.operations.fork_execution(
+            execution_id, from_step, actor, new_id=new_id, owner=owner
+        )
+
+    def purge(
+        self,
+        older_than: dt.timedelta,
+        actor: str,
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+    ) -> int:
+        """Delete executions that ended more than `older_than` ago, with their steps, state,
+        checkpoints and log, `batch_size` executions per transaction (at most `max_batches`
+        transactions); return how many."""
+        return self.operations.purge(
+            older_than, actor, batch_size=batch_size, max_batches=max_batches
+        )
 
     def health_status(self) -> HealthStatus:
         """Reachability, round-trip latency, schema version and pool statistics."""
@@ -622,61 +713,6 @@ class Store(Operations):
             "deleted": c.deleted or None,
             "logs": Jsonb(c.logs) if c.logs else None,
         }
-
-    def _query(
-        self,
-        query: bytes | sql.Composed,
-        params: Mapping[str, Any],
-        *,
-        fetch: Literal["one", "all"] | None,
-        action: Described,
-        fence: Fence | None = None,
-    ) -> Any:
-        """Run one statement on a pooled connection; driver errors become stepstone's, named
-        by `action` (formatted only then) and, for a write fenced by (execution id, owner,
-        epoch), OwnershipLost or WorkflowCancelled."""
-        try:
-            with self._pool.connection() as conn:
-                cursor = conn.execute(query, params)
-                if fetch == "one":
-                    return cursor.fetchone()
-                return cursor.fetchall() if fetch == "all" else None
-        except psycopg.Error as exc:
-            self._raise(exc, action, fence)
-        except UnicodeEncodeError as exc:  # a parameter the driver cannot send
-            raise UsageError(
-                f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
-                "which PostgreSQL cannot store: pass valid text"
-            ) from None
-
-    def _one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._query(
-            self.queries[name], params, fetch="one", action=name.replace("_", " ")
-        )
-        return row
-
-    def _all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self._query(
-            self.queries[name], params, fetch="all", action=name.replace("_", " ")
-        )
-        return rows
-
-    def _exec(self, name: str, params: Mapping[str, Any], fence: Fence | None = None) -> None:
-        self._query(
-            self.queries[name], params, fetch=None, action=name.replace("_", " "), fence=fence
-        )
-
-    def _raise(self, exc: psycopg.Error, action: Described, fence: Fence | None) -> NoReturn:
-        if fence is not None:
-            kind = classify(exc, user_sql=False)
-            if kind in ("fenced", "cancelled"):
-                raise fenced(kind, exc, fence) from exc
-        if not self._opened:
-            raise PersistenceError(
-                f"{described(action)} failed: the store is closed (call open(); "
-                "Runtime.launch() does)"
-            ) from exc
-        raise outage(exc, described(action), self.describe) from exc
 
 
 def _split(registered: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:

@@ -39,7 +39,7 @@ class Resumer(Protocol):
         """The executions it runs, queues or keeps suspended now (not to be claimed)."""
         ...
 
-    def resume(self, record: ResumeRecord) -> bool:
+    def resume(self, record: ResumeRecord, *, recovered: bool = True) -> bool:
         """Run a claimed execution; False if it cannot."""
         ...
 

@@ -238,6 +238,11 @@ class Engine:
         """The outcome of `workflow_id`. A queued run of it is taken and run in this thread.
         With `suspend_as` (a workflow waiting for it), raise Suspended instead of blocking
         while it is not done; otherwise block until it is, or until `deadline`."""
+        if suspend_as == workflow_id:
+            raise UsageError(
+                f"workflow {workflow_id!r} waits for its own outcome, which cannot come while "
+                "it waits: wait for it from outside, or for another execution"
+            )
         stolen = self.runs.steal(workflow_id)
         if stolen is not None:
             try:
@@ -289,12 +294,13 @@ class Engine:
     def recovered(self, reason: str, count: int) -> None:
         self.telemetry.recovered(reason, count)
 
-    def resume(self, record: ResumeRecord) -> bool:
-        """Run a claimed execution in the worker pool; False if it cannot run here."""
+    def resume(self, record: ResumeRecord, *, recovered: bool = True) -> bool:
+        """Run a claimed execution in the worker pool; False if it cannot run here.
+        `recovered`: it was interrupted (not woken from a wait, which is no recovery)."""
         workflow = self.registry.find(record.workflow_name, record.workflow_version)
         if workflow is None or not self.pool.running:
             return False
-        execution, body = self._resumed(workflow, record)
+        execution, body = self._resumed(workflow, record, recovered=recovered)
         self._submit(record.id, lambda: self._execute(execution, body))
         return True
 
@@ -305,7 +311,7 @@ class Engine:
         except PersistenceError:
             self.runs.wake_later(workflow_id)
             return
-        if record is None or not self.resume(record):
+        if record is None or not self.resume(record, recovered=False):
             # Cancelled, or taken over meanwhile: its callers read the outcome.
             self.runs.drop(workflow_id, elsewhere(workflow_id, "is no longer run here"))
 
@@ -432,17 +438,17 @@ class Engine:
         return None
 
     def _resumed(
-        self, workflow: Workflow[Any, R], record: ResumeRecord
+        self, workflow: Workflow[Any, R], record: ResumeRecord, *, recovered: bool = True
     ) -> tuple[Execution, Callable[[], R]]:
         """The execution a claim took over, continuing its stored trace, and what runs it."""
         span = self.telemetry.workflow_span(
             workflow.name,
             record.id,
             parent=self.telemetry.parent_from(record.trace_context),
-            recovered=True,
+            recovered=recovered,
         )
         journal = Journal(record.id, self.executor_id, record.epoch, record.steps, record.state)
-        execution = Execution(self, workflow, journal, span=span, recovered=True)
+        execution = Execution(self, workflow, journal, span=span, recovered=recovered)
         if record.recoveries > self.max_recoveries:
             error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
 

@@ -58,8 +58,9 @@ class Runtime:
     libpq's defaults (PGHOST, PGDATABASE, PGUSER, ...). Tables live in `schema`. Each
     Runtime is one executor: `executor_id` names it in the database (by default host name,
     process id and a random suffix). `workers` threads run the workflows started with
-    `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections.
-    Spans, metrics and log records go to the OpenTelemetry providers given here, else to
+    `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections,
+    and the server ends a pooled session left idle inside a transaction for longer than
+    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). Spans, metrics and log records go to the OpenTelemetry providers given here, else to
     the global ones.
     """
 
@@ -75,6 +76,7 @@ class Runtime:
         serializer: Serializer | None = None,
         max_value_size: int = DEFAULT_MAX_SIZE,
         connect_timeout: float = 10.0,
+        idle_in_transaction_timeout: float = 300.0,
         lease_seconds: float = 30.0,
         heartbeat_interval: float = 5.0,
         sweep_interval: float = 5.0,
@@ -118,6 +120,7 @@ class Runtime:
             serializer=serializer,
             max_value_size=max_value_size,
             connect_timeout=connect_timeout,
+            idle_in_transaction_timeout=idle_in_transaction_timeout,
         )
         self.executor_id = executor_id or default_executor_id()
         self.telemetry = Telemetry(
@@ -325,14 +328,15 @@ class Runtime:
         )
 
     def cancel(self, workflow_id: str) -> None:
-        """Cancel a running or enqueued execution: it ends CANCELLED, and the executor running
-        it stops at its next step boundary (its callers get WorkflowCancelled)."""
+        """Cancel a running or enqueued execution and its running or enqueued descendants:
+        each ends CANCELLED, and the executor running it stops before its next step body
+        (its callers get WorkflowCancelled)."""
         check_workflow_id(workflow_id)
         self._engine.cancel(workflow_id, self.executor_id)
 
     def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Run a FAILED or CANCELLED execution again, here, from its last recorded step (a
-        step that failed runs again); return its handle."""
+        step that failed runs again), with a fresh recovery count; return its handle."""
         check_workflow_id(workflow_id)
         self._engine.check_launched()
         self.store.resume_execution(workflow_id, self.executor_id, owner=self.executor_id)

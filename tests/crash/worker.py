@@ -4,13 +4,18 @@
 
 MODE `order`: run the `order` workflow for id "order-7", killing itself with SIGKILL at
 KILL_AT (see POINTS in test_killed_worker.py), or pausing 3 s there if KILL_AT is
-"pause:<point>", then print the result (exit status 3 if it lost the execution).
+"pause:<point>", then print the result (the outcome of whichever run finished it).
 MODE `serve`: launch (which recovers what there is to recover) and wait until every
 execution in the database has ended, then print "served".
 MODE `traced`: `order` if KILL_AT is given, else `serve`, writing finished spans to
 NOTES_DIR/spans as they end.
 MODE `load`: start executions load-0 .. load-39 of the `multi` workflow (idempotent by id)
 and wait for all of them, then print "loaded".
+MODE `kid`: start execution "kid" of the `kid` workflow (its step waits until the file
+NOTES_DIR/go exists), then serve like `serve`.
+MODE `family`: run execution "family" of the `family` workflow, whose step is followed by
+a call of the child "kid" (running in another process: the parent suspends), and print
+its result.
 Leases are short (1 s) so that tests run quickly.
 """
 
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepstone import OwnershipLost, Runtime
+from stepstone import Runtime
 
 if TYPE_CHECKING:
     import psycopg
@@ -122,6 +127,32 @@ def multi(n: int) -> int:
     return n
 
 
+@rt.step()
+def toy(name: str) -> str:
+    note(f"toy {name}")
+    while not (notes / "go").exists():
+        time.sleep(0.01)
+    return f"toy for {name}"
+
+
+@rt.workflow()
+def kid() -> str:
+    return toy("kid")
+
+
+@rt.step()
+def before(name: str) -> str:
+    note(f"before {name}")
+    return name
+
+
+@rt.workflow()
+def family() -> str:
+    name = before("family")
+    note("parent waits for kid")
+    return f"{name} got {kid.with_options(workflow_id='kid')()}"
+
+
 def all_ended() -> bool:
     with rt.store.connection() as conn:
         row = conn.execute(
@@ -132,13 +163,13 @@ def all_ended() -> bool:
 
 rt.launch()
 if mode == "order":
-    try:
-        print(order.with_options(workflow_id="order-7")("order-7"))
-    except OwnershipLost as exc:
-        print(f"ownership lost: {exc}")
-        rt.shutdown()
-        sys.exit(3)
-elif mode == "serve":
+    # Fenced out (another executor took it over), the call waits for that run's outcome.
+    print(order.with_options(workflow_id="order-7")("order-7"))
+elif mode == "family":
+    print(family.with_options(workflow_id="family")())
+elif mode in ("serve", "kid"):
+    if mode == "kid":
+        rt.start(kid.with_options(workflow_id="kid"))
     while not all_ended():
         time.sleep(0.05)
     print("served")

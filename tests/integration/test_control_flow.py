@@ -16,17 +16,10 @@ import pytest
 import stepstone
 from stepstone import Runtime, UsageError, WorkflowCancelled, WorkflowFailed
 from stepstone.persistence import StartRequest, Store
-from tests.support.runtime import FAST
+from tests.support.runtime import FAST, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def _row(db: str, workflow_id: str) -> tuple[Any, ...]:
@@ -55,6 +48,14 @@ def _ghost(db: str, workflow_id: str, name: str, *, expired: bool) -> None:
         store.start_execution(StartRequest(workflow_id, name, "1", inputs, "ghost"))
     finally:
         store.close()
+
+
+def _expire_ghost(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE stepstone.executors SET heartbeat_at = now() - interval '1 hour' "
+            "WHERE id = 'ghost'"
+        )
 
 
 @pytest.fixture
@@ -132,9 +133,11 @@ def test_an_uncaught_cancelled_child_fails_its_parent(rt: Runtime) -> None:
     assert handle.status() == "FAILED"
 
 
-def test_waiting_on_a_cancelled_execution_raises_in_the_waiter(rt: Runtime) -> None:
+@pytest.mark.parametrize("catches", [True, False])
+def test_waiting_on_a_cancelled_execution_raises_in_the_waiter(rt: Runtime, catches: bool) -> None:
     """A workflow that waits for the result of another execution that gets cancelled sees
-    WorkflowCancelled as an ordinary exception."""
+    WorkflowCancelled as an ordinary exception: it may catch it; if it does not, it ends
+    FAILED with it (it is not taken for its own cancellation and left RUNNING)."""
     inside, go = threading.Event(), threading.Event()
 
     @rt.step()
@@ -152,7 +155,9 @@ def test_waiting_on_a_cancelled_execution_raises_in_the_waiter(rt: Runtime) -> N
         try:
             handle.result()
         except WorkflowCancelled:
-            return "saw it cancelled"
+            if catches:
+                return "saw it cancelled"
+            raise
         return "finished"
 
     rt.launch()
@@ -160,7 +165,12 @@ def test_waiting_on_a_cancelled_execution_raises_in_the_waiter(rt: Runtime) -> N
     assert inside.wait(10)
     rt.cancel("other-1")
     go.set()
-    assert handle.result(timeout=10) == "saw it cancelled"
+    if catches:
+        assert handle.result(timeout=10) == "saw it cancelled"
+    else:
+        with pytest.raises(WorkflowFailed, match="WorkflowCancelled"):
+            handle.result(timeout=10)
+        assert handle.status() == "FAILED"
 
 
 # -- 2. waiting for another execution holds no worker ---------------------------------------
@@ -181,9 +191,11 @@ def test_a_pool_workflow_waiting_for_a_child_its_executor_claims_does_not_deadlo
     def parent() -> str:
         return "parent saw " + child.with_options(workflow_id="orphan-child")()
 
-    _ghost(db, "orphan-child", "child", expired=True)
+    _ghost(db, "orphan-child", "child", expired=False)
     solo.launch()
     handle = solo.start(parent.with_options(workflow_id="waiting-parent"))
+    time.sleep(0.5)  # the parent reaches its wait for the child
+    _expire_ghost(db)  # now this executor's sweep claims the child
     assert handle.result(timeout=20) == "parent saw child done"
     assert _row(db, "waiting-parent") == ("SUCCEEDED", "solo", 0)  # a wake is no recovery
 
@@ -255,7 +267,7 @@ def test_shutdown_does_not_hang_on_a_workflow_waiting_for_a_claim(solo: Runtime,
     _ghost(db, "held-child", "child", expired=False)
     solo.launch()
     solo.start(parent.with_options(workflow_id="held-parent"))
-    _wait_for(lambda: "held-parent" in solo._engine.runs.active_ids())
+    wait_for(lambda: "held-parent" in solo._engine.runs.active_ids())
     time.sleep(0.5)  # it reaches the wait and suspends
     stopper = threading.Thread(target=solo.shutdown)
     stopper.start()
@@ -271,8 +283,8 @@ def test_shutdown_does_not_hang_on_a_workflow_waiting_for_a_claim(solo: Runtime,
     "make",
     [
         pytest.param(lambda: SystemExit(3), id="SystemExit"),
-        pytest.param(lambda: KeyboardInterrupt(), id="KeyboardInterrupt"),
-        pytest.param(lambda: asyncio.CancelledError(), id="CancelledError"),
+        pytest.param(KeyboardInterrupt, id="KeyboardInterrupt"),
+        pytest.param(asyncio.CancelledError, id="CancelledError"),
     ],
 )
 def test_a_base_exception_in_a_pool_step_hands_the_execution_back(
@@ -454,7 +466,7 @@ def test_cancelling_queued_executions_runs_none_of_their_bodies(db: str) -> None
     other.open(migrate=False)
     try:
         handles = [runtime.start(order.with_options(workflow_id=f"order-{i}")) for i in range(20)]
-        _wait_for(lambda: len(bodies) == 2)
+        wait_for(lambda: len(bodies) == 2)
         queued = [h.workflow_id for h in handles if h.workflow_id not in bodies]
         cancelled = queued[:16]
         for i, workflow_id in enumerate(cancelled):

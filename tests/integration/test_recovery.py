@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,9 +18,6 @@ from structlog.testing import capture_logs
 import stepstone
 from stepstone import ExecutorIdInUse, RecoveryLimitExceeded, Runtime, WorkflowFailed
 from tests.support.runtime import FAST, Crash
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 
 def _define(
@@ -53,13 +50,6 @@ def _interrupt(db: str, executor_id: str, workflow_id: str = "order-1", **kwargs
     with pytest.raises(Crash):
         order.with_options(workflow_id=workflow_id)("sku-1")
     rt.shutdown()
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _execution(db: str, workflow_id: str) -> tuple[Any, ...]:

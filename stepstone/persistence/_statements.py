@@ -1,0 +1,93 @@
+"""`Statements`: how the store runs its SQL. One statement on one pooled autocommit
+connection per call, with the driver's errors mapped to stepstone's in one place
+(`_driver_errors`), named by what was being done."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+import psycopg
+
+from stepstone.errors import PersistenceError, UsageError
+from stepstone.persistence._driver_errors import Fence, classify, fenced, outage
+from stepstone.persistence.serialization import Described, described
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from psycopg import sql
+    from psycopg_pool import ConnectionPool
+
+    from stepstone.persistence._queries import Queries
+
+__all__ = ["Statements"]
+
+
+class Statements:
+    """Runs named queries (and composed ones) for a store."""
+
+    def __init__(
+        self,
+        pool: Callable[[], ConnectionPool[Any]],
+        queries: Queries,
+        where: Callable[[], str],
+        is_open: Callable[[], bool],
+    ) -> None:
+        self._pool = pool
+        self.queries = queries
+        self._where = where
+        self._is_open = is_open
+
+    def run(
+        self,
+        query: bytes | sql.Composed,
+        params: Mapping[str, Any],
+        *,
+        fetch: Literal["one", "all"] | None,
+        action: Described,
+        fence: Fence | None = None,
+    ) -> Any:
+        """Run one statement on a pooled connection; driver errors become stepstone's, named
+        by `action` (formatted only then) and, for a write fenced by (execution id, owner,
+        epoch), OwnershipLost or ExecutionCancelled."""
+        try:
+            with self._pool().connection() as conn:
+                cursor = conn.execute(query, params)
+                if fetch == "one":
+                    return cursor.fetchone()
+                return cursor.fetchall() if fetch == "all" else None
+        except psycopg.Error as exc:
+            self.fail(exc, action, fence)
+        except UnicodeEncodeError as exc:  # a parameter the driver cannot send
+            raise UsageError(
+                f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
+                "which PostgreSQL cannot store: pass valid text"
+            ) from None
+
+    def one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.run(
+            self.queries[name], params, fetch="one", action=name.replace("_", " ")
+        )
+        return row
+
+    def all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.run(
+            self.queries[name], params, fetch="all", action=name.replace("_", " ")
+        )
+        return rows
+
+    def exec(self, name: str, params: Mapping[str, Any], fence: Fence | None = None) -> None:
+        self.run(self.queries[name], params, fetch=None, action=name.replace("_", " "), fence=fence)
+
+    def fail(self, exc: psycopg.Error, action: Described, fence: Fence | None) -> NoReturn:
+        """Raise what `exc`, met while doing `action`, means to stepstone."""
+        if fence is not None:
+            kind = classify(exc, user_sql=False)
+            if kind in ("fenced", "cancelled"):
+                raise fenced(kind, exc, fence) from exc
+        if not self._is_open():
+            raise PersistenceError(
+                f"{described(action)} failed: the store is closed (call open(); "
+                "Runtime.launch() does)"
+            ) from exc
+        raise outage(exc, described(action), self._where) from exc
