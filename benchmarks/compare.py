@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py                  # everything, about two minutes
     python benchmarks/compare.py --engines floor,stepstone --repetitions 1 --rounds 20
+    python benchmarks/compare.py --engines stepstone,baseline --baseline ../old-checkout
 
 It starts a throwaway PostgreSQL cluster (default durability: fsync and synchronous_commit
 on; pg_stat_statements loaded) on a free loopback port, talks to it over TCP, gives each
@@ -9,7 +10,10 @@ engine its own database, installs DBOS Transact (dbos==3.4.0) into a virtual env
 its own (.benchmarks/dbos-venv; the project never depends on it), and runs each workload in
 fresh processes, engines interleaved, for several repetitions. Then it prints one table with
 medians, min..max over the repetitions, ratios, and the goals met or missed; the same
-numbers go to .benchmarks/compare.json.
+numbers go to .benchmarks/compare.json. With `--baseline DIR` (another checkout of stepstone,
+e.g. `git worktree add ../old <commit>`), the engine `baseline` is that checkout's stepstone,
+run by its own benchmarks/engines.py, so that a change is measured before and after in one
+run, side by side.
 
 Workloads
 - W1: a workflow of N trivial steps (N = 0, 1, 10) called from one thread; per-step overhead
@@ -60,9 +64,12 @@ def dbos_python(cache: Path) -> str:
 
 
 class Runner:
-    def __init__(self, cluster: Cluster, pythons: dict[str, str]) -> None:
+    def __init__(
+        self, cluster: Cluster, pythons: dict[str, str], baseline: Path | None = None
+    ) -> None:
         self.cluster = cluster
         self.pythons = pythons
+        self.baseline = baseline
         self.admin = cluster.connect("postgres")
         self.admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for engine in pythons:
@@ -74,14 +81,24 @@ class Runner:
         return f"postgresql://postgres@127.0.0.1:{self.cluster.port}/bench_{engine}?sslmode=disable"
 
     def command(self, engine: str, workload: str, params: dict[str, Any]) -> list[str]:
+        worker, name = WORKER, engine
+        if engine == "baseline":
+            assert self.baseline is not None
+            worker, name = self.baseline / "benchmarks" / "engines.py", "stepstone"
         return [
             self.pythons[engine],
-            str(WORKER),
-            engine,
+            str(worker),
+            name,
             self.dsn(engine),
             workload,
             json.dumps(params),
         ]
+
+    def env(self, engine: str) -> dict[str, str]:
+        """The baseline imports stepstone from its own checkout."""
+        if engine != "baseline" or self.baseline is None:
+            return dict(os.environ)
+        return {**os.environ, "PYTHONPATH": str(self.baseline)}
 
     def run(self, engine: str, workload: str, params: dict[str, Any]) -> dict[str, Any]:
         done = subprocess.run(
@@ -90,6 +107,7 @@ class Runner:
             text=True,
             timeout=900,
             check=False,
+            env=self.env(engine),
         )
         if done.returncode != 0:
             raise RuntimeError(f"{engine} {workload} failed:\n{done.stderr[-3000:]}")
@@ -103,6 +121,7 @@ class Runner:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=self.env(engine),
         )
         assert proc.stdout is not None
         assert proc.stdin is not None
@@ -287,11 +306,13 @@ def render(results: dict[str, dict[str, list[float]]], engines: list[str]) -> st
     """One row per metric; latencies also as multiples of the floor's commit, W3 as a
     multiple of DBOS's throughput. The floor has no steps: its per-step cells are empty."""
     commit = results.get("floor", {}).get("w2_empty_workflow_us")
+    before = "baseline" in engines
     lines = [
         "| | "
         + " | ".join(engines)
-        + " | stepstone ÷ floor commit | dbos ÷ floor commit | stepstone ÷ dbos |",
-        "|" + "---|" * (len(engines) + 4),
+        + " | stepstone ÷ floor commit | dbos ÷ floor commit | stepstone ÷ dbos |"
+        + (" stepstone ÷ baseline |" if before else ""),
+        "|" + "---|" * (len(engines) + 4 + before),
     ]
 
     def median(engine: str, key: str) -> float | None:
@@ -313,6 +334,9 @@ def render(results: dict[str, dict[str, list[float]]], engines: list[str]) -> st
             )
         stone, dbos = median("stepstone", key), median("dbos", key)
         ratios.append(f"{stone / dbos:.2f}x" if stone is not None and dbos else "")
+        if before:
+            base = median("baseline", key)
+            ratios.append(f"{stone / base:.2f}x" if stone is not None and base else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
@@ -331,13 +355,17 @@ def main() -> None:
     parser.add_argument("--skip-counts", action="store_true", help="skip W4")
     parser.add_argument("--cache", type=Path, default=ROOT / ".benchmarks")
     parser.add_argument(
+        "--baseline", type=Path, default=None, help="another checkout, run as engine 'baseline'"
+    )
+    parser.add_argument(
         "--output", type=Path, default=None, help="JSON results (default: CACHE/compare.json)"
     )
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
-    unknown = set(engines) - set(ENGINES)
+    known = set(ENGINES) | ({"baseline"} if args.baseline else set())
+    unknown = set(engines) - known
     if unknown:
-        parser.error(f"unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+        parser.error(f"unknown engines {sorted(unknown)}; choose from {', '.join(sorted(known))}")
     args.cache.mkdir(parents=True, exist_ok=True)
     pythons = dict.fromkeys(engines, sys.executable)
     if "dbos" in engines:
@@ -351,7 +379,7 @@ def main() -> None:
         }
     )
     try:
-        runner = Runner(cluster, pythons)
+        runner = Runner(cluster, pythons, args.baseline and args.baseline.resolve())
         results = measure(runner, engines, args)
     finally:
         cluster.destroy()
