@@ -28,12 +28,12 @@ class Statements:
 
     def __init__(
         self,
-        pool: Callable[[], ConnectionPool[Any]],
+        pool: ConnectionPool[Any],
         queries: Queries,
         where: Callable[[], str],
         is_open: Callable[[], bool],
     ) -> None:
-        self._pool = pool
+        self.pool = pool  # the store replaces it when it opens a new one
         self.queries = queries
         self._where = where
         self._is_open = is_open
@@ -51,7 +51,7 @@ class Statements:
         by `action` (formatted only then) and, for a write fenced by (execution id, owner,
         epoch), OwnershipLost or ExecutionCancelled."""
         try:
-            with self._pool().connection() as conn:
+            with self.pool.connection() as conn:
                 cursor = conn.execute(query, params)
                 if fetch == "one":
                     return cursor.fetchone()

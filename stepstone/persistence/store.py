@@ -128,9 +128,7 @@ class Store:
         self._pool_sizes = (min_size, max_size)
         self._pool = self._new_pool()
         self._opened = False
-        self._sql = Statements(
-            lambda: self._pool, self.queries, self.describe, lambda: self._opened
-        )
+        self._sql = Statements(self._pool, self.queries, self.describe, lambda: self._opened)
         self.operations = Operations(self._sql, schema)
 
     def _new_pool(self) -> ConnectionPool[Connection]:
@@ -186,7 +184,7 @@ class Store:
             raise DatabaseUnreachable(
                 f"cannot open a connection pool to PostgreSQL at {self.describe()}: {exc}"
             ) from exc
-        self._pool = pool
+        self._pool = self._sql.pool = pool
         self._opened = True
 
     def close(self) -> None:

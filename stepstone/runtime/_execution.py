@@ -367,16 +367,9 @@ class Execution:
         else:
             output = None
             recorded_error = encode_error(error, self.store.serializer)
+        state = self._state_delta()
         return self.journal.step_commit(
-            seq=seq,
-            name=step.name,
-            kind=step.kind,
-            output=output,
-            error=recorded_error,
-            attempts=attempts,
-            started=started,
-            retries=retries,
-            state=self._state_delta(),
+            seq, step.name, step.kind, output, recorded_error, attempts, started, retries, state
         )
 
     def _commit(self, commit: StepCommit) -> None:
@@ -393,7 +386,8 @@ class Execution:
     def _committed(self, commit: StepCommit, since: float) -> None:
         """The step is durable: what it wrote is now the committed state."""
         self.telemetry.step_committed(commit.kind, time.perf_counter() - since)
-        self.journal.committed_state(commit.state, commit.deleted)
+        if commit.state or commit.deleted:
+            self.journal.committed_state(commit.state, commit.deleted)
 
     def _interrupted(self, what: str, exc: PersistenceError) -> Interrupted:
         signal = Interrupted(
@@ -405,7 +399,10 @@ class Execution:
     # -- state -------------------------------------------------------------------------------
 
     def _state_delta(self) -> tuple[dict[str, str] | None, list[str] | None]:
-        return self.journal.state_delta(self.state._data, self._encode_state)
+        data = self.state._data
+        if not data and not self.journal.committed:
+            return None, None
+        return self.journal.state_delta(data, self._encode_state)
 
     def _encode_state(self, key: str, value: Any) -> str:
         return self.store.encode(value, functools.partial(_state_key, key, self.workflow_id))

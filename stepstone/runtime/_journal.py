@@ -112,7 +112,6 @@ class Journal:
 
     def step_commit(
         self,
-        *,
         seq: int,
         name: str,
         kind: StepKind,
