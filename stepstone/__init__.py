@@ -18,6 +18,7 @@ from stepstone.errors import (
     OwnershipLost,
     PersistenceError,
     RecoveryLimitExceeded,
+    RecvTimeout,
     ResultTimeout,
     SerializationError,
     StepError,
@@ -49,6 +50,9 @@ from stepstone.runtime import (
     WorkflowContext,
     WorkflowHandle,
     current,
+    recv,
+    sleep,
+    sleep_until,
 )
 
 __all__ = [
@@ -70,6 +74,7 @@ __all__ = [
     "OwnershipLost",
     "PersistenceError",
     "RecoveryLimitExceeded",
+    "RecvTimeout",
     "ResultTimeout",
     "RetryPolicy",
     "Runtime",
@@ -94,4 +99,7 @@ __all__ = [
     "WorkflowNotFound",
     "__version__",
     "current",
+    "recv",
+    "sleep",
+    "sleep_until",
 ]

@@ -136,7 +136,7 @@ def _add_executions(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cancel = commands.add_parser("cancel", help="cancel a RUNNING or ENQUEUED execution")
+    cancel = commands.add_parser("cancel", help="cancel a RUNNING, WAITING or ENQUEUED execution")
     cancel.add_argument("id", help="workflow id")
     cancel.set_defaults(handler=_cancel)
     resume = commands.add_parser("resume", help="run a FAILED or CANCELLED execution again")

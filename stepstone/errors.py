@@ -21,6 +21,7 @@ __all__ = [
     "OwnershipLost",
     "PersistenceError",
     "RecoveryLimitExceeded",
+    "RecvTimeout",
     "ResultTimeout",
     "SerializationError",
     "StepError",
@@ -146,6 +147,11 @@ class ResultTimeout(StepstoneError, TimeoutError):
     """`WorkflowHandle.result(timeout=...)` gave up waiting; the workflow goes on."""
 
 
+class RecvTimeout(StepstoneError, TimeoutError):
+    """`stepstone.recv(topic, timeout=...)` ran out of time with no message. It is recorded:
+    a replay of the workflow raises it again at the same receive."""
+
+
 # -- durability guards --------------------------------------------------------------------
 
 
@@ -250,11 +256,15 @@ class Interrupted(HandedBack):
 
 
 class Suspended(HandedBack):
-    """The execution waits for another execution (`waiting_for`) to end: its thread is free
-    at once, and the execution is resumed, by replay, when that one has ended."""
+    """The execution waits: its thread is free at once, and the execution is resumed, by
+    replay, when the wait is over. `waiting_for` is the execution it waits for, in this
+    process (it stays RUNNING and owned here); None for a durable wait recorded in the
+    database (a sleep, a receive: the execution is WAITING, with no owner, until it is
+    due, and any executor that runs its workflow resumes it)."""
 
-    def __init__(self, workflow_id: str, waiting_for: str) -> None:
-        super().__init__(
-            f"workflow {workflow_id!r} waits for workflow {waiting_for!r} to end", workflow_id
-        )
+    def __init__(self, workflow_id: str, waiting_for: str | None, what: str | None = None) -> None:
+        if what is None:
+            what = f"for workflow {waiting_for!r} to end" if waiting_for else "durably"
+        super().__init__(f"workflow {workflow_id!r} waits {what}", workflow_id)
         self.waiting_for = waiting_for
+        self.wake_in: float | None = None  # a durable wait: seconds until it is due

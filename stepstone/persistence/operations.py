@@ -90,7 +90,7 @@ class Operations:
     # -- operations --------------------------------------------------------------------------
 
     def cancel_execution(self, execution_id: str, actor: str) -> str:
-        """Cancel a RUNNING or ENQUEUED execution (its executor stops at its next step
+        """Cancel a RUNNING, WAITING or ENQUEUED execution (its executor stops at its next step
         boundary); return the status it had. Refused, changing nothing, otherwise."""
         row = self._sql.one(
             "cancel_execution", {"id": check_workflow_id(execution_id), "actor": actor}
@@ -98,7 +98,7 @@ class Operations:
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
-        if status not in ("RUNNING", "ENQUEUED"):
+        if status not in ("RUNNING", "WAITING", "ENQUEUED"):
             raise UsageError(f"cannot cancel {execution_id!r}: it already ended ({status})")
         return str(status)
 

@@ -61,9 +61,22 @@ SELECT id, workflow_name, workflow_version
   FROM {schema}.release_unregistered_v1(%(owner)s, %(names)s::text[], %(versions)s::text[]);
 
 -- name: sweep
--- One statement per sweep interval (see sweep_v1).
-SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
-  FROM {schema}.sweep_v1(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
+-- One statement per sweep (see sweep_v2): due waits, expired leases, the next due time.
+SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state,
+       trace_context, next_wake_in
+  FROM {schema}.sweep_v2(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
+
+-- name: wait
+-- Hot (one per wait reached). A sleep or a receive: done now, or the execution WAITING.
+-- executions_pkey, messages_unread_idx.
+SELECT resolved, output, error, wake_at, wake_in
+  FROM {schema}.wait_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
+                        %(waiting)s, %(seconds)s, %(until)s, %(started_at)s, %(state)s,
+                        %(deleted)s);
+
+-- name: send
+-- A message into a mailbox (see send_v1). executions_pkey, messages_idempotency_idx.
+SELECT status, stored FROM {schema}.send_v1(%(id)s, %(topic)s, %(payload)s, %(key)s, %(sender)s);
 
 -- name: release
 -- Hand an interrupted execution back at once (see the release function). executions_pkey.
@@ -195,7 +208,7 @@ SELECT execution_id, seq, state FROM {schema}.checkpoints WHERE execution_id = %
 SELECT count(*) FROM {schema}.steps WHERE execution_id = %(id)s;
 
 -- name: cancel_execution
-SELECT {schema}.cancel_execution_v1(%(id)s, %(actor)s);
+SELECT {schema}.cancel_execution_v2(%(id)s, %(actor)s);
 
 -- name: resume_execution
 SELECT {schema}.resume_execution_v1(%(id)s, %(actor)s, %(owner)s);
@@ -204,7 +217,7 @@ SELECT {schema}.resume_execution_v1(%(id)s, %(actor)s, %(owner)s);
 SELECT {schema}.fork_execution_v1(%(id)s, %(step)s, %(new_id)s, %(actor)s, %(owner)s);
 
 -- name: purge_executions
-SELECT {schema}.purge_executions_v1(%(cutoff)s, %(batch)s);
+SELECT {schema}.purge_executions_v2(%(cutoff)s, %(batch)s);
 
 -- name: log_system_event
 -- Events that belong to no execution (a purge) are logged under the id '', which no

@@ -22,11 +22,13 @@ __all__ = [
     "StepCommit",
     "StepRow",
     "SweepResult",
+    "WaitOutcome",
+    "WaitRequest",
     "WorkflowRow",
     "WorkflowStats",
 ]
 
-StepKind = Literal["step", "transaction", "workflow"]
+StepKind = Literal["step", "transaction", "workflow", "sleep", "recv", "send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +162,47 @@ class ResumeRecord:
 
 @dataclass(frozen=True, slots=True)
 class SweepResult:
-    """What one sweep claimed, and the expired executions it could not run."""
+    """What one sweep claimed (interrupted executions) and woke (due waits), the expired
+    executions it could not run, and in how many seconds (by the database's clock) the next
+    wait it could wake is due."""
 
     claimed: list[ResumeRecord]
     unclaimable: list[tuple[str, str, str]]
+    woken: list[ResumeRecord] = field(default_factory=list)
+    next_wake_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRequest:
+    """A wait reached by a running execution (see `Store.wait`). `waiting` holds what it
+    waits for (the topic of a receive); `seconds` is a sleep's length or a receive's
+    timeout (None: none), `until` a sleep's end."""
+
+    execution_id: str
+    owner: str
+    epoch: int
+    seq: int
+    name: str
+    kind: Literal["sleep", "recv"]
+    waiting: dict[str, Any]
+    seconds: float | None
+    until: dt.datetime | None
+    started_at: dt.datetime
+    state: dict[str, str] | None = None
+    deleted: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitOutcome:
+    """`Store.wait`'s answer: done now with this output or error record, or WAITING until
+    `wake_at`, `wake_in` seconds from now by the database's clock (None: until a message
+    comes)."""
+
+    resolved: bool
+    output: str | None
+    error: dict[str, Any] | None
+    wake_at: dt.datetime | None
+    wake_in: float | None
 
 
 @dataclass(slots=True)

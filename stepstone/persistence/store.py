@@ -46,6 +46,8 @@ from stepstone.persistence.rows import (
     StepCommit,
     StepRow,
     SweepResult,
+    WaitOutcome,
+    WaitRequest,
     WorkflowRow,
 )
 from stepstone.persistence.serialization import (
@@ -350,6 +352,65 @@ class Store:
             fence = (commit.execution_id, commit.owner, commit.epoch)
             self._sql.fail(exc, f"committing step {commit.seq} of {commit.execution_id!r}", fence)
 
+    def wait(self, request: WaitRequest) -> WaitOutcome:
+        """A sleep or a receive reached by a running execution, in one statement (fenced):
+        done now (its step row written, with the state changes), or the execution WAITING
+        with no owner until it is due. OwnershipLost or ExecutionCancelled if fenced out."""
+        params = {
+            "id": request.execution_id,
+            "owner": request.owner,
+            "epoch": request.epoch,
+            "seq": request.seq,
+            "name": request.name,
+            "kind": request.kind,
+            "waiting": Jsonb(request.waiting),
+            "seconds": request.seconds,
+            "until": request.until,
+            "started_at": request.started_at,
+            "state": Jsonb(request.state) if request.state else None,
+            "deleted": request.deleted or None,
+        }
+        row = self._sql.run(
+            self.queries["wait"],
+            params,
+            fetch="one",
+            action=lambda: f"recording a {request.kind} of {request.execution_id!r}",
+            fence=(request.execution_id, request.owner, request.epoch),
+        )
+        return WaitOutcome(*row)
+
+    def send(
+        self,
+        execution_id: str,
+        topic: str,
+        payload: str,
+        *,
+        idempotency_key: str | None = None,
+        sender: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> tuple[str | None, bool]:
+        """Put a serialized message into the mailbox (execution_id, topic): the status the
+        execution had (None: no such execution) and whether it was stored (never for an
+        ended execution, once per idempotency key). With `conn`, in that connection's
+        transaction: it is sent when the caller commits, and not at all if it rolls back."""
+        params = {
+            "id": execution_id,
+            "topic": topic,
+            "payload": payload,
+            "key": idempotency_key,
+            "sender": sender,
+        }
+        if conn is None:
+            row = self._sql.one("send", params)
+        else:
+            try:
+                cursor = conn.cursor(row_factory=tuple_row)
+                row = cursor.execute(self.queries["send"], params).fetchone()
+            except psycopg.Error as exc:
+                raise outage(exc, f"sending to {execution_id!r}", self.describe) from exc
+        assert row is not None  # noqa: S101 - the function returns one row
+        return row[0], bool(row[1])
+
     def finish_execution(
         self,
         execution_id: str,
@@ -442,18 +503,21 @@ class Store:
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def sweep(self, owner: str, registered: Sequence[tuple[str, str]], limit: int) -> SweepResult:
-        """Claim up to `limit` running executions whose owner's lease expired (or that have
-        no owner) and whose definition is in `registered`, in one statement; also report
-        expired ones whose definition is not."""
+        """In one statement: wake up to `limit` due WAITING executions and claim running
+        executions whose owner's lease expired (or that have no owner), of the definitions
+        in `registered`; report expired ones whose definition is not, and when the next
+        waiting one is due."""
         names, versions = _split(registered)
         rows = self._sql.all(
             "sweep", {"owner": owner, "names": names, "versions": versions, "limit": limit}
         )
-        claimed = [ResumeRecord.from_row(row[1:]) for row in rows if row[0] == "claimed"]
+        claimed = [ResumeRecord.from_row(row[1:10]) for row in rows if row[0] == "claimed"]
+        woken = [ResumeRecord.from_row(row[1:10]) for row in rows if row[0] == "woken"]
         unclaimable = [
             (str(row[1]), str(row[2]), str(row[3])) for row in rows if row[0] == "unclaimable"
         ]
-        return SweepResult(claimed, unclaimable)
+        next_wake_in = next((row[10] for row in rows if row[0] == "next"), None)
+        return SweepResult(claimed, unclaimable, woken, next_wake_in)
 
     def release_execution(
         self, execution_id: str, owner: str, epoch: int, reason: str, *, interrupted: bool
@@ -593,7 +657,7 @@ class Store:
         return self.operations.slowest_steps(since, until, limit=limit, workflow_name=workflow_name)
 
     def cancel_execution(self, execution_id: str, actor: str) -> str:
-        """Cancel a RUNNING or ENQUEUED execution and its running or enqueued descendants
+        """Cancel a RUNNING, WAITING or ENQUEUED execution and its unfinished descendants
         (each stops at its next step boundary); return the status it had. Refused, changing
         nothing, otherwise."""
         return self.operations.cancel_execution(execution_id, actor)

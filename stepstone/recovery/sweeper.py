@@ -90,7 +90,8 @@ def _resume(engine: Resumer, records: list[ResumeRecord], reason: str) -> int:
 
 
 class Sweeper(Loop):
-    """Claims expired executions (and own leftovers) every `interval` seconds."""
+    """Wakes due waits and claims expired executions (and own leftovers) every `interval`
+    seconds, and when the next wait it knows of is due."""
 
     def __init__(self, engine: Resumer, store: Store, interval: float) -> None:
         super().__init__("sweep", interval, self.sweep_once)
@@ -98,11 +99,13 @@ class Sweeper(Loop):
         self._store = store
         self._reported: set[str] = set()
 
-    def sweep_once(self) -> bool:
-        """One sweep; True when it claimed a full batch, so that more may be waiting."""
+    def sweep_once(self) -> bool | float:
+        """One sweep: True when it took a full batch (more may be waiting), else the seconds
+        until the next wait it could wake is due (False: none)."""
         self._resume_leftovers()
         limit = self._engine.capacity()
         result = self._store.sweep(self._engine.executor_id, self._engine.registered(), limit)
+        self._wake(result.woken)
         _resume(self._engine, result.claimed, "expired_lease")
         for workflow_id, name, version in result.unclaimable:
             if workflow_id not in self._reported:
@@ -114,7 +117,20 @@ class Sweeper(Loop):
                     version=version,
                     reason="its owner's lease expired but this executor does not register that workflow version",
                 )
-        return limit > 0 and len(result.claimed) >= limit
+        if limit > 0 and len(result.claimed) + len(result.woken) >= limit:
+            return True
+        return result.next_wake_in if result.next_wake_in is not None else False
+
+    def _wake(self, records: list[ResumeRecord]) -> None:
+        """Resume due waits (a wake is not a recovery: not counted as one)."""
+        for record in records:
+            if self._engine.resume(record, recovered=False):
+                self._engine.log.info(
+                    "execution_woken",
+                    workflow_id=record.id,
+                    workflow=record.workflow_name,
+                    epoch=record.epoch,
+                )
 
     def _resume_leftovers(self) -> None:
         orphans, reconcile = self._engine.take_orphans()

@@ -7,6 +7,7 @@ from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import RetryPolicy
 from stepstone.runtime.runtime import Runtime
+from stepstone.runtime.waits import recv, sleep, sleep_until
 
 __all__ = [
     "RetryPolicy",
@@ -18,4 +19,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowHandle",
     "current",
+    "recv",
+    "sleep",
+    "sleep_until",
 ]

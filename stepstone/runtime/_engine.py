@@ -6,8 +6,9 @@ inside one execution is in `_execution` (the driver) and `_journal` (its decisio
 Where a run ends, what it raised becomes what its caller sees:
 
 - a result, WorkflowFailed or WorkflowCancelled: the outcome, to every caller;
-- `Suspended`: the run waits for another execution without holding its thread; a caller
-  in a workflow suspends too, a caller outside one waits for the resumed run's outcome;
+- `Suspended`: the run waits without holding its thread, for another execution (in this
+  process) or durably (a sleep, a receive: WAITING in the database); a caller in a
+  workflow suspends too, a caller outside one waits for the resumed run's outcome;
 - `OwnershipLost`: the execution goes on elsewhere; callers wait for its outcome;
 - `Interrupted` (the database failed): the execution is left to this executor's sweep,
   which resumes it when the database answers; a direct caller gets the PersistenceError;
@@ -89,6 +90,8 @@ class Engine:
         self.pool = WorkerPool(workers)
         self.outcomes = Outcomes(store)
         self._waker: Waker | None = None
+        # Told how soon a wait this engine recorded is due (the sweep wakes it then).
+        self.due_in: Callable[[float], None] | None = None
         self.launched = False
 
     # -- registration and lifecycle ----------------------------------------------------------
@@ -358,6 +361,12 @@ class Engine:
         try:
             result = job()
         except Suspended as signal:
+            if signal.waiting_for is None:
+                # WAITING in the database, no owner: whichever executor wakes it runs it.
+                self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is waiting"))
+                if signal.wake_in is not None and self.due_in is not None:
+                    self.due_in(signal.wake_in)
+                raise
             self.runs.suspend(workflow_id, run, signal.waiting_for)
             if self._waker is not None:
                 self._waker.nudge()

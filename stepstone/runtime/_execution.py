@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -42,6 +42,7 @@ from stepstone.errors import (
 )
 from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
+from stepstone.persistence.rows import RecordedStep, WaitRequest
 from stepstone.persistence.serialization import unstorable
 from stepstone.runtime._journal import now, retry_note
 from stepstone.runtime.context import State, WorkflowContext
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
-    from stepstone.persistence.rows import RecordedStep, StepCommit
+    from stepstone.persistence.rows import StepCommit
     from stepstone.runtime._engine import Engine
     from stepstone.runtime._journal import Journal
     from stepstone.runtime.definitions import Workflow, _StepBase
@@ -82,6 +83,21 @@ class _ChildStep:
     def __init__(self, name: str, run: Callable[..., Any]) -> None:
         self.name = name
         self.fn = run
+
+
+class _SendStep:
+    """`Runtime.send` inside a workflow, recorded in it like a step."""
+
+    kind: Literal["send"] = "send"
+    name = "send"
+    retry: RetryPolicy = NO_RETRY
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self.fn: Callable[..., None] = run
+
+
+if TYPE_CHECKING:
+    AnyStep: TypeAlias = "_StepBase[Any, Any] | _ChildStep | _SendStep"
 
 
 class Execution:
@@ -126,9 +142,7 @@ class Execution:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def run_step(
-        self, step: _StepBase[Any, Any] | _ChildStep, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def run_step(self, step: AnyStep, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.in_step:
             # A step called from a step's body is part of that step.
             if step.kind != "step":
@@ -137,19 +151,85 @@ class Execution:
                     f"workflow {self.workflow_id!r}: call it from the workflow body instead"
                 )
             return step.fn(*args, **kwargs)
-        if threading.get_ident() != self.thread:
-            raise UsageError(
-                f"{step.kind} {step.name!r} of workflow {self.workflow_id!r} was called from "
-                "another thread than the workflow's: steps get their positions in call order, "
-                "which threads would make unrepeatable on replay. Call steps from the workflow "
-                "body's thread; run concurrent work inside one step"
-            )
+        self._check_thread(f"{step.kind} {step.name!r}")
         seq, recorded = self.journal.next_step(step.name, _call_site)
         if recorded is not None:
             return self._replay(recorded)
         if self._cancel is not None:
             self._check_cancelled()
         return self._run_new(step, seq, args, kwargs)
+
+    def _check_thread(self, what: str) -> None:
+        if threading.get_ident() != self.thread:
+            raise UsageError(
+                f"{what} of workflow {self.workflow_id!r} was called from another thread than "
+                "the workflow's: steps get their positions in call order, which threads would "
+                "make unrepeatable on replay. Call steps from the workflow body's thread; run "
+                "concurrent work inside one step"
+            )
+
+    # -- waits and messages ------------------------------------------------------------------
+
+    def wait(
+        self,
+        kind: Literal["sleep", "recv"],
+        waiting: dict[str, Any],
+        seconds: float | None,
+        until: dt.datetime | None,
+    ) -> Any:
+        """A sleep or a receive at the next position: on replay its recorded outcome; else
+        one statement that either completes it now or records the execution WAITING, and
+        then unwinds it (Suspended) until it is due."""
+        if self.in_step:
+            raise UsageError(
+                f"stepstone.{kind}() was called inside the body of a step of workflow "
+                f"{self.workflow_id!r}: waits belong to the workflow body (a replay skips step "
+                "bodies); call it there"
+            )
+        self._check_thread(f"stepstone.{kind}()")
+        seq, recorded = self.journal.next_step(kind, _call_site)
+        if recorded is not None:
+            return self._replay(recorded)
+        if self._cancel is not None:
+            self._check_cancelled()
+        changed, deleted = self._state_delta()
+        request = WaitRequest(
+            self.workflow_id,
+            self.journal.owner,
+            self.journal.epoch,
+            seq,
+            kind,
+            kind,
+            waiting,
+            seconds,
+            until,
+            now(),
+            changed,
+            deleted,
+        )
+        try:
+            outcome = self.store.wait(request)
+        except HandedBack as signal:
+            self.journal.doom(signal)
+            raise
+        except PersistenceError as exc:
+            raise self._interrupted(f"recording a {kind}", exc) from exc
+        if not outcome.resolved:
+            when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "for a message"
+            waits = Suspended(self.workflow_id, None, f"in a {kind} at step {seq}, {when}")
+            waits.wake_in = outcome.wake_in
+            self.journal.doom(waits)
+            raise waits
+        self.journal.committed_state(changed, deleted)
+        return self._replay(RecordedStep(seq, kind, kind, outcome.output, outcome.error))
+
+    def send(self, send: Callable[[str], None]) -> None:
+        """A message sent from the workflow: recorded like a step, so it is sent once even
+        when the workflow is replayed. `send(key)` stores it with an idempotency key unique
+        to this position, so a send re-run after a crash before its record stores nothing
+        new."""
+        key = f"{self.workflow_id}#{self.journal.seq}"
+        self.run_step(_SendStep(lambda: send(key)), (), {})
 
     def run_child(
         self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -204,7 +284,7 @@ class Execution:
 
     def _run_new(
         self,
-        step: _StepBase[Any, Any] | _ChildStep,
+        step: AnyStep,
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -247,7 +327,7 @@ class Execution:
 
     def _attempts(
         self,
-        step: _StepBase[Any, Any] | _ChildStep,
+        step: AnyStep,
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -285,7 +365,7 @@ class Execution:
 
     def _retry(
         self,
-        step: _StepBase[Any, Any] | _ChildStep,
+        step: AnyStep,
         seq: int,
         attempt: int,
         exc: BaseException,
@@ -310,7 +390,7 @@ class Execution:
 
     def _transaction(
         self,
-        step: _StepBase[Any, Any] | _ChildStep,
+        step: AnyStep,
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -348,7 +428,7 @@ class Execution:
 
     def _record(
         self,
-        step: _StepBase[Any, Any] | _ChildStep,
+        step: AnyStep,
         seq: int,
         result: Any,
         error: BaseException | None,

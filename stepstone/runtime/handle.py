@@ -25,7 +25,7 @@ class WorkflowHandle(Generic[R]):
         self.workflow_id = workflow_id
 
     def status(self) -> str:
-        """The stored status: ENQUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED."""
+        """The stored status: ENQUEUED, RUNNING, WAITING, SUCCEEDED, FAILED or CANCELLED."""
         found = self._engine.store.get_status(self.workflow_id)
         if found is None:
             raise WorkflowNotFound(f"no execution has workflow id {self.workflow_id!r}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from stepstone._background import Loop
 from stepstone._version import __version__
-from stepstone.errors import ConfigurationError, UsageError
+from stepstone.errors import ConfigurationError, UsageError, WorkflowNotFound
 from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.notifications import Listener
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer, unstorable
@@ -18,9 +18,11 @@ from stepstone.persistence.store import Store
 from stepstone.recovery.heartbeat import Heartbeat
 from stepstone.recovery.sweeper import Sweeper, recover_own
 from stepstone.runtime._engine import Engine
+from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+from stepstone.runtime.waits import check_topic
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -224,6 +226,7 @@ class Runtime:
         self._session = session
         self._heartbeat = Heartbeat(session, self._heartbeat_interval)
         self._sweeper = Sweeper(self._engine, self.store, self._sweep_interval)
+        self._engine.due_in = self._sweeper.run_in
         self._listener = Listener(self.store, self._notified)
         self.telemetry.open()
         try:
@@ -247,6 +250,8 @@ class Runtime:
         event, _, workflow_id = payload.partition(":")
         if event == "cancelled":
             self._engine.cancel_hint(workflow_id)
+        elif event == "due" and self._sweeper is not None:
+            self._sweeper.nudge()
 
     def _purge_batch(self, older_than: dt.timedelta) -> bool:
         # One bounded batch per round; True (go again at once) while batches come back full.
@@ -301,6 +306,65 @@ class Runtime:
         """A handle to any execution by id."""
         check_workflow_id(workflow_id)
         return WorkflowHandle(self._engine, workflow_id)
+
+    def send(
+        self,
+        workflow_id: str,
+        message: Any,
+        *,
+        topic: str = "",
+        idempotency_key: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Send `message` to execution `workflow_id` on `topic`, for its `stepstone.recv`.
+        Messages wait in a mailbox per (workflow id, topic) until received, in send order;
+        one sent before the workflow waits for it is kept. The same `idempotency_key` for
+        the same workflow stores one message however often it is sent. In a workflow body
+        the send is recorded like a step: sent once, even on replay (in a step's body it is
+        part of that step). With `conn` (a psycopg
+        connection in a transaction of yours), the message is sent when you commit, and not
+        at all if you roll back. WorkflowNotFound for an unknown id; UsageError, naming its
+        status, for an execution that has ended."""
+        check_workflow_id(workflow_id)
+        check_topic(topic)
+        if idempotency_key is not None:
+            _check_text("idempotency key", idempotency_key)
+        payload = self.store.encode(
+            message, lambda: f"message to workflow {workflow_id!r} on topic {topic!r}"
+        )
+        execution = _CURRENT.get()
+        if execution is not None and conn is None and not execution.in_step:
+            execution.send(
+                lambda key: self._send(workflow_id, topic, payload, idempotency_key or key, None)
+            )
+            return
+        self._send(workflow_id, topic, payload, idempotency_key, conn)
+
+    def _send(
+        self,
+        workflow_id: str,
+        topic: str,
+        payload: str,
+        key: str | None,
+        conn: psycopg.Connection[Any] | None,
+    ) -> None:
+        status, _stored = self.store.send(
+            workflow_id,
+            topic,
+            payload,
+            idempotency_key=key,
+            sender=self.executor_id,
+            conn=conn,
+        )
+        if status is None:
+            raise WorkflowNotFound(
+                f"no execution has workflow id {workflow_id!r}: the message was not sent"
+            )
+        if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            raise UsageError(
+                f"workflow {workflow_id!r} has ended ({status}): it receives no more messages, "
+                "so the message was not sent"
+            )
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution, from any process."""

@@ -16,6 +16,11 @@ NOTES_DIR/go exists), then serve like `serve`.
 MODE `family`: run execution "family" of the `family` workflow, whose step is followed by
 a call of the child "kid" (running in another process: the parent suspends), and print
 its result.
+MODE `nap`: run execution "nap-7" of the `nap` workflow (a step, a 2 s sleep, a step) and
+print its result.
+MODE `inbox`: run execution "inbox-7" of the `inbox` workflow (a receive on "go", then a
+step noting the message; KILL_AT "after_recv" kills the process right after the receive
+returned) and print its result.
 Leases are short (1 s) so that tests run quickly.
 """
 
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import stepstone
 from stepstone import Runtime
 
 if TYPE_CHECKING:
@@ -153,6 +159,26 @@ def family() -> str:
     return f"{name} got {kid.with_options(workflow_id='kid')()}"
 
 
+@rt.step()
+def mark(what: str) -> str:
+    note(what)
+    return what
+
+
+@rt.workflow()
+def nap() -> str:
+    mark("before nap-7")
+    stepstone.sleep(2)
+    return mark("after nap-7")
+
+
+@rt.workflow()
+def inbox() -> str:
+    message = stepstone.recv("go", timeout=60)
+    die_at("after_recv")
+    return mark(f"got {message}")
+
+
 def all_ended() -> bool:
     with rt.store.connection() as conn:
         row = conn.execute(
@@ -165,6 +191,10 @@ rt.launch()
 if mode == "order":
     # Fenced out (another executor took it over), the call waits for that run's outcome.
     print(order.with_options(workflow_id="order-7")("order-7"))
+elif mode == "nap":
+    print(nap.with_options(workflow_id="nap-7")())
+elif mode == "inbox":
+    print(inbox.with_options(workflow_id="inbox-7")())
 elif mode == "family":
     print(family.with_options(workflow_id="family")())
 elif mode in ("serve", "kid"):

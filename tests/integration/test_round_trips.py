@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import stepstone
 from stepstone import Runtime, migrations
 from tests.support.cluster import Cluster, cluster
 from tests.support.metering import Cost, Meter
@@ -119,6 +120,59 @@ def test_plain_step_costs_exactly_one_round_trip_and_one_commit(
         assert not any(q.upper() in ("BEGIN", "COMMIT") for q in cost.statements)
 
 
+def test_a_wait_costs_one_round_trip_and_one_commit(counted_rt: Runtime, meter: Meter) -> None:
+    """A sleep that is over, a receive whose message is there, and a sleep that suspends the
+    execution each cost one statement, one round trip and one commit."""
+    gate = threading.Event()
+
+    @counted_rt.workflow()
+    def short_sleep() -> None:
+        stepstone.sleep(0)
+
+    @counted_rt.workflow()
+    def reader() -> Any:
+        gate.wait(30)
+        return stepstone.recv("m")
+
+    @counted_rt.workflow()
+    def long_sleep() -> None:
+        stepstone.sleep(3600)
+
+    counted_rt.launch()
+    for i in range(8):  # psycopg prepares each statement on its sixth execution
+        short_sleep()
+        counted_rt.send(counted_rt.start(reader).workflow_id, i, topic="m")
+        counted_rt.start(long_sleep)
+    gate.set()
+    time.sleep(1)
+
+    meter.begin()
+    short_sleep()
+    cost = meter.end()
+    assert (cost.total_statements, cost.round_trips, cost.transactions) == (3, 3, 3)
+    assert _only(cost, "wait_v1") == 1
+
+    gate.clear()
+    handle = counted_rt.start(reader)
+    counted_rt.send(handle.workflow_id, "here", topic="m")
+    time.sleep(0.2)
+    meter.begin()
+    gate.set()
+    assert handle.result(timeout=10) == "here"
+    cost = meter.end()
+    assert (cost.total_statements, cost.round_trips, cost.transactions) == (2, 2, 2)
+    assert _only(cost, "wait_v1") == 1
+
+    meter.begin()
+    handle = counted_rt.start(long_sleep)
+    time.sleep(0.3)
+    cost = meter.end()
+    assert handle.status() == "WAITING"
+    assert (cost.total_statements, cost.round_trips, cost.transactions) == (2, 2, 2)
+    assert _only(cost, "start_execution") == 1
+    assert _only(cost, "wait_v1") == 1
+
+
 def test_transaction_step_adds_no_round_trip_to_the_users_transaction(
     counted_rt: Runtime, meter: Meter, proxy: CountingProxy
 ) -> None:
@@ -203,7 +257,7 @@ def test_idle_executor_sends_one_heartbeat_and_one_sweep_per_interval(
         release.set()
         runtime.shutdown()
     heartbeats = meter.calls(cost, "SET heartbeat_at = now()")
-    sweeps = meter.calls(cost, ".sweep_v1(")
+    sweeps = meter.calls(cost, ".sweep_v2(")
     # 3 s at 0.2 s and 0.3 s intervals, with 10% jitter either way.
     assert 12 <= heartbeats <= 17, cost.statements
     assert 8 <= sweeps <= 12, cost.statements
