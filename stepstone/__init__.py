@@ -31,6 +31,7 @@ from stepstone.errors import (
     WorkflowFailed,
     WorkflowIdConflict,
     WorkflowNotFound,
+    WorkflowTimedOut,
 )
 from stepstone.persistence import (
     ExecutionFilter,
@@ -97,6 +98,7 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowIdConflict",
     "WorkflowNotFound",
+    "WorkflowTimedOut",
     "__version__",
     "current",
     "recv",

@@ -35,6 +35,7 @@ __all__ = [
     "WorkflowIdConflict",
     "WorkflowNotFound",
     "WorkflowOutcome",
+    "WorkflowTimedOut",
 ]
 
 
@@ -126,6 +127,10 @@ class WorkflowFailed(WorkflowOutcome):
 
 class WorkflowCancelled(WorkflowOutcome):
     """The workflow was cancelled before it finished."""
+
+
+class WorkflowTimedOut(WorkflowCancelled):
+    """The workflow passed its deadline (`with_options(timeout=...)`): it was cancelled."""
 
 
 class StepError(StepstoneError):

@@ -31,6 +31,11 @@ ALTER TABLE {schema}.executions ADD COLUMN wake_at timestamptz;
 ALTER TABLE {schema}.executions ADD COLUMN waiting jsonb;
 -- The sweep's due executions, earliest first; also the next due time.
 CREATE INDEX executions_due_idx ON {schema}.executions (wake_at) WHERE status = 'WAITING';
+-- When the execution must have ended (with_options(timeout=...)); past it, a sweep ends
+-- it CANCELLED with a WorkflowTimedOut error record, and its unfinished descendants too.
+ALTER TABLE {schema}.executions ADD COLUMN deadline_at timestamptz;
+CREATE INDEX executions_deadline_idx ON {schema}.executions (deadline_at)
+    WHERE deadline_at IS NOT NULL AND status IN ('ENQUEUED', 'RUNNING', 'WAITING');
 
 ALTER TABLE {schema}.steps DROP CONSTRAINT steps_kind_check;
 ALTER TABLE {schema}.steps ADD CONSTRAINT steps_kind_check
@@ -244,12 +249,14 @@ BEGIN
       FROM {schema}.executions e WHERE e.id = ANY (v_woken);
 END $$;
 
--- One sweep, one statement: wakes up to p_limit due WAITING executions whose definition the
--- caller runs (kind 'woken'), then claims running executions whose owner's lease expired
+-- One sweep, one statement: ends executions past their deadline (expire_deadlines_v1, up
+-- to 100), wakes up to p_limit due WAITING executions whose definition the caller runs
+-- (kind 'woken'), then claims running executions whose owner's lease expired
 -- or that have no owner, as sweep_v1 (kind 'claimed'), lists expired ones the caller
 -- cannot run (kind 'unclaimable'), and ends with one row of kind 'next' whose next_wake_in
 -- is the number of seconds (by the database's clock) until the earliest WAITING execution
--- the caller runs is due (NULL: none), so that the caller sleeps until then. Never waits for a lock: pg_try_advisory_xact_lock, then the
+-- the caller runs is due or the earliest deadline passes (NULL: none), so that the caller
+-- sleeps until then. Never waits for a lock: pg_try_advisory_xact_lock, then the
 -- row with SKIP LOCKED. executions_due_idx, executors_pkey, executions_running_owner_idx.
 CREATE FUNCTION {schema}.sweep_v2(p_owner text, p_names text[], p_versions text[], p_limit integer)
 RETURNS TABLE (kind text, id text, workflow_name text, workflow_version text, inputs text,
@@ -262,6 +269,7 @@ DECLARE
     v_candidate record;
     v_left      integer := p_limit;
 BEGIN
+    PERFORM {schema}.expire_deadlines_v1(p_owner, 100);
     IF p_limit > 0 THEN
         FOR v_candidate IN
             SELECT e.id FROM {schema}.executions e
@@ -289,58 +297,14 @@ BEGIN
     RETURN QUERY
     SELECT 'next'::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint,
            NULL::integer, NULL::json, NULL::json, NULL::jsonb,
-           (SELECT extract(epoch FROM min(e.wake_at) - now())::double precision
-              FROM {schema}.executions e
-             WHERE e.status = 'WAITING'
-               AND (e.workflow_name, e.workflow_version) IN
-                   (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v)));
-END $$;
-
--- cancel_execution_v1, and WAITING executions are cancelled too (a waiting execution has
--- no executor to stop; it just ends). Same locks and notifications.
-CREATE FUNCTION {schema}.cancel_execution_v2(p_id text, p_actor text) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_ids    text[];
-    v_status text;
-    v_row    record;
-BEGIN
-    WITH RECURSIVE tree (id, status) AS (
-        SELECT e.id, e.status FROM {schema}.executions e WHERE e.id = p_id
-        UNION
-        SELECT c.id, c.status FROM {schema}.executions c JOIN tree t ON c.parent_id = t.id
-    )
-    SELECT array_agg(t.id) INTO v_ids
-      FROM tree t WHERE t.id = p_id OR t.status IN ('RUNNING', 'ENQUEUED', 'WAITING');
-    IF v_ids IS NULL THEN
-        RETURN NULL;
-    END IF;
-    PERFORM {schema}.lock_executions_v1(v_ids);
-    SELECT status INTO v_status FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
-    IF v_status IS NULL OR v_status NOT IN ('RUNNING', 'ENQUEUED', 'WAITING') THEN
-        RETURN v_status;
-    END IF;
-    FOR v_row IN
-        SELECT e.id, e.status, e.parent_id FROM {schema}.executions e
-         WHERE e.id = ANY (v_ids) AND e.status IN ('RUNNING', 'ENQUEUED', 'WAITING')
-         ORDER BY e.id
-           FOR NO KEY UPDATE
-    LOOP
-        UPDATE {schema}.executions
-           SET status = 'CANCELLED', finished_at = now(), updated_at = now(), wake_at = NULL,
-               waiting = NULL
-         WHERE id = v_row.id;
-        INSERT INTO {schema}.logs (execution_id, event, actor, details)
-        VALUES (v_row.id, 'execution_cancelled', p_actor,
-                CASE WHEN v_row.id = p_id
-                     THEN jsonb_build_object('previous_status', v_row.status)
-                     ELSE jsonb_build_object('previous_status', v_row.status,
-                                             'reason', 'parent_cancelled',
-                                             'ancestor', p_id, 'parent', v_row.parent_id)
-                END);
-        PERFORM pg_notify('stepstone', 'cancelled:' || v_row.id);
-    END LOOP;
-    RETURN v_status;
+           extract(epoch FROM least(
+               (SELECT min(e.wake_at) FROM {schema}.executions e
+                 WHERE e.status = 'WAITING'
+                   AND (e.workflow_name, e.workflow_version) IN
+                       (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))),
+               (SELECT min(e.deadline_at) FROM {schema}.executions e
+                 WHERE e.deadline_at IS NOT NULL
+                   AND e.status IN ('ENQUEUED', 'RUNNING', 'WAITING'))) - now())::double precision;
 END $$;
 
 -- purge_executions_v1, and the messages of the purged executions go with them.
@@ -365,4 +329,125 @@ BEGIN
     DELETE FROM {schema}.messages WHERE execution_id = ANY (v_ids);
     DELETE FROM {schema}.executions WHERE id = ANY (v_ids);
     RETURN cardinality(v_ids);
+END $$;
+
+-- start_execution_v1, with a deadline: p_timeout seconds from now (NULL: none), by the
+-- database's clock.
+CREATE FUNCTION {schema}.start_execution_v2(
+    p_id text, p_name text, p_version text, p_inputs text, p_owner text,
+    p_parent text, p_trace jsonb, p_attributes jsonb, p_timeout double precision
+) RETURNS TABLE (created boolean, workflow_name text, status text, owner text, epoch bigint,
+                 output text, error jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO {schema}.executions AS e
+           (id, workflow_name, workflow_version, status, inputs, owner, epoch, parent_id,
+            trace_context, attributes, started_at, deadline_at)
+    VALUES (p_id, p_name, p_version, 'RUNNING', p_inputs, p_owner, 1, p_parent,
+            p_trace, coalesce(p_attributes, '{{}}'::jsonb), now(),
+            now() + make_interval(secs => p_timeout))
+        ON CONFLICT (id) DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO {schema}.logs (execution_id, event, actor, details)
+        VALUES (p_id, 'execution_started', p_owner,
+                CASE WHEN p_timeout IS NULL THEN jsonb_build_object('epoch', 1)
+                     ELSE jsonb_build_object('epoch', 1, 'timeout', p_timeout) END);
+        RETURN QUERY SELECT true, p_name, 'RUNNING'::text, p_owner, 1::bigint, NULL::text, NULL::jsonb;
+    ELSE
+        RETURN QUERY SELECT false, x.workflow_name, x.status, x.owner, x.epoch, x.output, x.error
+                       FROM {schema}.executions x WHERE x.id = p_id;
+    END IF;
+END $$;
+
+-- Cancels execution p_id, if it is RUNNING, ENQUEUED or WAITING, and every unfinished
+-- descendant (by parent_id): each ends CANCELLED now, with an audit entry (a descendant's
+-- says parent_cancelled and names the ancestor and its parent), and executors are told
+-- ('cancelled:' || id, a hint delivered at commit; an executor running one stops before
+-- its next step body, and its next commit fails with SS002). p_error, if given, is stored
+-- as the named execution's error record (why it was cancelled: a timeout), and p_reason
+-- goes into its audit entry. Returns the status the named execution had (NULL: none);
+-- anything but RUNNING, ENQUEUED or WAITING is left as it was.
+-- Locks: the advisory locks of the execution and of its descendants found (exclusive, in
+-- key order), then their rows. executions_pkey, executions_parent_idx.
+CREATE FUNCTION {schema}.cancel_tree_v1(p_id text, p_actor text, p_reason text, p_error jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids    text[];
+    v_status text;
+    v_row    record;
+BEGIN
+    -- UNION (not UNION ALL) ends the recursion even if parent_id values formed a cycle.
+    WITH RECURSIVE tree (id, status) AS (
+        SELECT e.id, e.status FROM {schema}.executions e WHERE e.id = p_id
+        UNION
+        SELECT c.id, c.status FROM {schema}.executions c JOIN tree t ON c.parent_id = t.id
+    )
+    SELECT array_agg(t.id) INTO v_ids
+      FROM tree t WHERE t.id = p_id OR t.status IN ('RUNNING', 'ENQUEUED', 'WAITING');
+    IF v_ids IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM {schema}.lock_executions_v1(v_ids);
+    SELECT status INTO v_status FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
+    IF v_status IS NULL OR v_status NOT IN ('RUNNING', 'ENQUEUED', 'WAITING') THEN
+        RETURN v_status;
+    END IF;
+    FOR v_row IN
+        SELECT e.id, e.status, e.parent_id FROM {schema}.executions e
+         WHERE e.id = ANY (v_ids) AND e.status IN ('RUNNING', 'ENQUEUED', 'WAITING')
+         ORDER BY e.id
+           FOR NO KEY UPDATE
+    LOOP
+        UPDATE {schema}.executions
+           SET status = 'CANCELLED', finished_at = now(), updated_at = now(), wake_at = NULL,
+               waiting = NULL, error = CASE WHEN id = p_id THEN p_error ELSE error END
+         WHERE id = v_row.id;
+        INSERT INTO {schema}.logs (execution_id, event, actor, details)
+        VALUES (v_row.id, 'execution_cancelled', p_actor,
+                CASE WHEN v_row.id = p_id
+                     THEN jsonb_strip_nulls(jsonb_build_object(
+                              'previous_status', v_row.status, 'reason', p_reason))
+                     ELSE jsonb_build_object('previous_status', v_row.status,
+                                             'reason', 'parent_cancelled',
+                                             'ancestor', p_id, 'parent', v_row.parent_id)
+                END);
+        PERFORM pg_notify('stepstone', 'cancelled:' || v_row.id);
+    END LOOP;
+    RETURN v_status;
+END $$;
+
+-- An operator's cancel: cancel_tree_v1 with no reason and no error record.
+CREATE FUNCTION {schema}.cancel_execution_v2(p_id text, p_actor text) RETURNS text
+LANGUAGE sql AS $$
+    SELECT {schema}.cancel_tree_v1(p_id, p_actor, NULL, NULL);
+$$;
+
+-- Ends up to p_limit executions whose deadline passed: each is cancelled with its
+-- descendants (cancel_tree_v1), with reason 'timeout' and a WorkflowTimedOut error record,
+-- by p_actor. Returns their ids. executions_deadline_idx.
+CREATE FUNCTION {schema}.expire_deadlines_v1(p_actor text, p_limit integer)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_row record;
+BEGIN
+    FOR v_row IN
+        SELECT e.id, e.deadline_at, e.started_at FROM {schema}.executions e
+         WHERE e.deadline_at <= now() AND e.status IN ('ENQUEUED', 'RUNNING', 'WAITING')
+         ORDER BY e.deadline_at
+         LIMIT p_limit
+    LOOP
+        IF {schema}.cancel_tree_v1(
+               v_row.id, p_actor, 'timeout',
+               jsonb_build_object(
+                   'type', 'stepstone.errors:WorkflowTimedOut',
+                   'message', format('workflow %s passed its deadline (%s)',
+                                     to_json(v_row.id), v_row.deadline_at),
+                   'args', NULL, 'attrs', NULL, 'traceback', ''))
+           IN ('ENQUEUED', 'RUNNING', 'WAITING') THEN
+            RETURN NEXT v_row.id;
+        END IF;
+    END LOOP;
 END $$;

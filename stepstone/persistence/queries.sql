@@ -114,8 +114,8 @@ SELECT count(*) FILTER (WHERE e.status = 'RUNNING'),
 -- name: start_execution
 -- Hot (one per start). executions_pkey.
 SELECT created, workflow_name, status, owner, epoch, output, error
-  FROM {schema}.start_execution_v1(%(id)s, %(name)s, %(version)s, %(inputs)s, %(owner)s,
-                                   %(parent)s, %(trace)s, %(attributes)s);
+  FROM {schema}.start_execution_v2(%(id)s, %(name)s, %(version)s, %(inputs)s, %(owner)s,
+                                   %(parent)s, %(trace)s, %(attributes)s, %(timeout)s);
 
 -- name: commit_step
 -- Hot (one per step). executions_pkey for the fence, steps_pkey for the insert.

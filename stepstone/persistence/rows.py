@@ -112,6 +112,7 @@ class StartRequest:
     parent_id: str | None = None
     trace_context: dict[str, str] | None = None
     attributes: dict[str, Any] | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,6 +268,7 @@ class Store:
                 "parent": request.parent_id,
                 "trace": Jsonb(request.trace_context) if request.trace_context else None,
                 "attributes": Jsonb(request.attributes) if request.attributes else None,
+                "timeout": request.timeout,
             },
         )
         assert row is not None  # noqa: S101 - the function returns one row in both branches

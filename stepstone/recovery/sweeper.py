@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Resumer", "Sweeper", "recover_own"]
 
+_RETRY_DUE = 0.05  # seconds before sweeping again for due work another executor holds
+_RETRY_FULL = 0.5  # ... and for due work the worker pool had no room for
+
 
 class Resumer(Protocol):
     """What recovery needs from whatever runs executions (the runtime's engine)."""
@@ -119,7 +122,11 @@ class Sweeper(Loop):
                 )
         if limit > 0 and len(result.claimed) + len(result.woken) >= limit:
             return True
-        return result.next_wake_in if result.next_wake_in is not None else False
+        if result.next_wake_in is None:
+            return False
+        # Something is due that this sweep could not take (no room in the pool, or another
+        # executor holds it): look again soon, not in a tight loop.
+        return max(result.next_wake_in, _RETRY_DUE if limit > 0 else _RETRY_FULL)
 
     def _wake(self, records: list[ResumeRecord]) -> None:
         """Resume due waits (a wake is not a recovery: not counted as one)."""

@@ -90,7 +90,7 @@ class Engine:
         self.pool = WorkerPool(workers)
         self.outcomes = Outcomes(store)
         self._waker: Waker | None = None
-        # Told how soon a wait this engine recorded is due (the sweep wakes it then).
+        # Told how soon a wait or a deadline this engine recorded is due (the sweep acts then).
         self.due_in: Callable[[float], None] | None = None
         self.launched = False
 
@@ -422,10 +422,13 @@ class Engine:
                 parent_id,
                 trace_context=self.telemetry.carrier(span),
                 attributes=workflow.options.attributes,
+                timeout=workflow.options.timeout,
             )
         )
         if found.created:
             self.telemetry.workflow_started(workflow.name)
+            if workflow.options.timeout is not None and self.due_in is not None:
+                self.due_in(workflow.options.timeout)  # the sweep ends it at its deadline
             journal = Journal(workflow_id, self.executor_id, found.epoch)
             execution = Execution(self, workflow, journal, span=span, recovered=False)
             return lambda: self._execute(execution, lambda: workflow.fn(*args, **kwargs))
@@ -507,7 +510,7 @@ class Engine:
             except ExecutionCancelled as signal:
                 if signal.workflow_id != workflow_id:
                     raise
-                cancelled = _cancelled(workflow_id)
+                cancelled = self._cancellation(workflow_id)
                 self._ended(execution, "CANCELLED", clock, cancelled)
                 raise cancelled from signal
             except Suspended as signal:
@@ -526,6 +529,19 @@ class Engine:
                 _CURRENT.reset(token)
             self._ended(execution, "SUCCEEDED", clock, None)
             return outcome
+
+    def _cancellation(self, workflow_id: str) -> WorkflowCancelled:
+        """How the cancellation of `workflow_id` reads to its callers (WorkflowTimedOut when
+        its deadline passed)."""
+        try:
+            ended, outcome = self.outcomes.ended(workflow_id)
+            if ended:
+                outcome()
+        except WorkflowCancelled as exc:
+            return exc
+        except Exception:  # noqa: BLE001, S110 - the plain cancellation says enough
+            pass
+        return _cancelled(workflow_id)
 
     def _interrupted(self, execution: Execution, signal: BaseException) -> None:
         Telemetry.failed(execution.span, signal)

@@ -11,6 +11,7 @@ from stepstone.errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimedOut,
 )
 from stepstone.persistence.recorded_errors import error_summary, rebuild_error
 
@@ -80,6 +81,8 @@ class Outcomes:
         if status == "SUCCEEDED":
             return self.store.decode(output) if output is not None else None
         if status == "CANCELLED":
+            if error and error.get("type") == "stepstone.errors:WorkflowTimedOut":
+                raise WorkflowTimedOut(str(error.get("message", "")), workflow_id)
             raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled", workflow_id)
         record = error or {}
         error_type, message = error_summary(record)

@@ -6,6 +6,7 @@ transaction steps drops the injected connection (Concatenate).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import inspect
@@ -18,6 +19,7 @@ from stepstone.errors import StepOutsideWorkflow, UsageError
 from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.serialization import describe_type, unstorable
 from stepstone.runtime.context import _CURRENT
+from stepstone.runtime.waits import MAX_WAIT_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,6 +145,7 @@ class StartOptions:
     """Per-call options of a workflow (see `Workflow.with_options`)."""
 
     workflow_id: str | None = None
+    timeout: float | None = None
     attributes: dict[str, Any] | None = None
 
 
@@ -170,13 +173,19 @@ class Workflow(Generic[P, R]):
         return self._engine.call(self, args, kwargs)
 
     def with_options(
-        self, *, workflow_id: str | None = None, attributes: dict[str, Any] | None = None
+        self,
+        *,
+        workflow_id: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        timeout: float | dt.timedelta | None = None,
     ) -> Workflow[P, R]:
         """This workflow with options for the executions started through the result: a
-        fixed `workflow_id`, and `attributes` (a JSON object stored with the execution, for
+        fixed `workflow_id`; `attributes` (a JSON object stored with the execution, for
         filtering listings: string keys; str, finite int and float, bool, None, lists and
-        dicts as values; no NUL characters or lone surrogates). UsageError names the first
-        key that breaks these rules.
+        dicts as values; no NUL characters or lone surrogates; UsageError names the first
+        key that breaks these rules); and `timeout`, the execution's deadline (seconds or a
+        timedelta from its start, by the database's clock): past it, the execution ends
+        CANCELLED with its unfinished children, and its callers get WorkflowTimedOut.
 
         >>> checkout.with_options(workflow_id="order-42", attributes={"tenant": "acme"})("42")  # doctest: +SKIP
         """
@@ -184,13 +193,32 @@ class Workflow(Generic[P, R]):
             check_workflow_id(workflow_id)
         if attributes is not None:
             attributes = _check_attributes(attributes)
+        seconds = None if timeout is None else _timeout(timeout)
         bound: Workflow[P, R] = Workflow.__new__(Workflow)
         bound.__dict__.update(self.__dict__)
-        bound.options = StartOptions(workflow_id=workflow_id, attributes=attributes)
+        bound.options = StartOptions(
+            workflow_id=workflow_id, attributes=attributes, timeout=seconds
+        )
         return bound
 
     def __repr__(self) -> str:
         return f"<stepstone workflow {self.name!r} version {self.version!r}>"
+
+
+def _timeout(value: object) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_WAIT_SECONDS
+    ):
+        raise UsageError(
+            f"timeout must be a number of seconds (or a timedelta) above 0 and at most "
+            f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
+        )
+    return float(value)
 
 
 class _StepBase(Generic[P, R]):

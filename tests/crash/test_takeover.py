@@ -18,7 +18,7 @@ SWEEP = 0.2
 
 def test_surviving_worker_takes_over_a_dead_workers_executions(workers: Workers) -> None:
     """The survivor's sweep claims the dead worker's executions soon after its lease ends."""
-    doomed = workers.start("doomed", "load")
+    doomed = workers.start("doomed", "load", "slow")  # still busy when the survivor is up
     deadline = time.monotonic() + 30
     while len(workers.note_lines()) < 10:  # the doomed worker is well under way
         assert time.monotonic() < deadline

@@ -10,7 +10,7 @@ execution in the database has ended, then print "served".
 MODE `traced`: `order` if KILL_AT is given, else `serve`, writing finished spans to
 NOTES_DIR/spans as they end.
 MODE `load`: start executions load-0 .. load-39 of the `multi` workflow (idempotent by id)
-and wait for all of them, then print "loaded".
+and wait for all of them, then print "loaded" (KILL_AT "slow": with five times longer steps).
 MODE `kid`: start execution "kid" of the `kid` workflow (its step waits until the file
 NOTES_DIR/go exists), then serve like `serve`.
 MODE `family`: run execution "family" of the `family` workflow, whose step is followed by
@@ -129,7 +129,7 @@ def multi(n: int) -> int:
     execution_id = f"load-{n}"
     for i in range(3):
         record(execution_id, f"t{i}")
-        work(execution_id, f"p{i}", pauses.uniform(0.0, 0.05))
+        work(execution_id, f"p{i}", pauses.uniform(0.0, 0.05) * (5 if kill_at == "slow" else 1))
     return n
 
 

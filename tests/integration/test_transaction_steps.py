@@ -151,7 +151,7 @@ def test_session_settings_do_not_leak_to_the_next_workflow(db: str) -> None:
 
     @runtime.transaction()
     def dirty(conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SET statement_timeout = '1ms'")
+        conn.execute("SET statement_timeout = '123s'")
         conn.execute("SELECT set_config('app.tenant', 'acme', false)")
         conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         conn.execute("SELECT pg_advisory_lock(42)")
