@@ -395,6 +395,9 @@ def _show(args: argparse.Namespace) -> int:
             state=store.get_state(execution_id),
             checkpoints=store.list_checkpoints(execution_id),
             logs=store.list_logs(execution_id),
+            unread=store.unread_messages(execution_id),
+            received=store.received_messages(execution_id),
+            now=dt.datetime.now(dt.UTC),
         )
     print(fmt.details_json(details) if args.json else fmt.details_text(details))
     return 0

@@ -3,7 +3,10 @@
 Executions are made by a Runtime in the test, which is shut down before the command runs,
 so that nothing but the command touches them: `order-ok-1` and `order-ok-2` SUCCEEDED,
 `report-acme` SUCCEEDED with attributes, `order-failed` FAILED at its second step and
-`order-running` left RUNNING (a BaseException stood for its process dying).
+`order-running` left RUNNING (a BaseException stood for its process dying). For waits and
+messages: `nap-1` WAITING in a one-hour sleep, `approval-1` WAITING to receive on topic
+"approval" with no timeout (three unread messages on other topics), `approval-2` the same
+with a two-hour timeout, and `inbox-1` SUCCEEDED after receiving two messages on "note".
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pytest
 
 import stepstone
 from stepstone import Runtime, WorkflowFailed
-from tests.support.runtime import Crash
+from tests.support.runtime import Crash, wait_for
 
 ALL_IDS = {"order-ok-1", "order-ok-2", "report-acme", "order-failed", "order-running"}
 NEWEST_FIRST = ["order-running", "order-failed", "report-acme", "order-ok-2", "order-ok-1"]
@@ -319,7 +322,7 @@ def test_show_prints_the_execution_steps_state_checkpoints_and_log(populated: st
 def test_show_json_has_stored_text_payloads_and_every_part(populated: str) -> None:
     """show --json gives the execution (payloads as stored text), steps, state, log."""
     shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
-    assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs"}
+    assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs", "mailbox"}
     stored = _query(
         populated, "SELECT inputs, output FROM stepstone.executions WHERE id = 'order-ok-1'"
     )[0]
@@ -461,6 +464,203 @@ def test_purge_with_a_short_age_keeps_what_just_ended(populated: str) -> None:
     before = _snapshot(populated)
     assert _ok(populated, "purge", "--older-than", "12h").startswith("purged 0 executions")
     assert _snapshot(populated) == before
+
+
+# -- waits and messages --------------------------------------------------------------------
+
+
+def _populate_waits(rt: Runtime) -> None:
+    @rt.workflow(name="nap")
+    def nap() -> str:
+        stepstone.sleep(3600)
+        return "rested"
+
+    @rt.workflow(name="approval")
+    def approval() -> Any:
+        return stepstone.recv("approval")
+
+    @rt.workflow(name="deadline")
+    def deadline() -> Any:
+        return stepstone.recv("approval", timeout=7200)
+
+    @rt.workflow(name="inbox")
+    def inbox() -> list[Any]:
+        return [stepstone.recv("note"), stepstone.recv("note")]
+
+    rt.launch()
+    waiting = [
+        rt.start(nap.with_options(workflow_id="nap-1")),
+        rt.start(approval.with_options(workflow_id="approval-1")),
+        rt.start(deadline.with_options(workflow_id="approval-2")),
+    ]
+    box = rt.start(inbox.with_options(workflow_id="inbox-1"))
+    wait_for(lambda: all(h.status() == "WAITING" for h in waiting))
+    rt.send("approval-1", "early", topic="other")
+    rt.send("approval-1", "later", topic="other")
+    rt.send("approval-1", 1)
+    rt.send("inbox-1", "first", topic="note")
+    rt.send("inbox-1", "second", topic="note")
+    assert box.result(timeout=15) == ["first", "second"]
+    rt.shutdown()  # nothing wakes what the command makes due
+
+
+@pytest.fixture
+def waits(db: str, rt: Runtime) -> str:
+    """The test's database with the waiting executions and messages described above."""
+    _populate_waits(rt)
+    return db
+
+
+def _wake_at(db: str, workflow_id: str) -> dt.datetime | None:
+    rows = _query(db, "SELECT wake_at FROM stepstone.executions WHERE id = %s", (workflow_id,))
+    return rows[0][0]
+
+
+def _moment(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _line(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_list_status_waiting_shows_what_each_waits_for_and_until_when(waits: str) -> None:
+    """list --status WAITING lists the waiting executions with WAITS FOR (sleep, recv and
+    its topic) and UNTIL (the due time, or `a message`); --json has wake_at and waiting."""
+    out = _ok(waits, "executions", "list", "--status", "WAITING")
+    header = out.splitlines()[0]
+    assert re.split(r"\s{2,}", header) == [
+        "ID",
+        "WORKFLOW",
+        "VERSION",
+        "STATUS",
+        "CREATED",
+        "DURATION",
+        "OWNER",
+        "WAITS FOR",
+        "UNTIL",
+        "ERROR",
+    ]
+    assert _table_ids(out) == ["approval-2", "approval-1", "nap-1"]
+    nap_wake = _wake_at(waits, "nap-1")
+    assert nap_wake is not None
+    nap = re.split(r"\s{2,}", _line(out, "nap-1"))
+    assert nap[3:] == ["WAITING", nap[4], "-", "-", "sleep", _moment(nap_wake), "-"]
+    assert re.split(r"\s{2,}", _line(out, "approval-1"))[-3:] == [
+        'recv "approval"',
+        "a message",
+        "-",
+    ]
+    deadline = _wake_at(waits, "approval-2")
+    assert deadline is not None
+    assert re.split(r"\s{2,}", _line(out, "approval-2"))[-3:] == [
+        'recv "approval"',
+        _moment(deadline),
+        "-",
+    ]
+    items = json.loads(_ok(waits, "executions", "list", "--status", "waiting", "--json"))["items"]
+    by_id = {item["id"]: item for item in items}
+    assert set(by_id) == {"nap-1", "approval-1", "approval-2"}
+    assert dt.datetime.fromisoformat(by_id["nap-1"]["wake_at"]) == _wake_at(waits, "nap-1")
+    assert by_id["nap-1"]["waiting"]["kind"] == "sleep"
+    assert by_id["approval-1"]["wake_at"] is None
+    assert by_id["approval-1"]["waiting"]["topic"] == "approval"
+    ended = _ok(waits, "executions", "list", "--status", "SUCCEEDED")
+    assert "WAITS FOR" not in ended  # the columns come with waiting executions only
+
+
+def test_show_tells_what_a_sleep_waits_for_and_until_when(waits: str) -> None:
+    """show of a sleeping execution says it waits for a sleep of 1h00m at step 0, since when,
+    until its wake time (how far off); --json has wake_at, waiting and an empty mailbox."""
+    out = _ok(waits, "executions", "show", "nap-1")
+    wake_at = _wake_at(waits, "nap-1")
+    assert wake_at is not None
+    lines = out.splitlines()
+    assert lines[2] == "  status:     WAITING"
+    assert re.fullmatch(
+        r"  waits for:  a sleep of 1h00m, at step 0 \(sleep\), since \S+Z", lines[3]
+    ), lines[3]
+    assert re.fullmatch(
+        rf"  until:      {_moment(wake_at)} \(in (59m[0-5][0-9]s|1h00m)\)", lines[4]
+    ), lines[4]
+    assert "\nmessages: none\n" in out
+    shown = json.loads(_ok(waits, "executions", "show", "nap-1", "--json"))
+    execution = shown["execution"]
+    assert dt.datetime.fromisoformat(execution["wake_at"]) == wake_at
+    assert {k: execution["waiting"][k] for k in ("kind", "seq", "name", "timeout")} == {
+        "kind": "sleep",
+        "seq": 0,
+        "name": "sleep",
+        "timeout": 3600,
+    }
+    assert shown["mailbox"] == {"unread": [], "received": []}
+
+
+def test_show_tells_what_a_receive_waits_for_with_its_unread_mailbox(waits: str) -> None:
+    """show of a receive names its topic and, without a timeout, waits until a message
+    arrives; with one, until the timeout; the mailbox counts unread messages per topic with
+    the oldest's send time, in text and JSON."""
+    out = _ok(waits, "executions", "show", "approval-1")
+    assert re.search(
+        r'^  waits for:  a message on topic "approval", at step 0 \(recv\), since \S+Z$',
+        out,
+        re.MULTILINE,
+    ), out
+    assert "\n  until:      a message arrives (no timeout)\n" in out
+    sent = dict(
+        _query(
+            waits,
+            "SELECT topic, min(sent_at) FROM stepstone.messages "
+            "WHERE execution_id = 'approval-1' GROUP BY topic",
+        )
+    )
+    unread = out.split("unread messages (3 on 2 topics)\n")[1].splitlines()
+    assert unread[0].split() == ["TOPIC", "COUNT", "OLDEST", "SENT"]
+    assert unread[1].split() == ['""', "1", _moment(sent[""])]
+    assert unread[2].split() == ['"other"', "2", _moment(sent["other"])]
+    assert "\nreceived messages: none\n" in out
+    shown = json.loads(_ok(waits, "executions", "show", "approval-1", "--json"))
+    assert shown["execution"]["wake_at"] is None
+    assert shown["execution"]["waiting"]["topic"] == "approval"
+    assert shown["execution"]["waiting"]["timeout"] is None
+    assert [
+        (m["topic"], m["count"], dt.datetime.fromisoformat(m["oldest_sent_at"]))
+        for m in shown["mailbox"]["unread"]
+    ] == [("", 1, sent[""]), ("other", 2, sent["other"])]
+    assert shown["mailbox"]["received"] == []
+    timed = _ok(waits, "executions", "show", "approval-2")
+    deadline = _wake_at(waits, "approval-2")
+    assert deadline is not None
+    until = _line(timed, "  until:")
+    assert until.startswith(f"  until:      {_moment(deadline)} (in 1h5"), until
+    assert until.endswith("when the receive times out unless a message arrives first")
+
+
+def test_show_lists_the_messages_an_execution_received(waits: str) -> None:
+    """show lists received messages by the step that received them, with their topic, send
+    and receive times and sender; an ended execution says nothing of waiting."""
+    out = _ok(waits, "executions", "show", "inbox-1")
+    assert "waits for:" not in out
+    assert "until:" not in out
+    assert "\nunread messages: none\n" in out
+    received = out.split("received messages (2)\n")[1].splitlines()
+    assert received[0].split() == ["STEP", "TOPIC", "SENT", "RECEIVED", "SENDER"]
+    assert [row.split()[:2] + row.split()[-1:] for row in received[1:3]] == [
+        ["0", '"note"', "test-executor"],
+        ["1", '"note"', "test-executor"],
+    ]
+    shown = json.loads(_ok(waits, "executions", "show", "inbox-1", "--json"))
+    steps = {s["seq"]: s for s in shown["steps"]}
+    mailbox = shown["mailbox"]
+    assert mailbox["unread"] == []
+    assert [(m["seq"], m["topic"], m["sender"]) for m in mailbox["received"]] == [
+        (0, "note", "test-executor"),
+        (1, "note", "test-executor"),
+    ]
+    for message in mailbox["received"]:
+        assert message["received_at"] == steps[message["seq"]]["finished_at"]
+        assert message["sent_at"] <= message["received_at"]
+    assert [steps[0]["output"], steps[1]["output"]] == ['"first"', '"second"']
 
 
 # -- reports -------------------------------------------------------------------------------
