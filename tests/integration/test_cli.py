@@ -23,6 +23,7 @@ import pytest
 
 import stepstone
 from stepstone import Runtime, WorkflowFailed
+from stepstone.cli import main
 from tests.support.runtime import Crash, wait_for
 
 ALL_IDS = {"order-ok-1", "order-ok-2", "report-acme", "order-failed", "order-running"}
@@ -128,9 +129,10 @@ def _table_ids(text: str) -> list[str]:
 def _snapshot(db: str) -> list[tuple[Any, ...]]:
     return _query(
         db,
-        "SELECT id, status, owner, epoch, updated_at, "
+        "SELECT id, status, owner, epoch, updated_at, wake_at, "
         "(SELECT count(*) FROM stepstone.steps s WHERE s.execution_id = e.id), "
-        "(SELECT count(*) FROM stepstone.logs l WHERE l.execution_id = e.id) "
+        "(SELECT count(*) FROM stepstone.logs l WHERE l.execution_id = e.id), "
+        "(SELECT count(*) FROM stepstone.messages m WHERE m.execution_id = e.id) "
         "FROM stepstone.executions e ORDER BY id",
     )
 
@@ -524,6 +526,15 @@ def _line(text: str, start: str) -> str:
     return next(line for line in text.splitlines() if line.startswith(start))
 
 
+def _messages(db: str, workflow_id: str) -> list[tuple[Any, ...]]:
+    return _query(
+        db,
+        "SELECT topic, payload, idempotency_key, sender, received_seq FROM stepstone.messages "
+        "WHERE execution_id = %s ORDER BY id",
+        (workflow_id,),
+    )
+
+
 def test_list_status_waiting_shows_what_each_waits_for_and_until_when(waits: str) -> None:
     """list --status WAITING lists the waiting executions with WAITS FOR (sleep, recv and
     its topic) and UNTIL (the due time, or `a message`); --json has wake_at and waiting."""
@@ -661,6 +672,136 @@ def test_show_lists_the_messages_an_execution_received(waits: str) -> None:
         assert message["received_at"] == steps[message["seq"]]["finished_at"]
         assert message["sent_at"] <= message["received_at"]
     assert [steps[0]["output"], steps[1]["output"]] == ['"first"', '"second"']
+
+
+def test_send_wakes_a_receiving_workflow_which_completes_with_the_value(db: str) -> None:
+    """send ID MESSAGE --topic T stores the parsed JSON as rt.send would (an object that
+    looks like a tagged value stays that object), records the CLI as sender, and a live
+    executor wakes the waiting receive, which returns the value."""
+    live = Runtime(db, executor_id="live", workers=1, sweep_interval=0.2)
+    try:
+
+        @live.workflow(name="approval")
+        def approval() -> Any:
+            return stepstone.recv("approval")
+
+        live.launch()
+        handle = live.start(approval.with_options(workflow_id="approval-9"))
+        wait_for(lambda: handle.status() == "WAITING")
+        message = '{"ok": true, "__stepstone__": "date", "v": "2020-01-01"}'
+        out = _ok(db, "send", "approval-9", message, "--topic", "approval")
+        assert out == (
+            "stored the message for 'approval-9' on topic \"approval\" (it is WAITING); its "
+            "receives on that topic take messages in the order they were sent\n"
+        )
+        assert handle.result(timeout=15) == {"ok": True, "__stepstone__": "date", "v": "2020-01-01"}
+    finally:
+        live.shutdown()
+    ((topic, payload, key, sender, received),) = _messages(db, "approval-9")
+    assert (topic, key, received) == ("approval", None, 0)
+    assert json.loads(payload) == {
+        "__stepstone__": "dict",
+        "v": [["ok", True], ["__stepstone__", "date"], ["v", "2020-01-01"]],
+    }
+    assert re.fullmatch(r"cli:[^@]+@.+", sender), sender
+
+
+def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_due(
+    waits: str,
+) -> None:
+    """The same --idempotency-key twice stores one message and says the second was already
+    sent; the waiting receive becomes due, which show tells; JSON text of any kind is
+    stored as its value serialized."""
+    assert _wake_at(waits, "approval-1") is None
+    first = _ok(
+        waits,
+        "send",
+        "approval-1",
+        '{"ok": true}',
+        "--topic",
+        "approval",
+        "--idempotency-key",
+        "mail-7",
+    )
+    assert first.startswith("stored the message for 'approval-1' on topic \"approval\"")
+    again = _ok(
+        waits,
+        "send",
+        "approval-1",
+        '{"ok": false}',
+        "--topic",
+        "approval",
+        "--idempotency-key",
+        "mail-7",
+    )
+    assert again == (
+        "already sent with that key: 'approval-1' has a message with idempotency key "
+        "'mail-7', so nothing was stored\n"
+    )
+    for text in ('"text"', "42", "null", ' [1.5, {"a": []}] '):
+        _ok(waits, "send", "approval-1", text, "--topic", "kinds")
+    stored = [(m[0], m[1], m[2]) for m in _messages(waits, "approval-1")[3:]]
+    assert stored == [
+        ("approval", '{"ok":true}', "mail-7"),
+        ("kinds", '"text"', None),
+        ("kinds", "42", None),
+        ("kinds", "null", None),
+        ("kinds", '[1.5,{"a":[]}]', None),
+    ]
+    assert _wake_at(waits, "approval-1") is not None
+    until = _line(_ok(waits, "executions", "show", "approval-1"), "  until:")
+    assert "ago), made due by a message: due, so an executor that registers workflow " in until
+    assert until.endswith("'approval' wakes it at its next sweep")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["approval-1", "approved"], ["MESSAGE 'approved' is not JSON", """'"approved"'"""]),
+        (["approval-1", '{"ok": tru'], ["""MESSAGE '{"ok": tru' is not JSON"""]),
+        (["approval-1", "NaN"], ["NaN is not a JSON number"]),
+        (["approval-1", "1e999"], ["1e999 is too large"]),
+        (["approval-1", "[" * 100_000], ["is nested too deeply"]),
+        (["approval-1", '"\udcff"'], ["not valid Unicode"]),
+        (["no-such-id", "1"], ["no execution has workflow id 'no-such-id'", "not sent"]),
+        (["inbox-1", "1"], ["'inbox-1' has ended (SUCCEEDED)", "not sent"]),
+        (["", "1"], ["ID is empty"]),
+        (["x" * 256, "1"], ["ID: workflow_id", "over the limit of 255"]),
+        (["approval-1", "1", "--topic", "t" * 256], ["--topic", "at most 255 characters"]),
+        (["approval-1", "1", "--topic", "a\udcffb"], ["--topic", "not valid Unicode"]),
+        (["approval-1", "1", "--idempotency-key", ""], ["--idempotency-key is empty"]),
+        (["approval-1", "1", "--idempotency-key", "k\udcff"], ["--idempotency-key", "Unicode"]),
+    ],
+)
+def test_send_refuses_bad_input_and_stores_nothing(
+    waits: str, args: list[str], fragments: list[str]
+) -> None:
+    """A MESSAGE that is not JSON (or not storable), an unknown or ended execution, a bad id,
+    topic or key: one line naming it, exit status 2, nothing stored or changed."""
+    before = _snapshot(waits)
+    _refused(_cli(waits, "send", *args), *fragments)
+    assert _snapshot(waits) == before
+
+
+def test_send_refuses_a_nul_or_an_oversized_message(
+    waits: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NUL in the topic or key (which no command line can pass, but a caller of main()
+    can) and a message over the size limit are refused the same way; nothing is stored."""
+    before = _snapshot(waits)
+    cases = [
+        (["approval-1", "1", "--topic", "a\x00b"], "NUL"),
+        (["approval-1", "1", "--idempotency-key", "k\x00"], "NUL"),
+        (["approval-1", json.dumps("x" * (1024 * 1024))], "over the limit of 1048576 bytes"),
+    ]
+    for args, fragment in cases:
+        assert main(["--database-url", waits, "send", *args]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("stepstone: ")
+        assert captured.err.count("\n") == 1
+        assert fragment in captured.err
+    assert _snapshot(waits) == before
 
 
 # -- reports -------------------------------------------------------------------------------
