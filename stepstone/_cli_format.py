@@ -21,8 +21,10 @@ if TYPE_CHECKING:
         ExecutionRow,
         HealthStatus,
         LogRow,
+        ReceivedMessage,
         SlowStep,
         StepRow,
+        UnreadMessages,
         WorkflowStats,
     )
 
@@ -38,6 +40,7 @@ __all__ = [
     "slowest_text",
     "stats_json",
     "stats_text",
+    "topic_text",
 ]
 
 NONE = "-"
@@ -60,13 +63,17 @@ HEALTH_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class ExecutionDetails:
-    """Everything `executions show` prints about one execution (payloads as stored text)."""
+    """Everything `executions show` prints about one execution (payloads as stored text);
+    `now` is when it was read, for the time left until a waiting execution is due."""
 
     execution: ExecutionRow
     steps: list[StepRow]
     state: dict[str, str]
     checkpoints: list[Checkpoint]
     logs: list[LogRow]
+    unread: list[UnreadMessages]
+    received: list[ReceivedMessage]
+    now: dt.datetime
 
 
 # -- cells ---------------------------------------------------------------------------------
@@ -111,6 +118,21 @@ def error_text(error: dict[str, Any] | None) -> str | None:
         return None
     kind, message = error_summary(error)
     return f"{kind}: {message}" if message else kind
+
+
+def topic_text(topic: str) -> str:
+    """A topic in JSON quotes, so that the default topic shows as `""`."""
+    return clip(json.dumps(topic, ensure_ascii=False))
+
+
+def _instant(value: object) -> dt.datetime | None:
+    """A timestamp that jsonb holds as ISO text; None if it holds none."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def plural(count: int, noun: str) -> str:
@@ -191,11 +213,41 @@ def page_text(page: ExecutionPage) -> str:
         ]
         for item in page.items
     ]
-    headers = ("id", "workflow", "version", "status", "created", "duration", "owner", "error")
+    headers: tuple[str, ...] = (
+        "id",
+        "workflow",
+        "version",
+        "status",
+        "created",
+        "duration",
+        "owner",
+        "error",
+    )
+    if any(item.status == "WAITING" for item in page.items):
+        # What each waiting execution waits for and until when, before the error column.
+        headers = (*headers[:-1], "waits for", "until", headers[-1])
+        rows = [
+            [*row[:-1], *_waiting_cells(item), row[-1]]
+            for row, item in zip(rows, page.items, strict=True)
+        ]
     text = table(headers, rows)
     if page.next_cursor is not None:
         text += f"\nnext cursor: {page.next_cursor}  (pass it as --cursor for the next page)"
     return text
+
+
+def _waiting_cells(item: ExecutionSummary) -> list[str]:
+    """The WAITS FOR and UNTIL cells: `sleep`, `recv "topic"`; a time, or `a message`."""
+    if item.status != "WAITING":
+        return [NONE, NONE]
+    waiting = item.waiting or {}
+    kind = str(waiting.get("kind", NONE))
+    what = f"{kind} {topic_text(str(waiting.get('topic', '')))}" if kind == "recv" else kind
+    if item.wake_at is not None:
+        until = moment(item.wake_at)
+    else:
+        until = "a message" if kind == "recv" else NONE
+    return [what, until]
 
 
 # -- executions show -----------------------------------------------------------------------
@@ -210,27 +262,40 @@ def details_json(d: ExecutionDetails) -> str:
             "state": d.state,
             "checkpoints": [{"seq": c.seq, "state": c.state} for c in d.checkpoints],
             "logs": [_record(entry) for entry in d.logs],
+            "mailbox": {
+                "unread": [_message_record(m) for m in d.unread],
+                "received": [_message_record(m) for m in d.received],
+            },
         }
     )
 
 
+def _message_record(row: UnreadMessages | ReceivedMessage) -> dict[str, Any]:
+    fields = _record(row)
+    del fields["execution_id"]
+    return fields
+
+
 def details_text(d: ExecutionDetails) -> str:
-    """The execution's fields, then its steps, state, checkpoints and log, for reading."""
+    """The execution's fields (and what it waits for), then its steps, state, messages,
+    checkpoints and log, for reading."""
     sections = [
-        _execution_text(d.execution),
+        _execution_text(d.execution, d.now),
         _steps_text(d.steps),
         _state_text(d.state),
+        _messages_text(d.unread, d.received),
         _checkpoints_text(d.checkpoints),
         _logs_text(d.logs),
     ]
     return "\n\n".join(sections)
 
 
-def _execution_text(e: ExecutionRow) -> str:
+def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
     duration = (e.finished_at - e.created_at).total_seconds() if e.finished_at else None
     fields = [
         ("workflow", f"{e.workflow_name} (version {e.workflow_version})"),
         ("status", e.status),
+        *(_waiting_fields(e, now) if e.status == "WAITING" else []),
         ("owner", e.owner or NONE),
         ("epoch", str(e.epoch)),
         ("parent", e.parent_id or NONE),
@@ -249,6 +314,44 @@ def _execution_text(e: ExecutionRow) -> str:
     if trace:
         lines += ["  recorded traceback:"] + [f"    {t}" for t in str(trace).rstrip().splitlines()]
     return "\n".join(lines)
+
+
+def _waiting_fields(e: ExecutionRow, now: dt.datetime) -> list[tuple[str, str]]:
+    """`waits for` (the wait, its step, since when) and `until` (when it is due)."""
+    waiting = e.waiting or {}
+    kind = waiting.get("kind")
+    timeout = waiting.get("timeout")
+    seconds = float(timeout) if isinstance(timeout, int | float) else None
+    if kind == "sleep":
+        what = f"a sleep of {span(seconds)}" if seconds is not None else "a sleep"
+    elif kind == "recv":
+        what = f"a message on topic {topic_text(str(waiting.get('topic', '')))}"
+    else:
+        what = f"a wait of kind {kind!r}" if kind is not None else NONE
+    if "seq" in waiting:
+        what += f", at step {waiting['seq']} ({waiting.get('name', NONE)})"
+    started = _instant(waiting.get("started_at"))
+    if started is not None:
+        what += f", since {moment(started)}"
+    return [("waits for", what), ("until", _until_text(e, kind, now))]
+
+
+def _until_text(e: ExecutionRow, kind: object, now: dt.datetime) -> str:
+    if e.wake_at is None:
+        return "a message arrives (no timeout)" if kind == "recv" else NONE
+    left = (e.wake_at - now).total_seconds()
+    text = f"{moment(e.wake_at)} ({f'in {span(left)}' if left > 0 else f'{span(-left)} ago'})"
+    timeout_at = _instant((e.waiting or {}).get("timeout_at"))
+    if kind == "recv" and timeout_at is not None and timeout_at == e.wake_at:
+        text += ", when the receive times out unless a message arrives first"
+    elif kind == "recv":
+        text += ", made due by a message"
+    if left <= 0:
+        text += (
+            f": due, so an executor that registers workflow {e.workflow_name!r} wakes it at "
+            "its next sweep"
+        )
+    return text
 
 
 def _steps_text(steps: list[StepRow]) -> str:
@@ -276,6 +379,37 @@ def _state_text(state: dict[str, str]) -> str:
     return f"state ({plural(len(state), 'key')})\n" + "\n".join(
         f"  {key} = {value}" for key, value in state.items()
     )
+
+
+def _messages_text(unread: list[UnreadMessages], received: list[ReceivedMessage]) -> str:
+    """The mailbox's unread messages per topic, then the messages received, by step."""
+    if not unread and not received:
+        return "messages: none"
+    if unread:
+        total = sum(m.count for m in unread)
+        rows = [[topic_text(m.topic), str(m.count), moment(m.oldest_sent_at)] for m in unread]
+        parts = [
+            f"unread messages ({total} on {plural(len(unread), 'topic')})\n"
+            + table(("topic", "count", "oldest sent"), rows, indent="  ")
+        ]
+    else:
+        parts = ["unread messages: none"]
+    if received:
+        rows = [
+            [
+                str(m.seq),
+                topic_text(m.topic),
+                moment(m.sent_at),
+                moment(m.received_at),
+                m.sender or NONE,
+            ]
+            for m in received
+        ]
+        headers = ("step", "topic", "sent", "received", "sender")
+        parts.append(f"received messages ({len(received)})\n" + table(headers, rows, indent="  "))
+    else:
+        parts.append("received messages: none")
+    return "\n".join(parts)
 
 
 def _checkpoints_text(checkpoints: list[Checkpoint]) -> str:

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import math
 import re
 import socket
 import sys
@@ -22,7 +23,9 @@ from stepstone import _cli_format as fmt
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
 from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.listing import MAX_LIMIT, STATUSES, ExecutionFilter
+from stepstone.persistence.serialization import JsonSerializer, Serializer, unstorable
 from stepstone.persistence.store import Store
+from stepstone.runtime.waits import check_topic
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +36,10 @@ SORTS = ("created", "updated", "duration", "name")
 TIME_HINT = (
     "write ISO 8601 with a time zone (2026-11-26T10:00:00+00:00, or ...Z) "
     "or an age such as 30m, 2h, 7d"
+)
+MESSAGE_HINT = (
+    """write JSON text, such as '{"ok": true}', 42, null, or a string in double quotes """
+    """inside single ones: '"approved"'"""
 )
 DURATION_HINT = "write a number and a unit (s, m, h, d or w), such as 45s, 90m, 12h, 30d"
 _DURATION = re.compile(r"(?:[0-9]+[smhdw])+")
@@ -49,7 +56,8 @@ class BadArgument(Exception):
 
 class _StoredText:
     """A serializer that leaves payloads as the text stored, so that state is shown without
-    the application's types. The command line never writes a value."""
+    the application's types. It writes no value: `send`, the one command that does, uses
+    the default JSON serializer."""
 
     def dumps(self, value: Any) -> str:
         raise TypeError(f"the command line stores no values, got {type(value).__name__}")
@@ -96,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     health.set_defaults(handler=_health)
     _add_executions(commands)
     _add_operations(commands)
+    _add_send(commands)
     _add_reports(commands)
     return parser
 
@@ -158,6 +167,27 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
     purge.set_defaults(handler=_purge)
 
 
+def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    send = commands.add_parser(
+        "send", help="send a message to an execution, for its stepstone.recv on that topic"
+    )
+    send.add_argument("id", help="workflow id")
+    send.add_argument(
+        "message",
+        metavar="MESSAGE",
+        help="the message as JSON text: '{\"ok\": true}', '\"text\"', 42, null",
+    )
+    send.add_argument(
+        "--topic", default="", metavar="T", help='the topic it is sent on (default: "")'
+    )
+    send.add_argument(
+        "--idempotency-key",
+        metavar="K",
+        help="store the message once, however often it is sent with this key",
+    )
+    send.set_defaults(handler=_send)
+
+
 def _add_reports(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats = commands.add_parser("stats", help="per workflow: outcomes, durations, retries")
     slowest = commands.add_parser("slowest-steps", help="the slowest steps of a time window")
@@ -176,15 +206,15 @@ def _add_reports(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 # -- the database --------------------------------------------------------------------------
 
 
-def _store(args: argparse.Namespace) -> Store:
+def _store(args: argparse.Namespace, serializer: Serializer | None = None) -> Store:
     url: str | None = args.database_url
     schema: str = args.schema
-    return Store(url, schema=schema, min_size=0, max_size=1, serializer=_StoredText())
+    return Store(url, schema=schema, min_size=0, max_size=1, serializer=serializer or _StoredText())
 
 
 @contextmanager
-def _opened(args: argparse.Namespace) -> Iterator[Store]:
-    store = _store(args)
+def _opened(args: argparse.Namespace, store: Store | None = None) -> Iterator[Store]:
+    store = store or _store(args)
     store.open(migrate=False)
     try:
         _check_schema(store)
@@ -271,6 +301,59 @@ def _statuses(values: list[str]) -> list[str]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)  # NaN and Infinity are not JSON: the value stays a string
+
+
+def _json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is too large for a float")
+    return value
+
+
+def _message(text: str) -> Any:
+    """MESSAGE: the JSON value it holds (finite numbers only: no NaN or Infinity)."""
+    try:
+        return json.loads(text, parse_constant=_json_constant, parse_float=_finite)
+    except RecursionError:
+        raise BadArgument(f"MESSAGE {text[:40]!r}... is nested too deeply") from None
+    except ValueError as exc:
+        raise BadArgument(f"MESSAGE {text[:40]!r} is not JSON ({exc}): {MESSAGE_HINT}") from None
+
+
+def _target(value: str) -> str:
+    if not value:
+        raise BadArgument(
+            "ID is empty: give the workflow id of the execution to send to (find ids with "
+            "`stepstone executions list`)"
+        )
+    try:
+        return check_workflow_id(value)
+    except InvalidWorkflowId as exc:
+        raise BadArgument(f"ID: {exc}") from None
+
+
+def _topic(value: str) -> str:
+    try:
+        return check_topic(value)
+    except UsageError as exc:
+        raise BadArgument(f"--topic: {exc}") from None
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value:
+        raise BadArgument("--idempotency-key is empty: give a key, or leave the option out")
+    problem = unstorable(value)
+    if problem is not None:
+        raise BadArgument(
+            f"--idempotency-key {value[:40]!r} {problem}, which PostgreSQL cannot store"
+        )
+    return value
 
 
 def _attributes(values: list[str]) -> dict[str, Any] | None:
@@ -395,6 +478,9 @@ def _show(args: argparse.Namespace) -> int:
             state=store.get_state(execution_id),
             checkpoints=store.list_checkpoints(execution_id),
             logs=store.list_logs(execution_id),
+            unread=store.unread_messages(execution_id),
+            received=store.received_messages(execution_id),
+            now=dt.datetime.now(dt.UTC),
         )
     print(fmt.details_json(details) if args.json else fmt.details_text(details))
     return 0
@@ -436,6 +522,43 @@ def _fork(args: argparse.Namespace) -> int:
     print(f"forked {source!r} from step {step} ({kept})")
     print(f"new execution: {forked}")
     print(_SWEEP_NOTE.format(name=name))
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    execution_id = _target(args.id)
+    topic = _topic(args.topic)
+    key = _idempotency_key(args.idempotency_key)
+    value = _message(args.message)
+    # The value is serialized as Runtime.send serializes it: a JSON object that looks like
+    # one of the serializer's tagged values stays the object it is.
+    store = _store(args, JsonSerializer())
+    shown = fmt.topic_text(topic)
+    payload = store.encode(value, f"the message to {execution_id!r} on topic {shown}")
+    with _opened(args, store):
+        status, stored = store.send(
+            execution_id, topic, payload, idempotency_key=key, sender=_actor()
+        )
+    if status is None:
+        raise WorkflowNotFound(
+            f"no execution has workflow id {execution_id!r}: the message was not sent; "
+            "find ids with `stepstone executions list`"
+        )
+    if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        raise UsageError(
+            f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
+            "so the message was not sent"
+        )
+    if stored:
+        print(
+            f"stored the message for {execution_id!r} on topic {shown} (it is {status}); "
+            "its receives on that topic take messages in the order they were sent"
+        )
+    else:
+        print(
+            f"already sent with that key: {execution_id!r} has a message with idempotency "
+            f"key {key!r}, so nothing was stored"
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ from stepstone.persistence.rows import (
     ExecutionRow,
     HealthStatus,
     LogRow,
+    ReceivedMessage,
     RecordedStep,
     ResumeRecord,
     SlowStep,
@@ -20,6 +21,7 @@ from stepstone.persistence.rows import (
     StartResult,
     StepCommit,
     StepRow,
+    UnreadMessages,
     WorkflowRow,
     WorkflowStats,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "InvalidQuery",
     "JsonSerializer",
     "LogRow",
+    "ReceivedMessage",
     "RecordedStep",
     "ResumeRecord",
     "Serializer",
@@ -46,6 +49,7 @@ __all__ = [
     "StepCommit",
     "StepRow",
     "Store",
+    "UnreadMessages",
     "WorkflowRow",
     "WorkflowStats",
 ]

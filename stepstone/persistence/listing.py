@@ -66,7 +66,9 @@ class ExecutionFilter:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionSummary:
-    """One execution as listings show it (without inputs and output)."""
+    """One execution as listings show it (without inputs and output). A WAITING execution
+    has `waiting` (what it waits for, as in ExecutionRow) and `wake_at` (when it is due;
+    None: when a message arrives)."""
 
     id: str
     workflow_name: str
@@ -83,6 +85,8 @@ class ExecutionSummary:
     recoveries: int
     error_type: str | None
     error_message: str | None
+    wake_at: dt.datetime | None = None
+    waiting: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,7 @@ _KEY_KINDS: dict[str, tuple[str, ...]] = {
 _COLUMNS: LiteralString = (
     "e.id, e.workflow_name, e.workflow_version, e.status, e.owner, e.epoch, e.parent_id, "
     "e.attributes, e.created_at, e.updated_at, e.finished_at, e.finished_at - e.created_at, "
-    "e.recoveries, e.error->>'type', e.error->>'message'"
+    "e.recoveries, e.error->>'type', e.error->>'message', e.wake_at, e.waiting"
 )
 
 

@@ -170,7 +170,7 @@ SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, st
 -- name: get_execution
 -- executions_pkey.
 SELECT id, workflow_name, workflow_version, status, inputs, output, error, owner, epoch,
-       parent_id, attributes, created_at, updated_at, started_at, finished_at
+       parent_id, attributes, created_at, updated_at, started_at, finished_at, wake_at, waiting
   FROM {schema}.executions
  WHERE id = %(id)s;
 
@@ -195,6 +195,25 @@ SELECT execution_id, id, at, event, actor, seq, details
   FROM {schema}.logs
  WHERE execution_id = %(id)s
  ORDER BY id;
+
+-- name: unread_messages
+-- An execution's mailbox: its unread messages per topic, how many and the oldest's send
+-- time. messages_unread_idx (execution_id, topic, id) WHERE received_seq IS NULL.
+SELECT execution_id, topic, count(*), min(sent_at)
+  FROM {schema}.messages
+ WHERE execution_id = %(id)s AND received_seq IS NULL
+ GROUP BY execution_id, topic
+ ORDER BY topic;
+
+-- name: received_messages
+-- The messages an execution received, in the order of the receives that consumed them,
+-- with when each receive was recorded. messages_pkey (execution_id, topic, id); steps_pkey
+-- (execution_id, seq) for the receive's step.
+SELECT m.execution_id, m.topic, m.id, m.received_seq, m.sender, m.sent_at, s.finished_at
+  FROM {schema}.messages m
+  LEFT JOIN {schema}.steps s ON s.execution_id = m.execution_id AND s.seq = m.received_seq
+ WHERE m.execution_id = %(id)s AND m.received_seq IS NOT NULL
+ ORDER BY m.received_seq, m.id;
 
 -- name: schema_version
 SELECT max(version) FROM {schema}.schema_migrations;

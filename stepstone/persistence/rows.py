@@ -14,6 +14,7 @@ __all__ = [
     "ExecutionRow",
     "HealthStatus",
     "LogRow",
+    "ReceivedMessage",
     "RecordedStep",
     "ResumeRecord",
     "SlowStep",
@@ -22,6 +23,7 @@ __all__ = [
     "StepCommit",
     "StepRow",
     "SweepResult",
+    "UnreadMessages",
     "WaitOutcome",
     "WaitRequest",
     "WorkflowRow",
@@ -44,7 +46,10 @@ class WorkflowRow:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRow:
-    """One execution of a workflow. `error` is the recorded error (type, message, traceback)."""
+    """One execution of a workflow. `error` is the recorded error (type, message, traceback).
+    A WAITING execution has `waiting` (what it waits for: kind "sleep" or "recv", the wait's
+    position `seq` and `name`, the `topic` of a receive, `timeout` in seconds, `timeout_at`
+    and `started_at`) and `wake_at`, when it is due (None: when a message arrives)."""
 
     id: str
     workflow_name: str
@@ -61,6 +66,8 @@ class ExecutionRow:
     updated_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    wake_at: dt.datetime | None = None
+    waiting: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,31 @@ class Checkpoint:
     execution_id: str
     seq: int
     state: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadMessages:
+    """The unread messages of one topic of an execution's mailbox: how many, and when the
+    oldest of them was sent."""
+
+    execution_id: str
+    topic: str
+    count: int
+    oldest_sent_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A message an execution received: the receive at position `seq` consumed it, and
+    `received_at` is when that receive's step was recorded (None if the step is gone)."""
+
+    execution_id: str
+    topic: str
+    id: int
+    seq: int
+    sender: str | None
+    sent_at: dt.datetime
+    received_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)

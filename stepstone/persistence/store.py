@@ -40,12 +40,14 @@ from stepstone.persistence.rows import (
     ExecutionRow,
     HealthStatus,
     LogRow,
+    ReceivedMessage,
     ResumeRecord,
     StartRequest,
     StartResult,
     StepCommit,
     StepRow,
     SweepResult,
+    UnreadMessages,
     WaitOutcome,
     WaitRequest,
     WorkflowRow,
@@ -616,6 +618,18 @@ class Store:
     def list_logs(self, execution_id: str) -> list[LogRow]:
         """The audit log of an execution, oldest first."""
         return [LogRow(*row) for row in self._sql.all("list_logs", {"id": execution_id})]
+
+    def unread_messages(self, execution_id: str) -> list[UnreadMessages]:
+        """The mailbox of an execution: per topic (in topic order), how many messages wait
+        unread and when the oldest of them was sent."""
+        rows = self._sql.all("unread_messages", {"id": execution_id})
+        return [UnreadMessages(*row) for row in rows]
+
+    def received_messages(self, execution_id: str) -> list[ReceivedMessage]:
+        """The messages an execution received, in the order it received them, each with the
+        position of the receive that consumed it (payloads are that receive's step output)."""
+        rows = self._sql.all("received_messages", {"id": execution_id})
+        return [ReceivedMessage(*row) for row in rows]
 
     # -- inspecting and operating (see operations.py) ---------------------------------------
 

@@ -3,7 +3,10 @@
 Executions are made by a Runtime in the test, which is shut down before the command runs,
 so that nothing but the command touches them: `order-ok-1` and `order-ok-2` SUCCEEDED,
 `report-acme` SUCCEEDED with attributes, `order-failed` FAILED at its second step and
-`order-running` left RUNNING (a BaseException stood for its process dying).
+`order-running` left RUNNING (a BaseException stood for its process dying). For waits and
+messages: `nap-1` WAITING in a one-hour sleep, `approval-1` WAITING to receive on topic
+"approval" with no timeout (three unread messages on other topics), `approval-2` the same
+with a two-hour timeout, and `inbox-1` SUCCEEDED after receiving two messages on "note".
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import pytest
 
 import stepstone
 from stepstone import Runtime, WorkflowFailed
-from tests.support.runtime import Crash
+from stepstone.cli import main
+from tests.support.runtime import Crash, wait_for
 
 ALL_IDS = {"order-ok-1", "order-ok-2", "report-acme", "order-failed", "order-running"}
 NEWEST_FIRST = ["order-running", "order-failed", "report-acme", "order-ok-2", "order-ok-1"]
@@ -125,9 +129,10 @@ def _table_ids(text: str) -> list[str]:
 def _snapshot(db: str) -> list[tuple[Any, ...]]:
     return _query(
         db,
-        "SELECT id, status, owner, epoch, updated_at, "
+        "SELECT id, status, owner, epoch, updated_at, wake_at, "
         "(SELECT count(*) FROM stepstone.steps s WHERE s.execution_id = e.id), "
-        "(SELECT count(*) FROM stepstone.logs l WHERE l.execution_id = e.id) "
+        "(SELECT count(*) FROM stepstone.logs l WHERE l.execution_id = e.id), "
+        "(SELECT count(*) FROM stepstone.messages m WHERE m.execution_id = e.id) "
         "FROM stepstone.executions e ORDER BY id",
     )
 
@@ -319,7 +324,7 @@ def test_show_prints_the_execution_steps_state_checkpoints_and_log(populated: st
 def test_show_json_has_stored_text_payloads_and_every_part(populated: str) -> None:
     """show --json gives the execution (payloads as stored text), steps, state, log."""
     shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
-    assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs"}
+    assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs", "mailbox"}
     stored = _query(
         populated, "SELECT inputs, output FROM stepstone.executions WHERE id = 'order-ok-1'"
     )[0]
@@ -461,6 +466,342 @@ def test_purge_with_a_short_age_keeps_what_just_ended(populated: str) -> None:
     before = _snapshot(populated)
     assert _ok(populated, "purge", "--older-than", "12h").startswith("purged 0 executions")
     assert _snapshot(populated) == before
+
+
+# -- waits and messages --------------------------------------------------------------------
+
+
+def _populate_waits(rt: Runtime) -> None:
+    @rt.workflow(name="nap")
+    def nap() -> str:
+        stepstone.sleep(3600)
+        return "rested"
+
+    @rt.workflow(name="approval")
+    def approval() -> Any:
+        return stepstone.recv("approval")
+
+    @rt.workflow(name="deadline")
+    def deadline() -> Any:
+        return stepstone.recv("approval", timeout=7200)
+
+    @rt.workflow(name="inbox")
+    def inbox() -> list[Any]:
+        return [stepstone.recv("note"), stepstone.recv("note")]
+
+    rt.launch()
+    waiting = [
+        rt.start(nap.with_options(workflow_id="nap-1")),
+        rt.start(approval.with_options(workflow_id="approval-1")),
+        rt.start(deadline.with_options(workflow_id="approval-2")),
+    ]
+    box = rt.start(inbox.with_options(workflow_id="inbox-1"))
+    wait_for(lambda: all(h.status() == "WAITING" for h in waiting))
+    rt.send("approval-1", "early", topic="other")
+    rt.send("approval-1", "later", topic="other")
+    rt.send("approval-1", 1)
+    rt.send("inbox-1", "first", topic="note")
+    rt.send("inbox-1", "second", topic="note")
+    assert box.result(timeout=15) == ["first", "second"]
+    rt.shutdown()  # nothing wakes what the command makes due
+
+
+@pytest.fixture
+def waits(db: str, rt: Runtime) -> str:
+    """The test's database with the waiting executions and messages described above."""
+    _populate_waits(rt)
+    return db
+
+
+def _wake_at(db: str, workflow_id: str) -> dt.datetime | None:
+    rows = _query(db, "SELECT wake_at FROM stepstone.executions WHERE id = %s", (workflow_id,))
+    return rows[0][0]
+
+
+def _moment(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _line(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def _messages(db: str, workflow_id: str) -> list[tuple[Any, ...]]:
+    return _query(
+        db,
+        "SELECT topic, payload, idempotency_key, sender, received_seq FROM stepstone.messages "
+        "WHERE execution_id = %s ORDER BY id",
+        (workflow_id,),
+    )
+
+
+def test_list_status_waiting_shows_what_each_waits_for_and_until_when(waits: str) -> None:
+    """list --status WAITING lists the waiting executions with WAITS FOR (sleep, recv and
+    its topic) and UNTIL (the due time, or `a message`); --json has wake_at and waiting."""
+    out = _ok(waits, "executions", "list", "--status", "WAITING")
+    header = out.splitlines()[0]
+    assert re.split(r"\s{2,}", header) == [
+        "ID",
+        "WORKFLOW",
+        "VERSION",
+        "STATUS",
+        "CREATED",
+        "DURATION",
+        "OWNER",
+        "WAITS FOR",
+        "UNTIL",
+        "ERROR",
+    ]
+    assert _table_ids(out) == ["approval-2", "approval-1", "nap-1"]
+    nap_wake = _wake_at(waits, "nap-1")
+    assert nap_wake is not None
+    nap = re.split(r"\s{2,}", _line(out, "nap-1"))
+    assert nap[3:] == ["WAITING", nap[4], "-", "-", "sleep", _moment(nap_wake), "-"]
+    assert re.split(r"\s{2,}", _line(out, "approval-1"))[-3:] == [
+        'recv "approval"',
+        "a message",
+        "-",
+    ]
+    deadline = _wake_at(waits, "approval-2")
+    assert deadline is not None
+    assert re.split(r"\s{2,}", _line(out, "approval-2"))[-3:] == [
+        'recv "approval"',
+        _moment(deadline),
+        "-",
+    ]
+    items = json.loads(_ok(waits, "executions", "list", "--status", "waiting", "--json"))["items"]
+    by_id = {item["id"]: item for item in items}
+    assert set(by_id) == {"nap-1", "approval-1", "approval-2"}
+    assert dt.datetime.fromisoformat(by_id["nap-1"]["wake_at"]) == _wake_at(waits, "nap-1")
+    assert by_id["nap-1"]["waiting"]["kind"] == "sleep"
+    assert by_id["approval-1"]["wake_at"] is None
+    assert by_id["approval-1"]["waiting"]["topic"] == "approval"
+    ended = _ok(waits, "executions", "list", "--status", "SUCCEEDED")
+    assert "WAITS FOR" not in ended  # the columns come with waiting executions only
+
+
+def test_show_tells_what_a_sleep_waits_for_and_until_when(waits: str) -> None:
+    """show of a sleeping execution says it waits for a sleep of 1h00m at step 0, since when,
+    until its wake time (how far off); --json has wake_at, waiting and an empty mailbox."""
+    out = _ok(waits, "executions", "show", "nap-1")
+    wake_at = _wake_at(waits, "nap-1")
+    assert wake_at is not None
+    lines = out.splitlines()
+    assert lines[2] == "  status:     WAITING"
+    assert re.fullmatch(
+        r"  waits for:  a sleep of 1h00m, at step 0 \(sleep\), since \S+Z", lines[3]
+    ), lines[3]
+    assert re.fullmatch(
+        rf"  until:      {_moment(wake_at)} \(in (59m[0-5][0-9]s|1h00m)\)", lines[4]
+    ), lines[4]
+    assert "\nmessages: none\n" in out
+    shown = json.loads(_ok(waits, "executions", "show", "nap-1", "--json"))
+    execution = shown["execution"]
+    assert dt.datetime.fromisoformat(execution["wake_at"]) == wake_at
+    assert {k: execution["waiting"][k] for k in ("kind", "seq", "name", "timeout")} == {
+        "kind": "sleep",
+        "seq": 0,
+        "name": "sleep",
+        "timeout": 3600,
+    }
+    assert shown["mailbox"] == {"unread": [], "received": []}
+
+
+def test_show_tells_what_a_receive_waits_for_with_its_unread_mailbox(waits: str) -> None:
+    """show of a receive names its topic and, without a timeout, waits until a message
+    arrives; with one, until the timeout; the mailbox counts unread messages per topic with
+    the oldest's send time, in text and JSON."""
+    out = _ok(waits, "executions", "show", "approval-1")
+    assert re.search(
+        r'^  waits for:  a message on topic "approval", at step 0 \(recv\), since \S+Z$',
+        out,
+        re.MULTILINE,
+    ), out
+    assert "\n  until:      a message arrives (no timeout)\n" in out
+    sent = dict(
+        _query(
+            waits,
+            "SELECT topic, min(sent_at) FROM stepstone.messages "
+            "WHERE execution_id = 'approval-1' GROUP BY topic",
+        )
+    )
+    unread = out.split("unread messages (3 on 2 topics)\n")[1].splitlines()
+    assert unread[0].split() == ["TOPIC", "COUNT", "OLDEST", "SENT"]
+    assert unread[1].split() == ['""', "1", _moment(sent[""])]
+    assert unread[2].split() == ['"other"', "2", _moment(sent["other"])]
+    assert "\nreceived messages: none\n" in out
+    shown = json.loads(_ok(waits, "executions", "show", "approval-1", "--json"))
+    assert shown["execution"]["wake_at"] is None
+    assert shown["execution"]["waiting"]["topic"] == "approval"
+    assert shown["execution"]["waiting"]["timeout"] is None
+    assert [
+        (m["topic"], m["count"], dt.datetime.fromisoformat(m["oldest_sent_at"]))
+        for m in shown["mailbox"]["unread"]
+    ] == [("", 1, sent[""]), ("other", 2, sent["other"])]
+    assert shown["mailbox"]["received"] == []
+    timed = _ok(waits, "executions", "show", "approval-2")
+    deadline = _wake_at(waits, "approval-2")
+    assert deadline is not None
+    until = _line(timed, "  until:")
+    assert until.startswith(f"  until:      {_moment(deadline)} (in 1h5"), until
+    assert until.endswith("when the receive times out unless a message arrives first")
+
+
+def test_show_lists_the_messages_an_execution_received(waits: str) -> None:
+    """show lists received messages by the step that received them, with their topic, send
+    and receive times and sender; an ended execution says nothing of waiting."""
+    out = _ok(waits, "executions", "show", "inbox-1")
+    assert "waits for:" not in out
+    assert "until:" not in out
+    assert "\nunread messages: none\n" in out
+    received = out.split("received messages (2)\n")[1].splitlines()
+    assert received[0].split() == ["STEP", "TOPIC", "SENT", "RECEIVED", "SENDER"]
+    assert [row.split()[:2] + row.split()[-1:] for row in received[1:3]] == [
+        ["0", '"note"', "test-executor"],
+        ["1", '"note"', "test-executor"],
+    ]
+    shown = json.loads(_ok(waits, "executions", "show", "inbox-1", "--json"))
+    steps = {s["seq"]: s for s in shown["steps"]}
+    mailbox = shown["mailbox"]
+    assert mailbox["unread"] == []
+    assert [(m["seq"], m["topic"], m["sender"]) for m in mailbox["received"]] == [
+        (0, "note", "test-executor"),
+        (1, "note", "test-executor"),
+    ]
+    for message in mailbox["received"]:
+        assert message["received_at"] == steps[message["seq"]]["finished_at"]
+        assert message["sent_at"] <= message["received_at"]
+    assert [steps[0]["output"], steps[1]["output"]] == ['"first"', '"second"']
+
+
+def test_send_wakes_a_receiving_workflow_which_completes_with_the_value(db: str) -> None:
+    """send ID MESSAGE --topic T stores the parsed JSON as rt.send would (an object that
+    looks like a tagged value stays that object), records the CLI as sender, and a live
+    executor wakes the waiting receive, which returns the value."""
+    live = Runtime(db, executor_id="live", workers=1, sweep_interval=0.2)
+    try:
+
+        @live.workflow(name="approval")
+        def approval() -> Any:
+            return stepstone.recv("approval")
+
+        live.launch()
+        handle = live.start(approval.with_options(workflow_id="approval-9"))
+        wait_for(lambda: handle.status() == "WAITING")
+        message = '{"ok": true, "__stepstone__": "date", "v": "2020-01-01"}'
+        out = _ok(db, "send", "approval-9", message, "--topic", "approval")
+        assert out == (
+            "stored the message for 'approval-9' on topic \"approval\" (it is WAITING); its "
+            "receives on that topic take messages in the order they were sent\n"
+        )
+        assert handle.result(timeout=15) == {"ok": True, "__stepstone__": "date", "v": "2020-01-01"}
+    finally:
+        live.shutdown()
+    ((topic, payload, key, sender, received),) = _messages(db, "approval-9")
+    assert (topic, key, received) == ("approval", None, 0)
+    assert json.loads(payload) == {
+        "__stepstone__": "dict",
+        "v": [["ok", True], ["__stepstone__", "date"], ["v", "2020-01-01"]],
+    }
+    assert re.fullmatch(r"cli:[^@]+@.+", sender), sender
+
+
+def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_due(
+    waits: str,
+) -> None:
+    """The same --idempotency-key twice stores one message and says the second was already
+    sent; the waiting receive becomes due, which show tells; JSON text of any kind is
+    stored as its value serialized."""
+    assert _wake_at(waits, "approval-1") is None
+    first = _ok(
+        waits,
+        "send",
+        "approval-1",
+        '{"ok": true}',
+        "--topic",
+        "approval",
+        "--idempotency-key",
+        "mail-7",
+    )
+    assert first.startswith("stored the message for 'approval-1' on topic \"approval\"")
+    again = _ok(
+        waits,
+        "send",
+        "approval-1",
+        '{"ok": false}',
+        "--topic",
+        "approval",
+        "--idempotency-key",
+        "mail-7",
+    )
+    assert again == (
+        "already sent with that key: 'approval-1' has a message with idempotency key "
+        "'mail-7', so nothing was stored\n"
+    )
+    for text in ('"text"', "42", "null", ' [1.5, {"a": []}] '):
+        _ok(waits, "send", "approval-1", text, "--topic", "kinds")
+    stored = [(m[0], m[1], m[2]) for m in _messages(waits, "approval-1")[3:]]
+    assert stored == [
+        ("approval", '{"ok":true}', "mail-7"),
+        ("kinds", '"text"', None),
+        ("kinds", "42", None),
+        ("kinds", "null", None),
+        ("kinds", '[1.5,{"a":[]}]', None),
+    ]
+    assert _wake_at(waits, "approval-1") is not None
+    until = _line(_ok(waits, "executions", "show", "approval-1"), "  until:")
+    assert "ago), made due by a message: due, so an executor that registers workflow " in until
+    assert until.endswith("'approval' wakes it at its next sweep")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["approval-1", "approved"], ["MESSAGE 'approved' is not JSON", """'"approved"'"""]),
+        (["approval-1", '{"ok": tru'], ["""MESSAGE '{"ok": tru' is not JSON"""]),
+        (["approval-1", "NaN"], ["NaN is not a JSON number"]),
+        (["approval-1", "1e999"], ["1e999 is too large"]),
+        (["approval-1", "[" * 100_000], ["is nested too deeply"]),
+        (["approval-1", '"\udcff"'], ["not valid Unicode"]),
+        (["no-such-id", "1"], ["no execution has workflow id 'no-such-id'", "not sent"]),
+        (["inbox-1", "1"], ["'inbox-1' has ended (SUCCEEDED)", "not sent"]),
+        (["", "1"], ["ID is empty"]),
+        (["x" * 256, "1"], ["ID: workflow_id", "over the limit of 255"]),
+        (["approval-1", "1", "--topic", "t" * 256], ["--topic", "at most 255 characters"]),
+        (["approval-1", "1", "--topic", "a\udcffb"], ["--topic", "not valid Unicode"]),
+        (["approval-1", "1", "--idempotency-key", ""], ["--idempotency-key is empty"]),
+        (["approval-1", "1", "--idempotency-key", "k\udcff"], ["--idempotency-key", "Unicode"]),
+    ],
+)
+def test_send_refuses_bad_input_and_stores_nothing(
+    waits: str, args: list[str], fragments: list[str]
+) -> None:
+    """A MESSAGE that is not JSON (or not storable), an unknown or ended execution, a bad id,
+    topic or key: one line naming it, exit status 2, nothing stored or changed."""
+    before = _snapshot(waits)
+    _refused(_cli(waits, "send", *args), *fragments)
+    assert _snapshot(waits) == before
+
+
+def test_send_refuses_a_nul_or_an_oversized_message(
+    waits: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NUL in the topic or key (which no command line can pass, but a caller of main()
+    can) and a message over the size limit are refused the same way; nothing is stored."""
+    before = _snapshot(waits)
+    cases = [
+        (["approval-1", "1", "--topic", "a\x00b"], "NUL"),
+        (["approval-1", "1", "--idempotency-key", "k\x00"], "NUL"),
+        (["approval-1", json.dumps("x" * (1024 * 1024))], "over the limit of 1048576 bytes"),
+    ]
+    for args, fragment in cases:
+        assert main(["--database-url", waits, "send", *args]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("stepstone: ")
+        assert captured.err.count("\n") == 1
+        assert fragment in captured.err
+    assert _snapshot(waits) == before
 
 
 # -- reports -------------------------------------------------------------------------------

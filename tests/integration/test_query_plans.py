@@ -29,6 +29,8 @@ CASES = [
     ("recover_from_checkpoint", "checkpoints_pkey"),
     ("load_workflow", "workflows_pkey"),
     ("claim_own", "executions_pkey"),
+    ("unread_messages", "messages_unread_idx"),
+    ("received_messages", "messages_pkey"),
 ]
 
 
