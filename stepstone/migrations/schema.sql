@@ -74,7 +74,12 @@ CREATE INDEX executions_finished_idx ON {schema}.executions (finished_at)
 CREATE INDEX executions_attributes_idx ON {schema}.executions USING gin (attributes jsonb_path_ops);
 CREATE INDEX executions_parent_idx ON {schema}.executions (parent_id) WHERE parent_id IS NOT NULL;
 -- The sweep's due executions, earliest first; also the next due time.
-CREATE INDEX executions_due_idx ON {schema}.executions (wake_at) WHERE status = 'WAITING';
+-- The waits of one workflow version by due time: the sweep looks up, per workflow it
+-- runs, the due ones and the next due time, one probe each however many executions wait
+-- (of its workflows or of others). Not a plain (wake_at) index: with one, the planner
+-- walks it past every wait of other workflows to find the first of its own.
+CREATE INDEX executions_waiting_idx ON {schema}.executions
+    (workflow_name, workflow_version, wake_at) WHERE status = 'WAITING';
 CREATE INDEX executions_deadline_idx ON {schema}.executions (deadline_at)
     WHERE deadline_at IS NOT NULL AND status IN ('ENQUEUED', 'RUNNING', 'WAITING');
 
@@ -906,7 +911,9 @@ END $$;
 -- is the number of seconds (by the database's clock) until the earliest WAITING execution
 -- the caller runs is due or the earliest deadline passes (NULL: none), so that the caller
 -- sleeps until then. Never waits for a lock: pg_try_advisory_xact_lock, then the
--- row with SKIP LOCKED. executions_due_idx, executors_pkey, executions_running_owner_idx.
+-- row with SKIP LOCKED. executions_waiting_idx (due waits and the next due time, one
+-- probe per workflow version), executions_deadline_idx, executors_pkey,
+-- executions_running_owner_idx.
 CREATE FUNCTION {schema}.sweep_v2(p_owner text, p_names text[], p_versions text[], p_limit integer)
 RETURNS TABLE (kind text, id text, workflow_name text, workflow_version text, inputs text,
                epoch bigint, recoveries integer, steps json, state json, trace_context jsonb,
@@ -921,11 +928,14 @@ BEGIN
     PERFORM {schema}.expire_deadlines_v1(p_owner, 100);
     IF p_limit > 0 THEN
         FOR v_candidate IN
-            SELECT e.id FROM {schema}.executions e
-             WHERE e.status = 'WAITING' AND e.wake_at <= now()
-               AND (e.workflow_name, e.workflow_version) IN
-                   (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))
-             ORDER BY e.wake_at
+            SELECT due.id
+              FROM unnest(p_names, p_versions) AS r (n, v),
+                   LATERAL (SELECT e.id, e.wake_at FROM {schema}.executions e
+                             WHERE e.status = 'WAITING' AND e.workflow_name = r.n
+                               AND e.workflow_version = r.v AND e.wake_at <= now()
+                             ORDER BY e.wake_at
+                             LIMIT p_limit) due
+             ORDER BY due.wake_at
         LOOP
             CONTINUE WHEN NOT pg_try_advisory_xact_lock(1937010533, hashtext(v_candidate.id));
             PERFORM 1 FROM {schema}.executions e
@@ -947,10 +957,13 @@ BEGIN
     SELECT 'next'::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint,
            NULL::integer, NULL::json, NULL::json, NULL::jsonb,
            extract(epoch FROM least(
-               (SELECT min(e.wake_at) FROM {schema}.executions e
-                 WHERE e.status = 'WAITING'
-                   AND (e.workflow_name, e.workflow_version) IN
-                       (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))),
+               (SELECT min(first.wake_at)
+                  FROM unnest(p_names, p_versions) AS r (n, v),
+                       LATERAL (SELECT e.wake_at FROM {schema}.executions e
+                                 WHERE e.status = 'WAITING' AND e.workflow_name = r.n
+                                   AND e.workflow_version = r.v AND e.wake_at IS NOT NULL
+                                 ORDER BY e.wake_at
+                                 LIMIT 1) first),
                (SELECT min(e.deadline_at) FROM {schema}.executions e
                  WHERE e.deadline_at IS NOT NULL
                    AND e.status IN ('ENQUEUED', 'RUNNING', 'WAITING'))) - now())::double precision;

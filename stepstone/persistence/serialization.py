@@ -118,7 +118,8 @@ class JsonSerializer:
         return json.dumps(_encode(value), ensure_ascii=False, separators=(",", ":"), allow_nan=True)
 
     def loads(self, data: str) -> Any:
-        return json.loads(data, object_hook=_decode)
+        # One decoder for all calls: json.loads with an object_hook builds a new one each time.
+        return _DECODER.decode(data)
 
 
 def _encode(value: Any) -> Any:
@@ -264,3 +265,6 @@ def _find_dataclass(path: str) -> Any:
             f"dataclass {path} cannot be rebuilt: {qualname!r} is not a dataclass there"
         )
     return target
+
+
+_DECODER = json.JSONDecoder(object_hook=_decode)
