@@ -261,15 +261,12 @@ class Interrupted(HandedBack):
 
 
 class Suspended(HandedBack):
-    """The execution waits: its thread is free at once, and the execution is resumed, by
-    replay, when the wait is over. `waiting_for` is the execution it waits for, in this
-    process (it stays RUNNING and owned here); None for a durable wait recorded in the
-    database (a sleep, a receive: the execution is WAITING, with no owner, until it is
-    due, and any executor that runs its workflow resumes it)."""
+    """The execution waits, durably: a sleep, a receive, or another execution's end is
+    recorded in the database (the execution is WAITING, with no owner), and its thread is
+    free at once. When the wait is due, any executor that runs its workflow resumes it by
+    replay. `wake_in`: seconds until it is due by the database's clock (None: when
+    something happens)."""
 
-    def __init__(self, workflow_id: str, waiting_for: str | None, what: str | None = None) -> None:
-        if what is None:
-            what = f"for workflow {waiting_for!r} to end" if waiting_for else "durably"
+    def __init__(self, workflow_id: str, what: str, wake_in: float | None = None) -> None:
         super().__init__(f"workflow {workflow_id!r} waits {what}", workflow_id)
-        self.waiting_for = waiting_for
-        self.wake_in: float | None = None  # a durable wait: seconds until it is due
+        self.wake_in = wake_in

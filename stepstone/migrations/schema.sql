@@ -56,7 +56,9 @@ CREATE TABLE {schema}.executions (
     wake_at          timestamptz,
     waiting          jsonb,
     -- When it must have ended (with_options(timeout=...)); see 0003_durable_waits.sql.
-    deadline_at      timestamptz
+    deadline_at      timestamptz,
+    -- The execution a WAITING execution waits for; see 0004_durable_awaits.sql.
+    waits_for        text
 );
 -- Recovery looks up the running executions of one owner, or of expired owners.
 CREATE INDEX executions_running_owner_idx ON {schema}.executions (owner) WHERE status = 'RUNNING';
@@ -82,6 +84,8 @@ CREATE INDEX executions_waiting_idx ON {schema}.executions
     (workflow_name, workflow_version, wake_at) WHERE status = 'WAITING';
 CREATE INDEX executions_deadline_idx ON {schema}.executions (deadline_at)
     WHERE deadline_at IS NOT NULL AND status IN ('ENQUEUED', 'RUNNING', 'WAITING');
+CREATE INDEX executions_waits_for_idx ON {schema}.executions (waits_for)
+    WHERE status = 'WAITING' AND waits_for IS NOT NULL;
 
 -- The tables below are keyed by execution id and have no foreign keys: the fence proves
 -- the execution exists before anything is written for it, and the purge deletes children
@@ -715,10 +719,11 @@ BEGIN
     RETURN cardinality(v_ids);
 END $$;
 
--- The outcome of a pending wait of execution p_id, if it has one now: a sleep is over once
--- its time has come; a receive takes the first unread message of its topic (marking it
--- received by the receive at p_waiting->>'seq', in the caller's transaction), or, past its
--- timeout, ends with a RecvTimeout error record. Not resolved: (false, NULL, NULL).
+-- The outcome of a pending wait of execution p_id, if it has one now: a wait for another
+-- execution is over once that one has ended; a sleep once its time has come; a receive
+-- takes the first unread message of its topic (marking it received by the receive at
+-- p_waiting->>'seq', in the caller's transaction), or, past its timeout, ends with a
+-- RecvTimeout error record. Not resolved: (false, NULL, NULL).
 -- The caller holds the execution's locks. messages_unread_idx.
 CREATE FUNCTION {schema}.resolve_wait_v1(p_id text, p_waiting jsonb, p_timer timestamptz)
 RETURNS TABLE (resolved boolean, output text, error jsonb)
@@ -727,6 +732,14 @@ DECLARE
     v_message record;
     v_timeout timestamptz := (p_waiting->>'timeout_at')::timestamptz;
 BEGIN
+    IF p_waiting->>'kind' = 'execution' THEN
+        -- Done once the target has ended; the replay reads its outcome (no step row here).
+        RETURN QUERY SELECT coalesce(
+            (SELECT x.status IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
+               FROM {schema}.executions x WHERE x.id = p_waiting->>'target'), true),
+            NULL::text, NULL::jsonb;
+        RETURN;
+    END IF;
     IF p_waiting->>'kind' = 'sleep' THEN
         IF p_timer <= now() THEN
             RETURN QUERY SELECT true, 'null'::text, NULL::jsonb;
@@ -850,8 +863,9 @@ BEGIN
 END $$;
 
 -- Wakes the due executions p_ids, which the caller has locked (advisory, then row): each
--- wait is resolved (its step row written with the outcome: a receive consumes its message
--- here), and the execution is RUNNING again, owned by p_owner at the next epoch, with
+-- wait is resolved (a sleep's or a receive's step row written with the outcome: a receive
+-- consumes its message here; a wait for another execution writes nothing, its replay reads
+-- the outcome), and the execution is RUNNING again, owned by p_owner at the next epoch, with
 -- everything needed to replay it. A wait that cannot be resolved after all (its message
 -- went to another receive) goes back to waiting for its timeout. Not a recovery.
 CREATE FUNCTION {schema}.wake_v1(p_owner text, p_ids text[])
@@ -876,14 +890,17 @@ BEGIN
              WHERE id = v_row.id;
             CONTINUE;
         END IF;
-        INSERT INTO {schema}.steps
-               (execution_id, seq, name, kind, output, error, attempts, started_at, finished_at)
-        VALUES (v_row.id, (v_row.waiting->>'seq')::integer, v_row.waiting->>'name',
-                v_row.waiting->>'kind', v_outcome.output, v_outcome.error, 1,
-                coalesce((v_row.waiting->>'started_at')::timestamptz, now()), now());
+        IF v_row.waiting->>'kind' <> 'execution' THEN
+            INSERT INTO {schema}.steps
+                   (execution_id, seq, name, kind, output, error, attempts, started_at,
+                    finished_at)
+            VALUES (v_row.id, (v_row.waiting->>'seq')::integer, v_row.waiting->>'name',
+                    v_row.waiting->>'kind', v_outcome.output, v_outcome.error, 1,
+                    coalesce((v_row.waiting->>'started_at')::timestamptz, now()), now());
+        END IF;
         UPDATE {schema}.executions
            SET status = 'RUNNING', owner = p_owner, epoch = v_row.epoch + 1, wake_at = NULL,
-               waiting = NULL, updated_at = now()
+               waiting = NULL, waits_for = NULL, updated_at = now()
          WHERE id = v_row.id;
         INSERT INTO {schema}.logs (execution_id, event, actor, seq, details)
         VALUES (v_row.id, 'execution_woken', p_owner, (v_row.waiting->>'seq')::integer,
@@ -1026,9 +1043,9 @@ END $$;
 -- descendant (by parent_id): each ends CANCELLED now, with an audit entry (a descendant's
 -- says parent_cancelled and names the ancestor and its parent), and executors are told
 -- ('cancelled:' || id, a hint delivered at commit; an executor running one stops before
--- its next step body, and its next commit fails with SS002). p_error, if given, is stored
--- as the named execution's error record (why it was cancelled: a timeout), and p_reason
--- goes into its audit entry. Returns the status the named execution had (NULL: none);
+-- its next step body, and its next commit fails with SS002); executions waiting for one
+-- of them are made due. p_error, if given, is stored as the named execution's error
+-- record (why it was cancelled: a timeout), and p_reason goes into its audit entry. Returns the status the named execution had (NULL: none);
 -- anything but RUNNING, ENQUEUED or WAITING is left as it was.
 -- Locks: the advisory locks of the execution and of its descendants found (exclusive, in
 -- key order), then their rows. executions_pkey, executions_parent_idx.
@@ -1064,8 +1081,10 @@ BEGIN
     LOOP
         UPDATE {schema}.executions
            SET status = 'CANCELLED', finished_at = now(), updated_at = now(), wake_at = NULL,
-               waiting = NULL, error = CASE WHEN id = p_id THEN p_error ELSE error END
+               waiting = NULL, waits_for = NULL,
+               error = CASE WHEN id = p_id THEN p_error ELSE error END
          WHERE id = v_row.id;
+        PERFORM {schema}.wake_waiters_v1(v_row.id);
         INSERT INTO {schema}.logs (execution_id, event, actor, details)
         VALUES (v_row.id, 'execution_cancelled', p_actor,
                 CASE WHEN v_row.id = p_id
@@ -1112,4 +1131,74 @@ BEGIN
             RETURN NEXT v_row.id;
         END IF;
     END LOOP;
+END $$;
+
+-- Execution p_id (owned by p_owner at p_epoch), at position p_seq, waits for execution
+-- p_target to end (a child's result, a handle's result). One statement, fenced: if the
+-- target has ended (or does not exist), nothing is written and its outcome is returned
+-- (ended = true) for the workflow to go on. Otherwise p_id becomes WAITING on it (no owner,
+-- the next epoch, waits_for), with the state changes p_state/p_deleted, and ended = false:
+-- the workflow unwinds; the target's end makes it due (wake_waiters_v1).
+-- Locks: the advisory locks of both (exclusive, in key order), then the target's row
+-- (FOR SHARE: a completion of the target, which locks its row, waits for this to commit,
+-- and then finds the waiter WAITING), then p_id's own row (the exclusive fence).
+CREATE FUNCTION {schema}.await_v1(
+    p_id text, p_owner text, p_epoch bigint, p_seq integer, p_target text,
+    p_state jsonb, p_deleted text[]
+) RETURNS TABLE (ended boolean, status text, output text, error jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_target record;
+BEGIN
+    PERFORM {schema}.lock_executions_v1(ARRAY[p_id, p_target]);
+    SELECT x.status, x.output, x.error INTO v_target
+      FROM {schema}.executions x WHERE x.id = p_target FOR SHARE;
+    PERFORM {schema}.fence_v1(p_id, p_owner, p_epoch, true);
+    IF v_target.status IS NULL OR v_target.status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN
+        RETURN QUERY SELECT true, v_target.status, v_target.output, v_target.error;
+        RETURN;
+    END IF;
+    IF p_state IS NOT NULL OR p_deleted IS NOT NULL THEN
+        PERFORM {schema}.write_state_v1(p_id, p_seq, p_state, p_deleted);
+    END IF;
+    UPDATE {schema}.executions e
+       SET status = 'WAITING', owner = NULL, epoch = e.epoch + 1, wake_at = NULL,
+           waits_for = p_target,
+           waiting = jsonb_build_object('kind', 'execution', 'target', p_target, 'seq', p_seq),
+           updated_at = now()
+     WHERE e.id = p_id;
+    INSERT INTO {schema}.logs (execution_id, event, actor, seq, details)
+    VALUES (p_id, 'execution_waiting', p_owner, p_seq,
+            jsonb_build_object('kind', 'execution', 'target', p_target, 'epoch', p_epoch + 1));
+    RETURN QUERY SELECT false, v_target.status, NULL::text, NULL::jsonb;
+END $$;
+
+-- Execution p_id has ended: every execution WAITING for it is due now, and executors are
+-- told ('due:' || id). Called by whatever ends an execution, in its transaction, holding
+-- p_id's row. executions_waits_for_idx.
+CREATE FUNCTION {schema}.wake_waiters_v1(p_id text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_waiter text;
+BEGIN
+    FOR v_waiter IN
+        UPDATE {schema}.executions SET wake_at = now(), updated_at = now()
+         WHERE status = 'WAITING' AND waits_for = p_id
+     RETURNING id
+    LOOP
+        PERFORM pg_notify('stepstone', 'due:' || v_waiter);
+    END LOOP;
+END $$;
+
+-- finish_execution_v1, and the executions waiting for this one are made due.
+CREATE FUNCTION {schema}.finish_execution_v2(
+    p_id text, p_owner text, p_epoch bigint, p_status text, p_output text, p_error jsonb,
+    p_seq integer, p_state jsonb, p_deleted text[], p_details jsonb
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {schema}.finish_execution_v1(p_id, p_owner, p_epoch, p_status, p_output, p_error,
+                                         p_seq, p_state, p_deleted, p_details);
+    PERFORM {schema}.wake_waiters_v1(p_id);
 END $$;

@@ -74,6 +74,12 @@ SELECT resolved, output, error, wake_at, wake_in
                         %(waiting)s, %(seconds)s, %(until)s, %(started_at)s, %(state)s,
                         %(deleted)s);
 
+-- name: await
+-- A wait for another execution's end (see await_v1). executions_pkey.
+SELECT ended, status, output, error
+  FROM {schema}.await_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(target)s, %(state)s,
+                         %(deleted)s);
+
 -- name: send
 -- A message into a mailbox (see send_v1). executions_pkey, messages_idempotency_idx.
 SELECT status, stored FROM {schema}.send_v1(%(id)s, %(topic)s, %(payload)s, %(key)s, %(sender)s);
@@ -81,11 +87,6 @@ SELECT status, stored FROM {schema}.send_v1(%(id)s, %(topic)s, %(payload)s, %(ke
 -- name: release
 -- Hand an interrupted execution back at once (see the release function). executions_pkey.
 SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s, %(interrupted)s);
-
--- name: ended_among
--- Which of the executions suspended runs wait for have ended. executions_pkey.
-SELECT id FROM {schema}.executions
- WHERE id = ANY (%(ids)s::text[]) AND status IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
 
 -- name: running_owned_by
 -- executions_running_owner_idx.
@@ -131,7 +132,7 @@ SELECT {schema}.commit_transaction_step_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s
 
 -- name: finish_execution
 -- Hot (one per completion). executions_pkey.
-SELECT {schema}.finish_execution_v1(%(id)s, %(owner)s, %(epoch)s, %(status)s, %(output)s,
+SELECT {schema}.finish_execution_v2(%(id)s, %(owner)s, %(epoch)s, %(status)s, %(output)s,
                                     %(error)s, %(seq)s, %(state)s, %(deleted)s, %(details)s);
 
 -- name: update_state

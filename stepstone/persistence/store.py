@@ -26,6 +26,7 @@ from stepstone.errors import (
     DatabaseUnreachable,
     SerializationError,
     UsageError,
+    WorkflowNotFound,
 )
 from stepstone.persistence import _conninfo
 from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
@@ -382,6 +383,42 @@ class Store:
         )
         return WaitOutcome(*row)
 
+    def await_execution(
+        self,
+        execution_id: str,
+        owner: str,
+        epoch: int,
+        seq: int,
+        target: str,
+        state: tuple[dict[str, str] | None, list[str] | None],
+    ) -> tuple[str, str | None, dict[str, Any] | None] | None:
+        """Execution `execution_id` (owned by `owner` at `epoch`) waits for `target` to end,
+        in one statement (fenced): if it has ended, nothing is written and its (status,
+        output, error) is returned; otherwise the execution becomes WAITING on it, with the
+        state changes `state` (changed, deleted), and None is returned. WorkflowNotFound if
+        there is no `target`."""
+        changed, deleted = state
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "seq": seq,
+            "target": target,
+            "state": Jsonb(changed) if changed else None,
+            "deleted": deleted or None,
+        }
+        row = self._sql.run(
+            self.queries["await"],
+            params,
+            fetch="one",
+            action=lambda: f"waiting for {target!r} in {execution_id!r}",
+            fence=(execution_id, owner, epoch),
+        )
+        ended, status, output, error = row
+        if status is None:
+            raise WorkflowNotFound(f"no execution has workflow id {target!r}")
+        return (status, output, error) if ended else None
+
     def send(
         self,
         execution_id: str,
@@ -538,10 +575,6 @@ class Store:
         }
         row = self._sql.one("release", params)
         return bool(row and row[0])
-
-    def ended_among(self, execution_ids: Collection[str]) -> list[str]:
-        """Those of `execution_ids` that have ended (SUCCEEDED, FAILED or CANCELLED)."""
-        return [str(row[0]) for row in self._sql.all("ended_among", {"ids": list(execution_ids)})]
 
     def running_owned_by(self, owner: str) -> list[str]:
         """Ids of the RUNNING executions `owner` owns."""

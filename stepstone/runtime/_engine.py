@@ -1,14 +1,14 @@
-"""The engine: starts, finds, resumes and wakes executions, and runs each in this thread or
-in the worker pool. Its parts each have a module: the registry of definitions, the runs of
-this process (`_runs`), the worker pool, outcomes in the database, the waker; what happens
-inside one execution is in `_execution` (the driver) and `_journal` (its decisions).
+"""The engine: starts, finds and resumes executions, and runs each in this thread or in the
+worker pool. Its parts each have a module: the registry of definitions, the runs of this
+process (`_runs`), the worker pool, outcomes in the database; what happens inside one
+execution is in `_execution` (the driver) and `_journal` (its decisions).
 
 Where a run ends, what it raised becomes what its caller sees:
 
 - a result, WorkflowFailed or WorkflowCancelled: the outcome, to every caller;
-- `Suspended`: the run waits without holding its thread, for another execution (in this
-  process) or durably (a sleep, a receive: WAITING in the database); a caller in a
-  workflow suspends too, a caller outside one waits for the resumed run's outcome;
+- `Suspended`: the execution waits, WAITING in the database (a sleep, a receive, another
+  execution's end), holding no thread; a caller in a workflow waits durably for it too, a
+  caller outside one waits for the outcome of whichever executor resumes it;
 - `OwnershipLost`: the execution goes on elsewhere; callers wait for its outcome;
 - `Interrupted` (the database failed): the execution is left to this executor's sweep,
   which resumes it when the database answers; a direct caller gets the PersistenceError;
@@ -51,8 +51,7 @@ from stepstone.runtime._journal import Journal
 from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime._pool import WorkerPool
 from stepstone.runtime._registry import Registry
-from stepstone.runtime._runs import LocalRuns, Run, elsewhere
-from stepstone.runtime._waker import Waker
+from stepstone.runtime._runs import LocalRuns, Run, RunState, elsewhere
 from stepstone.runtime.context import _CURRENT
 from stepstone.telemetry import Telemetry
 
@@ -60,13 +59,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from stepstone.persistence.store import Store
+    from stepstone.runtime._execution import Execution as Waiter
     from stepstone.runtime.definitions import Workflow
 
 __all__ = ["Engine"]
 
 R = TypeVar("R")
-
-_WAKE_INTERVAL = 0.2  # seconds between polls for awaited executions that run elsewhere
 
 
 class Engine:
@@ -89,7 +87,6 @@ class Engine:
         self.runs = LocalRuns()
         self.pool = WorkerPool(workers)
         self.outcomes = Outcomes(store)
-        self._waker: Waker | None = None
         # Told how soon a wait or a deadline this engine recorded is due (the sweep acts then).
         self.due_in: Callable[[float], None] | None = None
         self.launched = False
@@ -112,25 +109,12 @@ class Engine:
         for workflow in self.registry.workflows():
             self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
         self.pool.start()
-        self._waker = Waker(self.runs, self.store, self.wake, _WAKE_INTERVAL)
-        self._waker.start()
         self.launched = True
 
     def shutdown(self, *, wait: bool) -> None:
-        """Stop waking, let the pool finish (if `wait`), and hand back the executions
-        suspended here, so that any executor may resume them at once."""
+        """Take no more work; let the pool finish what it runs and has queued (if `wait`)."""
         self.launched = False
-        if self._waker is not None:
-            self._waker.stop()
-            self._waker = None
         self.pool.shutdown(wait=wait)
-        for workflow_id, run in self.runs.suspended():
-            # If this fails, the lease (ended at shutdown) lets another executor claim it.
-            with contextlib.suppress(PersistenceError, HandedBack):
-                self.store.release_execution(
-                    workflow_id, self.executor_id, run.epoch, "shutdown", interrupted=False
-                )
-            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "was handed back"))
 
     def check_launched(self) -> None:
         if not self.launched:
@@ -177,25 +161,16 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent_id: str | None,
-        suspend_as: str | None = None,
+        waiter: Waiter | None = None,
     ) -> R:
-        """Run (or join, or resume) execution `workflow_id` in this thread. `suspend_as`:
-        the id of the workflow calling it, which suspends rather than block while the
-        execution runs elsewhere."""
-        run, mine = self.runs.begin(workflow_id)
-        if not mine:
-            joined: R = self.await_outcome(workflow_id, suspend_as=suspend_as)
-            return joined
-        try:
-            job = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
-        except BaseException as exc:
-            self.runs.end(workflow_id, run, error=exc)
-            raise
-        if job is None:
-            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
-            found: R = self.await_outcome(workflow_id, suspend_as=suspend_as)
+        """Run (or join, or resume) execution `workflow_id` in this thread. `waiter`: the
+        workflow calling it, which waits durably rather than block while the execution
+        runs elsewhere."""
+        opened = self._open(workflow, workflow_id, args, kwargs, parent_id, "running")
+        if opened is None:
+            found: R = self.await_outcome(workflow_id, waiter=waiter)
             return found
-        result: R = self._run_here(workflow_id, run, job)
+        result: R = self._run_here(workflow_id, *opened)
         return result
 
     def start(
@@ -210,19 +185,35 @@ class Engine:
             )
         self._check(workflow)
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        run, mine = self.runs.begin(workflow_id, "queued")
+        opened = self._open(workflow, workflow_id, args, kwargs, None, "queued")
+        if opened is not None:
+            self._submit(workflow_id, opened[1])
+        return workflow_id
+
+    def _open(
+        self,
+        workflow: Workflow[Any, R],
+        workflow_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent_id: str | None,
+        state: RunState,
+    ) -> tuple[Run, Callable[[], R]] | None:
+        """Make `workflow_id` a run of this process (running in this thread, or queued for
+        the pool) with what runs it; None when it is known here already, or is someone
+        else's to run or ended (its callers read its outcome)."""
+        run, mine = self.runs.begin(workflow_id, state)
         if not mine:
-            return workflow_id
+            return None
         try:
-            job = self._start_or_find(workflow, workflow_id, args, kwargs, None)
+            job = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
         except BaseException as exc:
             self.runs.end(workflow_id, run, error=exc)
             raise
         if job is None:
             self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
-        else:
-            self._submit(workflow_id, job)
-        return workflow_id
+            return None
+        return run, job
 
     def cancel(self, workflow_id: str, actor: str) -> None:
         """Cancel an execution (and its children) and stop it here before its next step."""
@@ -236,50 +227,38 @@ class Engine:
     # -- outcomes ----------------------------------------------------------------------------
 
     def await_outcome(
-        self, workflow_id: str, *, suspend_as: str | None = None, deadline: float | None = None
+        self, workflow_id: str, *, waiter: Waiter | None = None, deadline: float | None = None
     ) -> Any:
         """The outcome of `workflow_id`. A queued run of it is taken and run in this thread.
-        With `suspend_as` (a workflow waiting for it), raise Suspended instead of blocking
-        while it is not done; otherwise block until it is, or until `deadline`."""
-        if suspend_as == workflow_id:
+        With a `waiter` (a workflow waiting for it), an execution that is not done is waited
+        for durably (the waiter is suspended); otherwise this blocks until it is done, or
+        until `deadline`."""
+        if waiter is not None and waiter.workflow_id == workflow_id:
             raise UsageError(
                 f"workflow {workflow_id!r} waits for its own outcome, which cannot come while "
                 "it waits: wait for it from outside, or for another execution"
             )
         stolen = self.runs.steal(workflow_id)
         if stolen is not None:
-            try:
+            with contextlib.suppress(Suspended, OwnershipLost):  # then it goes on elsewhere
                 return self._run_here(workflow_id, *stolen)
-            except (Suspended, OwnershipLost) as signal:
-                if suspend_as is not None:
-                    raise Suspended(suspend_as, workflow_id) from signal
         future = self.runs.future(workflow_id)
-        if future is not None:
-            if suspend_as is not None and not future.done():
-                raise Suspended(suspend_as, workflow_id)
+        if future is not None and (waiter is None or future.done()):
             try:
                 return future.result(_remaining(deadline))
             except HandedBack:
-                pass  # it goes on elsewhere: its outcome is in the database
+                pass  # it goes on elsewhere, or waits: its outcome is in the database
             except concurrent.futures.TimeoutError:
                 raise ResultTimeout(
                     f"workflow {workflow_id!r} did not finish in time; it goes on running: "
                     "call result() again to keep waiting"
                 ) from None
-        if suspend_as is None:
+        if waiter is None:
             return self.outcomes.wait(workflow_id, deadline)
-        try:
-            ended, outcome = self.outcomes.ended(workflow_id)
-        except PersistenceError as exc:
-            raise Interrupted(
-                f"workflow {suspend_as!r} was interrupted reading the outcome of {workflow_id!r}",
-                suspend_as,
-            ) from exc
-        if ended:
-            return outcome()
-        raise Suspended(suspend_as, workflow_id)
+        status, output, error = waiter.await_execution(workflow_id)
+        return self.outcomes.outcome(workflow_id, status, output, error)
 
-    # -- resuming and waking -----------------------------------------------------------------
+    # -- resuming ---------------------------------------------------------------------------
 
     def capacity(self) -> int:
         """How many more executions the worker pool should take on now."""
@@ -306,17 +285,6 @@ class Engine:
         execution, body = self._resumed(workflow, record, recovered=recovered)
         self._submit(record.id, lambda: self._execute(execution, body))
         return True
-
-    def wake(self, workflow_id: str) -> None:
-        """Resume a suspended execution whose awaited execution ended."""
-        try:
-            record = self.store.claim_own(workflow_id, self.executor_id, reason="woken")
-        except PersistenceError:
-            self.runs.wake_later(workflow_id)
-            return
-        if record is None or not self.resume(record, recovered=False):
-            # Cancelled, or taken over meanwhile: its callers read the outcome.
-            self.runs.drop(workflow_id, elsewhere(workflow_id, "is no longer run here"))
 
     def _submit(self, workflow_id: str, job: Callable[[], Any]) -> None:
         run = self.runs.queue(workflow_id, job)
@@ -361,15 +329,10 @@ class Engine:
         try:
             result = job()
         except Suspended as signal:
-            if signal.waiting_for is None:
-                # WAITING in the database, no owner: whichever executor wakes it runs it.
-                self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is waiting"))
-                if signal.wake_in is not None and self.due_in is not None:
-                    self.due_in(signal.wake_in)
-                raise
-            self.runs.suspend(workflow_id, run, signal.waiting_for)
-            if self._waker is not None:
-                self._waker.nudge()
+            # WAITING in the database, no owner: whichever executor wakes it runs it.
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is waiting"))
+            if signal.wake_in is not None and self.due_in is not None:
+                self.due_in(signal.wake_in)
             raise
         except Interrupted as signal:
             self.runs.orphan(workflow_id)
@@ -386,8 +349,6 @@ class Engine:
             self.runs.end(workflow_id, run, error=handed)
             raise
         self.runs.end(workflow_id, run, result=result)
-        if self._waker is not None and self.runs.has_ready():
-            self._waker.nudge()
         return result
 
     # -- starting and finding ----------------------------------------------------------------
@@ -514,9 +475,7 @@ class Engine:
                 self._ended(execution, "CANCELLED", clock, cancelled)
                 raise cancelled from signal
             except Suspended as signal:
-                telemetry.log.debug(
-                    "workflow_suspended", workflow_id=workflow_id, waiting_for=signal.waiting_for
-                )
+                telemetry.log.debug("workflow_waiting", workflow_id=workflow_id, wait=str(signal))
                 raise
             except HandedBack as signal:
                 self._interrupted(execution, signal)

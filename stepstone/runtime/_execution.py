@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = ["Execution"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))  # noqa: PTH120 - compared with frame paths
 
@@ -207,21 +208,36 @@ class Execution:
             changed,
             deleted,
         )
-        try:
-            outcome = self.store.wait(request)
-        except HandedBack as signal:
-            self.journal.doom(signal)
-            raise
-        except PersistenceError as exc:
-            raise self._interrupted(f"recording a {kind}", exc) from exc
+        outcome = self._write(f"recording a {kind}", self.store.wait, request)
         if not outcome.resolved:
             when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "for a message"
-            waits = Suspended(self.workflow_id, None, f"in a {kind} at step {seq}, {when}")
-            waits.wake_in = outcome.wake_in
-            self.journal.doom(waits)
-            raise waits
+            self._suspend(f"in a {kind} at step {seq}, {when}", outcome.wake_in)
         self.journal.committed_state(changed, deleted)
         return self._replay(RecordedStep(seq, kind, kind, outcome.output, outcome.error))
+
+    def await_execution(self, target: str) -> tuple[str, str | None, dict[str, Any] | None]:
+        """Wait, durably, for execution `target` to end: its (status, output, error) if it
+        has, else this execution is recorded WAITING on it and unwinds (Suspended); the
+        end of `target` makes it due, and the replay comes back here."""
+        state = self._state_delta()
+        ended = self._write(
+            f"waiting for {target!r}",
+            self.store.await_execution,
+            self.workflow_id,
+            self.journal.owner,
+            self.journal.epoch,
+            self.journal.seq,
+            target,
+            state,
+        )
+        if ended is None:
+            self._suspend(f"for workflow {target!r} to end", None)
+        return ended
+
+    def _suspend(self, what: str, wake_in: float | None) -> NoReturn:
+        waits = Suspended(self.workflow_id, what, wake_in)
+        self.journal.doom(waits)
+        raise waits
 
     def send(self, send: Callable[[str], None]) -> None:
         """A message sent from the workflow: recorded like a step, so it is sent once even
@@ -237,19 +253,16 @@ class Execution:
         child_id = workflow.options.workflow_id or self._child_id(self.journal.seq)
 
         def run() -> R:
-            # Runs here when it can; when it goes on elsewhere, this execution waits for it
-            # without holding the thread.
+            # Runs here when it can; when it waits or goes on elsewhere, this execution
+            # waits for it, durably, without holding the thread.
             try:
-                return self.engine.run(
-                    workflow,
-                    child_id,
-                    args,
-                    kwargs,
-                    parent_id=self.workflow_id,
-                    suspend_as=self.workflow_id,
-                )
-            except (Suspended, OwnershipLost) as signal:
-                raise Suspended(self.workflow_id, child_id) from signal
+                try:
+                    return self.engine.run(
+                        workflow, child_id, args, kwargs, parent_id=self.workflow_id, waiter=self
+                    )
+                except (Suspended, OwnershipLost):
+                    outcome: R = self.engine.await_outcome(child_id, waiter=self)
+                    return outcome
             except PersistenceError as exc:
                 raise self._interrupted(f"starting or finding child {child_id!r}", exc) from exc
 
@@ -454,14 +467,19 @@ class Execution:
 
     def _commit(self, commit: StepCommit) -> None:
         since = time.perf_counter()
+        self._write(f"committing step {commit.seq}", self.store.commit_step, commit)
+        self._committed(commit, since)
+
+    def _write(self, what: str, write: Callable[..., T], *args: Any) -> T:
+        """One fenced write of this execution: fenced out or cancelled, the execution is
+        doomed with that signal; a database failure is an interruption."""
         try:
-            self.store.commit_step(commit)
+            return write(*args)
         except HandedBack as signal:
             self.journal.doom(signal)
             raise
         except PersistenceError as exc:
-            raise self._interrupted(f"committing step {commit.seq}", exc) from exc
-        self._committed(commit, since)
+            raise self._interrupted(what, exc) from exc
 
     def _committed(self, commit: StepCommit, since: float) -> None:
         """The step is durable: what it wrote is now the committed state."""
@@ -566,11 +584,10 @@ class Execution:
         deleted: list[str] | None,
         details: dict[str, Any] | None,
     ) -> None:
-        try:
-            self.store.finish_execution(
-                self.workflow_id,
-                self.journal.owner,
-                self.journal.epoch,
+        self._write(
+            f"finishing as {status}",
+            functools.partial(
+                self.store.finish_execution,
                 status=status,
                 output=output,
                 error=error,
@@ -578,9 +595,11 @@ class Execution:
                 state=changed,
                 deleted=deleted,
                 details=details,
-            )
-        except PersistenceError as exc:
-            raise self._interrupted(f"finishing as {status}", exc) from exc
+            ),
+            self.workflow_id,
+            self.journal.owner,
+            self.journal.epoch,
+        )
 
 
 def _state_key(key: str, workflow_id: str) -> str:

@@ -1,12 +1,10 @@
-"""The executions this process is running, has queued or has suspended, by id.
+"""The executions this process is running or has queued, by id.
 
 Each has a `Run`: the future its callers here wait on (it resolves with the workflow's
 result or outcome error; with a `HandedBack` signal when the execution goes on somewhere
-else, which tells them to read the outcome from the database instead). A queued run may be
-taken by a thread that waits for it (so a parent waiting for its child never waits for a
-worker the parent itself occupies). A suspended run waits for another execution to end;
-when that one ends here, its waiters are ready to be woken; when it runs elsewhere, the
-waker asks the database.
+else, or waits, which tells them to read the outcome from the database instead). A queued
+run may be taken by a thread that waits for it (so a parent waiting for its child never
+waits for a worker the parent itself occupies).
 """
 
 from __future__ import annotations
@@ -24,35 +22,31 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalRuns", "Run"]
 
-RunState = Literal["queued", "running", "suspended"]
+RunState = Literal["queued", "running"]
 
 
 class Run:
     """One execution in this process."""
 
-    __slots__ = ("cancel", "epoch", "execution", "future", "job", "state", "waiting_for")
+    __slots__ = ("cancel", "execution", "future", "job", "state")
 
     def __init__(self, state: RunState, future: Future[Any] | None = None) -> None:
         self.future: Future[Any] = future if future is not None else Future()
         self.state: RunState = state
         self.job: Callable[[], Any] | None = None
         self.execution: Execution | None = None
-        self.waiting_for: str | None = None
-        self.epoch = 0  # of the execution, while suspended
         # A cancellation learned of while no body ran: "confirmed" (this process cancelled
         # it) or "hint" (a notification: the database has the last word).
         self.cancel: Literal["confirmed", "hint"] | None = None
 
 
 class LocalRuns:
-    """The runs of this process, their waiters, and the executions a database error left
-    behind (orphans), under one lock."""
+    """The runs of this process, and the executions a database error left behind (orphans),
+    under one lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
-        self._waiters: dict[str, set[str]] = {}  # awaited id -> ids of runs suspended on it
-        self._ready: set[str] = set()  # suspended runs whose awaited execution ended here
         self._orphans: set[str] = set()
         self._reconcile = False
 
@@ -69,18 +63,16 @@ class LocalRuns:
             return run, True
 
     def queue(self, workflow_id: str, job: Callable[[], Any]) -> Run:
-        """Queue `job` as the run of `workflow_id`. A queued or suspended run of it keeps
-        its future (its callers get the outcome of this one); a running one is replaced (the
-        claim that led here fenced it out)."""
+        """Queue `job` as the run of `workflow_id`. A queued run of it (a start's, not yet
+        given its job) keeps its future; a running one is replaced (the claim that led here
+        fenced it out)."""
         with self._lock:
             current = self._runs.get(workflow_id)
-            if current is not None and current.state != "running":
+            if current is not None and current.state == "queued":
                 run = current
-                run.state = "queued"
             else:
                 run = self._runs[workflow_id] = Run("queued")
             run.job = job
-            run.waiting_for = None
             return run
 
     def take(self, workflow_id: str, run: Run) -> Callable[[], Any] | None:
@@ -126,64 +118,16 @@ class LocalRuns:
         result: Any = None,
         error: BaseException | None = None,
     ) -> None:
-        """The run ended: resolve its future; runs suspended on it are ready to wake."""
+        """The run ended: resolve its future."""
         with self._lock:
             if self._runs.get(workflow_id) is run:
                 del self._runs[workflow_id]
-                self._ready |= self._waiters.pop(workflow_id, set())
         if run.future.done():
             return
         if error is not None:
             run.future.set_exception(error)
         else:
             run.future.set_result(result)
-
-    # -- suspension --------------------------------------------------------------------------
-
-    def suspend(self, workflow_id: str, run: Run, waiting_for: str) -> None:
-        """The run unwound to wait for `waiting_for`; its future stays pending."""
-        with self._lock:
-            run.state = "suspended"
-            if run.execution is not None:
-                run.epoch = run.execution.epoch
-            run.execution = None
-            run.waiting_for = waiting_for
-            self._waiters.setdefault(waiting_for, set()).add(workflow_id)
-
-    def has_ready(self) -> bool:
-        return bool(self._ready)
-
-    def wake_later(self, workflow_id: str) -> None:
-        """Waking `workflow_id` failed (the database): try again next round."""
-        with self._lock:
-            self._ready.add(workflow_id)
-
-    def drop(self, workflow_id: str, error: BaseException) -> None:
-        """End a suspended run that will not resume here."""
-        with self._lock:
-            run = self._runs.get(workflow_id)
-        if run is not None and run.state == "suspended":
-            self.end(workflow_id, run, error=error)
-
-    def take_ready(self) -> set[str]:
-        """Suspended runs whose awaited execution ended in this process."""
-        with self._lock:
-            ready, self._ready = self._ready, set()
-            return ready
-
-    def awaited_elsewhere(self) -> list[str]:
-        """Ids awaited by suspended runs that do not run here (the database tells when
-        they end)."""
-        with self._lock:
-            return [awaited for awaited in self._waiters if awaited not in self._runs]
-
-    def take_waiters(self, awaited: str) -> set[str]:
-        with self._lock:
-            return self._waiters.pop(awaited, set())
-
-    def suspended(self) -> list[tuple[str, Run]]:
-        with self._lock:
-            return [(i, r) for i, r in self._runs.items() if r.state == "suspended"]
 
     # -- cancellation ------------------------------------------------------------------------
 
@@ -201,7 +145,8 @@ class LocalRuns:
     # -- what the sweep needs ----------------------------------------------------------------
 
     def active_ids(self) -> set[str]:
-        """Every execution known here: it must not be claimed again by this executor."""
+        """Every execution run or queued here: it must not be claimed again by this
+        executor."""
         with self._lock:
             return set(self._runs)
 

@@ -36,21 +36,19 @@ class WorkflowHandle(Generic[R]):
 
         Raises WorkflowFailed (the recorded error is its cause), WorkflowCancelled, or
         ResultTimeout after `timeout` seconds; the execution goes on in every case. If the
-        execution is queued in this process, the calling thread runs it. Inside a workflow
-        body, waiting does not hold the thread: the workflow is suspended until the
-        execution ends, then resumed by replay (`timeout` does not apply there).
+        execution is queued in this process, the calling thread runs it. In a workflow body
+        the wait is durable and holds no thread: the workflow is WAITING until the execution
+        ends, then resumed by replay (`timeout` does not apply there).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         execution = _CURRENT.get()
-        suspend_as = (
-            execution.workflow_id
-            if execution is not None
+        waits_durably = (
+            execution is not None
             and not execution.in_step
             and execution.thread == threading.get_ident()
-            else None
         )
         outcome: R = self._engine.await_outcome(
-            self.workflow_id, suspend_as=suspend_as, deadline=deadline
+            self.workflow_id, waiter=execution if waits_durably else None, deadline=deadline
         )
         return outcome
 

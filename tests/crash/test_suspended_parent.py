@@ -1,6 +1,6 @@
-"""A parent suspended on a child that runs in another process survives its own process
-being killed: another executor takes the parent over and finishes it with the child's
-outcome; no step body runs twice."""
+"""A parent waiting for a child that runs in another process survives its own process
+being killed: the wait is in the database, and when the child ends another executor wakes
+the parent and finishes it with the child's outcome; no step body runs twice."""
 
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ if TYPE_CHECKING:
 def _status(db: str, workflow_id: str) -> tuple[object, ...] | None:
     with psycopg.connect(db) as conn:
         return conn.execute(
-            "SELECT status, owner, output FROM stepstone.executions WHERE id = %s", [workflow_id]
+            "SELECT status, owner, output, recoveries FROM stepstone.executions WHERE id = %s",
+            [workflow_id],
         ).fetchone()
 
 
 def test_a_suspended_parent_killed_with_its_process_is_finished_elsewhere(
     workers: Workers,
 ) -> None:
-    """Process A's parent waits (suspended, no thread) for a child that process B runs; A is
-    killed with SIGKILL; B finishes the child; once A's lease expired, a live executor (B,
-    or a third process started meanwhile) claims the parent, replays it, and finishes it
-    with the child's result."""
+    """Process A's parent waits for a child that process B runs: WAITING, with no owner
+    and no thread. A is killed with SIGKILL; B finishes the child, which makes the parent
+    due; a live executor (B, or a third process started meanwhile) wakes it (no recovery:
+    nothing was interrupted), replays it, and finishes it with the child's result."""
     deadline = time.monotonic() + 60
     kid_host = workers.start("kid-host", "kid")
     while "toy kid" not in workers.note_lines():
@@ -38,20 +39,22 @@ def test_a_suspended_parent_killed_with_its_process_is_finished_elsewhere(
         assert time.monotonic() < deadline
         assert parent_host.poll() is None
         time.sleep(0.01)
-    time.sleep(0.5)  # the parent suspends on the child, which kid-host owns
-    assert _status(workers.db, "family")[:2] == ("RUNNING", "parent-host")
+    while (_status(workers.db, "family") or ("",))[0] != "WAITING":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert _status(workers.db, "family")[:2] == ("WAITING", None)
     parent_host.kill()
     parent_host.communicate(timeout=30)
     (workers.notes / "go").touch()
-    while _status(workers.db, "kid") != ("SUCCEEDED", "kid-host", '"toy for kid"'):
+    while _status(workers.db, "kid") != ("SUCCEEDED", "kid-host", '"toy for kid"', 0):
         assert time.monotonic() < deadline, _status(workers.db, "kid")
         time.sleep(0.05)
     rescuer = workers.start("rescuer", "serve")
     out, err = rescuer.communicate(timeout=60)
     assert rescuer.returncode == 0, err
     assert out.strip().endswith("served")
-    status, owner, output = _status(workers.db, "family") or (None, None, None)
-    assert (status, output) == ("SUCCEEDED", '"family got toy for kid"')
+    status, owner, output, recoveries = _status(workers.db, "family") or (None,) * 4
+    assert (status, output, recoveries) == ("SUCCEEDED", '"family got toy for kid"', 0)
     assert owner in ("kid-host", "rescuer")
     lines = workers.note_lines()
     assert lines.count("before family") == 1

@@ -254,7 +254,8 @@ def test_a_workflow_waiting_for_a_running_execution_frees_its_worker(solo: Runti
 
 def test_shutdown_does_not_hang_on_a_workflow_waiting_for_a_claim(solo: Runtime, db: str) -> None:
     """A parent waiting for a child owned by another live executor does not keep shutdown
-    waiting: shutdown returns, and hands the parent back (no owner, not a recovery)."""
+    waiting: the parent is WAITING in the database (no owner, no thread, not a recovery)
+    and shutdown returns at once."""
 
     @solo.workflow(name="child")
     def child() -> str:
@@ -267,13 +268,13 @@ def test_shutdown_does_not_hang_on_a_workflow_waiting_for_a_claim(solo: Runtime,
     _ghost(db, "held-child", "child", expired=False)
     solo.launch()
     solo.start(parent.with_options(workflow_id="held-parent"))
-    wait_for(lambda: "held-parent" in solo._engine.runs.active_ids())
-    time.sleep(0.5)  # it reaches the wait and suspends
+    wait_for(lambda: _row(db, "held-parent")[0] == "WAITING")
+    assert solo._engine.runs.active_ids() == set()
     stopper = threading.Thread(target=solo.shutdown)
     stopper.start()
     stopper.join(15)
     assert not stopper.is_alive(), "shutdown hung"
-    assert _row(db, "held-parent") == ("RUNNING", None, 0)
+    assert _row(db, "held-parent") == ("WAITING", None, 0)
 
 
 # -- 3. a BaseException inside a step -------------------------------------------------------
