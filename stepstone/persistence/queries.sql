@@ -85,8 +85,9 @@ SELECT ended, status, output, error
 SELECT status, stored FROM {schema}.send_v1(%(id)s, %(topic)s, %(payload)s, %(key)s, %(sender)s);
 
 -- name: release
--- Hand an interrupted execution back at once (see the release function). executions_pkey.
-SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s, %(interrupted)s);
+-- Hand an interrupted execution back at once (see the release function): every hand-back
+-- is an interruption, counted as a recovery. executions_pkey.
+SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s, true);
 
 -- name: running_owned_by
 -- executions_running_owner_idx.

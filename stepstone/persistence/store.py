@@ -559,20 +559,12 @@ class Store:
         next_wake_in = next((row[10] for row in rows if row[0] == "next"), None)
         return SweepResult(claimed, unclaimable, woken, next_wake_in)
 
-    def release_execution(
-        self, execution_id: str, owner: str, epoch: int, reason: str, *, interrupted: bool
-    ) -> bool:
-        """Hand a RUNNING execution that `owner` owns at `epoch` back at once: no owner, the
-        next epoch, an audit entry with `reason`; any executor that runs its workflow claims
-        it. `interrupted` counts it as a recovery (a loop of them ends at max_recoveries).
-        False, changing nothing, if it is not `owner`'s at `epoch`."""
-        params = {
-            "id": execution_id,
-            "owner": owner,
-            "epoch": epoch,
-            "reason": reason,
-            "interrupted": interrupted,
-        }
+    def release_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
+        """Hand an interrupted RUNNING execution that `owner` owns at `epoch` back at once:
+        no owner, the next epoch, one more recovery (a loop of hand-backs ends at
+        max_recoveries), an audit entry with `reason`; any executor that runs its workflow
+        claims it. False, changing nothing, if it is not `owner`'s at `epoch`."""
+        params = {"id": execution_id, "owner": owner, "epoch": epoch, "reason": reason}
         row = self._sql.one("release", params)
         return bool(row and row[0])
 

@@ -523,7 +523,6 @@ class Engine:
                 self.executor_id,
                 execution.epoch,
                 f"{type(exc).__name__} raised while it ran",
-                interrupted=True,
             )
         except PersistenceError:
             self.runs.orphan(execution.workflow_id)  # this executor's sweep resumes it

@@ -162,7 +162,7 @@ def test_claims_count_by_their_reason_and_the_previous_owner(store: Store) -> No
         expected += counts
         assert record.recoveries == expected, reason
     assert _row(store) == ("RUNNING", "exec-a", 8, expected)
-    assert store.release_execution("wf-1", "exec-a", 8, "interrupted", interrupted=True)
+    assert store.release_execution("wf-1", "exec-a", 8, "interrupted")
     assert _row(store) == ("RUNNING", None, 9, expected + 1)
     claimed = store.sweep("exec-b", [("flow", "1")], 10).claimed
     assert [(r.id, r.epoch, r.recoveries) for r in claimed] == [("wf-1", 10, expected + 1)]
@@ -178,16 +178,16 @@ def test_release_is_fenced_by_owner_and_epoch(store: Store) -> None:
         "wf-done", "exec-a", 1, status="SUCCEEDED", output="1", error=None, seq=0
     )
     before, logs = _row(store), store.list_logs("wf-1")
-    assert not store.release_execution("wf-1", "exec-b", 1, "interrupted", interrupted=True)
-    assert not store.release_execution("wf-1", "exec-a", 2, "interrupted", interrupted=True)
-    assert not store.release_execution("wf-1", "exec-a", 0, "interrupted", interrupted=True)
-    assert not store.release_execution("wf-done", "exec-a", 1, "interrupted", interrupted=True)
-    assert not store.release_execution("ghost", "exec-a", 1, "interrupted", interrupted=True)
+    assert not store.release_execution("wf-1", "exec-b", 1, "interrupted")
+    assert not store.release_execution("wf-1", "exec-a", 2, "interrupted")
+    assert not store.release_execution("wf-1", "exec-a", 0, "interrupted")
+    assert not store.release_execution("wf-done", "exec-a", 1, "interrupted")
+    assert not store.release_execution("ghost", "exec-a", 1, "interrupted")
     assert _row(store) == before == ("RUNNING", "exec-a", 1, 0)
     assert store.list_logs("wf-1") == logs
     assert _row(store, "wf-done") == ("SUCCEEDED", "exec-a", 1, 0)
 
-    assert store.release_execution("wf-1", "exec-a", 1, "SystemExit in a step", interrupted=True)
+    assert store.release_execution("wf-1", "exec-a", 1, "SystemExit in a step")
     assert _row(store) == ("RUNNING", None, 2, 1)
     released = store.list_logs("wf-1")[-1]
     assert (released.event, released.actor) == ("execution_released", "exec-a")
@@ -197,17 +197,9 @@ def test_release_is_fenced_by_owner_and_epoch(store: Store) -> None:
         "previous_epoch": 1,
         "interrupted": True,
     }
-    assert not store.release_execution("wf-1", "exec-a", 1, "again", interrupted=True)
+    assert not store.release_execution("wf-1", "exec-a", 1, "again")
     with pytest.raises(OwnershipLost):
         store.commit_step(_step(epoch=1))
-
-
-def test_a_graceful_release_is_not_a_recovery(store: Store) -> None:
-    """Handing an execution back at shutdown (not interrupted) leaves the counter alone."""
-    _start(store)
-    assert store.release_execution("wf-1", "exec-a", 1, "shutdown", interrupted=False)
-    assert _row(store) == ("RUNNING", None, 2, 0)
-    assert store.list_logs("wf-1")[-1].details["interrupted"] is False
 
 
 def _step(*, epoch: int) -> StepCommit:
