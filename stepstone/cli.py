@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from stepstone import _cli_format as fmt
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
-from stepstone.persistence.ids import check_workflow_id
+from stepstone.persistence.ids import check_topic, check_workflow_id
 from stepstone.persistence.listing import MAX_LIMIT, STATUSES, ExecutionFilter
 from stepstone.persistence.serialization import JsonSerializer, Serializer, unstorable
 from stepstone.persistence.store import Store
-from stepstone.runtime.waits import check_topic
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -536,19 +535,12 @@ def _send(args: argparse.Namespace) -> int:
     shown = fmt.topic_text(topic)
     payload = store.encode(value, f"the message to {execution_id!r} on topic {shown}")
     with _opened(args, store):
-        status, stored = store.send(
-            execution_id, topic, payload, idempotency_key=key, sender=_actor()
-        )
-    if status is None:
-        raise WorkflowNotFound(
-            f"no execution has workflow id {execution_id!r}: the message was not sent; "
-            "find ids with `stepstone executions list`"
-        )
-    if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
-        raise UsageError(
-            f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
-            "so the message was not sent"
-        )
+        try:
+            status, stored = store.send(
+                execution_id, topic, payload, idempotency_key=key, sender=_actor()
+            )
+        except WorkflowNotFound as exc:
+            raise WorkflowNotFound(f"{exc}; find ids with `stepstone executions list`") from None
     if stored:
         print(
             f"stored the message for {execution_id!r} on topic {shown} (it is {status}); "

@@ -1,18 +1,21 @@
-"""The rules for names given from outside: workflow ids (which are execution ids), which the
-executions table stores, and the schema name, which every statement and migration quotes."""
+"""The rules for names stored in the tables: workflow ids (which are execution ids, as the
+executions table stores them), the schema name, which every statement and migration quotes,
+and mailbox topics."""
 
 from __future__ import annotations
 
 import re
 
-from stepstone.errors import ConfigurationError, InvalidWorkflowId
+from stepstone.errors import ConfigurationError, InvalidWorkflowId, UsageError
 from stepstone.persistence.serialization import unstorable
 
 __all__ = [
     "MAX_SCHEMA_NAME_LENGTH",
+    "MAX_TOPIC_LENGTH",
     "MAX_WORKFLOW_ID_LENGTH",
     "SCHEMA_NAME_RULE",
     "check_schema_name",
+    "check_topic",
     "check_workflow_id",
 ]
 
@@ -75,3 +78,18 @@ def check_schema_name(schema: object) -> str:
             f"{SCHEMA_NAME_RULE}"
         )
     return schema
+
+
+MAX_TOPIC_LENGTH = 255
+
+
+def check_topic(topic: object) -> str:
+    """`topic` if it can name a mailbox; UsageError naming it otherwise."""
+    if not isinstance(topic, str) or len(topic) > MAX_TOPIC_LENGTH:
+        raise UsageError(
+            f"a topic must be a string of at most {MAX_TOPIC_LENGTH} characters, got {topic!r}"
+        )
+    problem = unstorable(topic)
+    if problem is not None:
+        raise UsageError(f"the topic {topic!r} {problem}, which PostgreSQL cannot store")
+    return topic

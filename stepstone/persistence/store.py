@@ -428,11 +428,12 @@ class Store:
         idempotency_key: str | None = None,
         sender: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
-    ) -> tuple[str | None, bool]:
+    ) -> tuple[str, bool]:
         """Put a serialized message into the mailbox (execution_id, topic): the status the
-        execution had (None: no such execution) and whether it was stored (never for an
-        ended execution, once per idempotency key). With `conn`, in that connection's
-        transaction: it is sent when the caller commits, and not at all if it rolls back."""
+        execution had and whether the message was stored (once per idempotency key). With
+        `conn`, in that connection's transaction: it is sent when the caller commits, and
+        not at all if it rolls back. WorkflowNotFound for an unknown id; UsageError, naming
+        its status, for an execution that has ended (nothing is stored)."""
         params = {
             "id": execution_id,
             "topic": topic,
@@ -449,7 +450,17 @@ class Store:
             except psycopg.Error as exc:
                 raise outage(exc, f"sending to {execution_id!r}", self.describe) from exc
         assert row is not None  # noqa: S101 - the function returns one row
-        return row[0], bool(row[1])
+        status, stored = row
+        if status is None:
+            raise WorkflowNotFound(
+                f"no execution has workflow id {execution_id!r}: the message was not sent"
+            )
+        if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            raise UsageError(
+                f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
+                "so the message was not sent"
+            )
+        return str(status), bool(stored)
 
     def finish_execution(
         self,

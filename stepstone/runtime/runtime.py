@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from stepstone._background import Loop
 from stepstone._version import __version__
-from stepstone.errors import ConfigurationError, UsageError, WorkflowNotFound
-from stepstone.persistence.ids import check_workflow_id
+from stepstone.errors import ConfigurationError, UsageError
+from stepstone.persistence.ids import check_topic, check_workflow_id
 from stepstone.persistence.notifications import Listener
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer, unstorable
 from stepstone.persistence.store import Store
@@ -22,7 +22,6 @@ from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
-from stepstone.runtime.waits import check_topic
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -62,8 +61,9 @@ class Runtime:
     process id and a random suffix). `workers` threads run the workflows started with
     `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections,
     and the server ends a pooled session left idle inside a transaction for longer than
-    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). Spans, metrics and log records go to the OpenTelemetry providers given here, else to
-    the global ones.
+    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). Spans,
+    metrics and log records go to the OpenTelemetry providers given here, else to the
+    global ones.
     """
 
     def __init__(
@@ -348,23 +348,9 @@ class Runtime:
         key: str | None,
         conn: psycopg.Connection[Any] | None,
     ) -> None:
-        status, _stored = self.store.send(
-            workflow_id,
-            topic,
-            payload,
-            idempotency_key=key,
-            sender=self.executor_id,
-            conn=conn,
+        self.store.send(
+            workflow_id, topic, payload, idempotency_key=key, sender=self.executor_id, conn=conn
         )
-        if status is None:
-            raise WorkflowNotFound(
-                f"no execution has workflow id {workflow_id!r}: the message was not sent"
-            )
-        if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            raise UsageError(
-                f"workflow {workflow_id!r} has ended ({status}): it receives no more messages, "
-                "so the message was not sent"
-            )
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution, from any process."""

@@ -14,12 +14,11 @@ import math
 from typing import Any
 
 from stepstone.errors import StepOutsideWorkflow, UsageError
-from stepstone.persistence.serialization import unstorable
+from stepstone.persistence.ids import check_topic
 from stepstone.runtime.context import _CURRENT
 
 __all__ = ["recv", "sleep", "sleep_until"]
 
-MAX_TOPIC_LENGTH = 255
 MAX_WAIT_SECONDS = 100 * 365 * 24 * 3600
 
 
@@ -50,18 +49,6 @@ def recv(topic: str = "", timeout: float | dt.timedelta | None = None) -> Any:
     check_topic(topic)
     limit = None if timeout is None else _seconds(timeout, "recv(timeout=...)")
     return _execution("recv").wait("recv", {"topic": topic}, limit, None)
-
-
-def check_topic(topic: object) -> str:
-    """`topic` if it can name a mailbox; UsageError naming it otherwise."""
-    if not isinstance(topic, str) or len(topic) > MAX_TOPIC_LENGTH:
-        raise UsageError(
-            f"a topic must be a string of at most {MAX_TOPIC_LENGTH} characters, got {topic!r}"
-        )
-    problem = unstorable(topic)
-    if problem is not None:
-        raise UsageError(f"the topic {topic!r} {problem}, which PostgreSQL cannot store")
-    return topic
 
 
 def _execution(what: str) -> Any:

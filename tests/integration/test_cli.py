@@ -763,7 +763,10 @@ def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_d
         (["approval-1", "1e999"], ["1e999 is too large"]),
         (["approval-1", "[" * 100_000], ["is nested too deeply"]),
         (["approval-1", '"\udcff"'], ["not valid Unicode"]),
-        (["no-such-id", "1"], ["no execution has workflow id 'no-such-id'", "not sent"]),
+        (
+            ["no-such-id", "1"],
+            ["no execution has workflow id 'no-such-id'", "not sent", "stepstone executions list"],
+        ),
         (["inbox-1", "1"], ["'inbox-1' has ended (SUCCEEDED)", "not sent"]),
         (["", "1"], ["ID is empty"]),
         (["x" * 256, "1"], ["ID: workflow_id", "over the limit of 255"]),
