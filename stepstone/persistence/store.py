@@ -131,9 +131,9 @@ class Store:
         self._idle_timeout = float(idle_in_transaction_timeout)
         self.queries = Queries(schema)
         self._pool_sizes = (min_size, max_size)
-        self._pool = self._new_pool()
         self._opened = False
-        self._sql = Statements(self._pool, self.queries, self.describe, lambda: self._opened)
+        # The pool lives with the statement runner (each open() makes a new one).
+        self._sql = Statements(self._new_pool(), self.queries, self.describe, lambda: self._opened)
         self.operations = Operations(self._sql, schema)
 
     def _new_pool(self) -> ConnectionPool[Connection]:
@@ -189,18 +189,18 @@ class Store:
             raise DatabaseUnreachable(
                 f"cannot open a connection pool to PostgreSQL at {self.describe()}: {exc}"
             ) from exc
-        self._pool = self._sql.pool = pool
+        self._sql.pool = pool
         self._opened = True
 
     def close(self) -> None:
         """Close the pool; open() may be called again."""
         if self._opened:
-            self._pool.close()
+            self._sql.pool.close()
             self._opened = False
 
     def pool_stats(self) -> dict[str, int]:
         """The connection pool's statistics (psycopg-pool's get_stats()); empty when closed."""
-        return dict(self._pool.get_stats()) if self._opened else {}
+        return dict(self._sql.pool.get_stats()) if self._opened else {}
 
     def __enter__(self) -> Self:
         self.open()
@@ -214,7 +214,7 @@ class Store:
         """A pooled autocommit connection, for queries of your own next to the store's."""
         if not self._opened:
             raise UsageError("the store is not open: call open() (Runtime.launch() does) first")
-        with self._pool.connection() as conn:
+        with self._sql.pool.connection() as conn:
             yield conn
 
     # -- values ------------------------------------------------------------------------------
@@ -300,14 +300,14 @@ class Store:
         is a PersistenceError; a fenced-out record is OwnershipLost or ExecutionCancelled.
         """
         try:
-            conn = self._pool.getconn()
+            conn = self._sql.pool.getconn()
         except psycopg.Error as exc:  # PoolTimeout, PoolClosed: not the step's doing
             raise outage(exc, "taking a connection for a transaction step", self.describe) from exc
         try:
             result, commit = self._transaction_body(conn, body, record)
             self._commit_transaction_step(conn, commit)
         finally:
-            self._pool.putconn(conn)
+            self._sql.pool.putconn(conn)
         return result
 
     def _transaction_body(
@@ -797,7 +797,7 @@ class Store:
     @contextmanager
     def _connection_for_health(self) -> Iterator[Connection]:
         if self._opened:
-            with self._pool.connection() as conn:
+            with self._sql.pool.connection() as conn:
                 yield conn
         else:
             with self.connect() as conn:
