@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+import stepstone
 from stepstone import Runtime
+from stepstone.migrations import load_migrations
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -46,10 +49,17 @@ def flows(rt: Runtime) -> dict[str, Any]:
     def one_transaction() -> int:
         return insert(1)
 
+    @rt.workflow()
+    def stateful(n: int) -> int:
+        state = stepstone.current().state
+        for i in range(n):
+            state["k"] = echo(i)
+        return n
+
     rt.launch()
     with rt.store.connection() as conn:
         conn.execute("CREATE TABLE bench_rows (id bigserial PRIMARY KEY, payload text NOT NULL)")
-    return {"steps": steps, "one_transaction": one_transaction}
+    return {"steps": steps, "one_transaction": one_transaction, "stateful": stateful}
 
 
 def test_floor_one_durable_insert(
@@ -79,3 +89,26 @@ def test_workflow_with_one_transaction_step(
 ) -> None:
     """A workflow whose one transaction step inserts one row."""
     benchmark.pedantic(flows["one_transaction"], rounds=200, warmup_rounds=20)
+
+
+def _write_state_without_waiter_probe(rt: Runtime) -> None:
+    """Put back write_state_v1 as 0002 defined it (before 0005 added the probe that makes
+    executions waiting for a key due), for a side-by-side measure of that probe."""
+    (old,) = [m for m in load_migrations() if m.version == 2]
+    start = old.text.index("CREATE FUNCTION {schema}.write_state_v1(")
+    body = old.text[start : old.text.index("END $$;", start) + len("END $$;")]
+    statement = body.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    with rt.store.connection() as conn:
+        conn.execute(sql.SQL(statement).format(schema=sql.Identifier("stepstone")))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("write_state", ["0005 (waiter probe)", "0002 (no probe)"])
+def test_workflow_of_10_steps_that_change_state(
+    benchmark: BenchmarkFixture, flows: dict[str, Any], rt: Runtime, write_state: str
+) -> None:
+    """A workflow of 10 trivial steps, each followed by a state change (committed with the
+    next step): the cost of write_state_v1's probe for executions waiting on a key, with
+    the probe (the schema as migrated) and without it (0002's function put back)."""
+    if write_state.startswith("0002"):
+        _write_state_without_waiter_probe(rt)
+    benchmark.pedantic(flows["stateful"], args=(10,), rounds=200, warmup_rounds=20)

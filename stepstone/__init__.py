@@ -21,6 +21,8 @@ from stepstone.errors import (
     RecvTimeout,
     ResultTimeout,
     SerializationError,
+    StateNotSet,
+    StateTimeout,
     StepError,
     StepOutsideWorkflow,
     StepstoneError,
@@ -54,6 +56,7 @@ from stepstone.runtime import (
     recv,
     sleep,
     sleep_until,
+    wait_state,
 )
 
 __all__ = [
@@ -82,6 +85,8 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "State",
+    "StateNotSet",
+    "StateTimeout",
     "Step",
     "StepError",
     "StepOutsideWorkflow",
@@ -104,4 +109,5 @@ __all__ = [
     "recv",
     "sleep",
     "sleep_until",
+    "wait_state",
 ]

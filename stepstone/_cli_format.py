@@ -237,17 +237,27 @@ def page_text(page: ExecutionPage) -> str:
 
 
 def _waiting_cells(item: ExecutionSummary) -> list[str]:
-    """The WAITS FOR and UNTIL cells: `sleep`, `recv "topic"`; a time, or `a message`."""
+    """The WAITS FOR and UNTIL cells: `sleep`, `recv "topic"`, `state "key" of ID`, `end of
+    ID`; a time, or what makes it due."""
     if item.status != "WAITING":
         return [NONE, NONE]
     waiting = item.waiting or {}
     kind = str(waiting.get("kind", NONE))
-    what = f"{kind} {topic_text(str(waiting.get('topic', '')))}" if kind == "recv" else kind
-    if item.wake_at is not None:
-        until = moment(item.wake_at)
+    target = waiting.get("target")
+    if kind == "recv":
+        what = f"recv {topic_text(str(waiting.get('topic', '')))}"
+    elif kind == "wait_state":
+        what = f"state {topic_text(str(waiting.get('key', '')))} of {target}"
+    elif kind == "execution":
+        what = f"end of {target}"
     else:
-        until = "a message" if kind == "recv" else NONE
+        what = kind
+    until = moment(item.wake_at) if item.wake_at is not None else _UNTIL.get(kind, NONE)
     return [what, until]
+
+
+# What makes a wait with no time due.
+_UNTIL = {"recv": "a message", "wait_state": "the key", "execution": "its end"}
 
 
 # -- executions show -----------------------------------------------------------------------
@@ -326,6 +336,11 @@ def _waiting_fields(e: ExecutionRow, now: dt.datetime) -> list[tuple[str, str]]:
         what = f"a sleep of {span(seconds)}" if seconds is not None else "a sleep"
     elif kind == "recv":
         what = f"a message on topic {topic_text(str(waiting.get('topic', '')))}"
+    elif kind == "wait_state":
+        key = topic_text(str(waiting.get("key", "")))
+        what = f"state key {key} of workflow {waiting.get('target')!r}"
+    elif kind == "execution":
+        what = f"the end of workflow {waiting.get('target')!r}"
     else:
         what = f"a wait of kind {kind!r}" if kind is not None else NONE
     if "seq" in waiting:
@@ -336,9 +351,17 @@ def _waiting_fields(e: ExecutionRow, now: dt.datetime) -> list[tuple[str, str]]:
     return [("waits for", what), ("until", _until_text(e, kind, now))]
 
 
+# What makes a wait with no time due, in `executions show`.
+_NO_TIMEOUT = {
+    "recv": "a message arrives (no timeout)",
+    "wait_state": "the key is committed (no timeout)",
+    "execution": "the other execution ends",
+}
+
+
 def _until_text(e: ExecutionRow, kind: object, now: dt.datetime) -> str:
     if e.wake_at is None:
-        return "a message arrives (no timeout)" if kind == "recv" else NONE
+        return _NO_TIMEOUT.get(str(kind), NONE)
     left = (e.wake_at - now).total_seconds()
     text = f"{moment(e.wake_at)} ({f'in {span(left)}' if left > 0 else f'{span(-left)} ago'})"
     timeout_at = _instant((e.waiting or {}).get("timeout_at"))
@@ -346,6 +369,10 @@ def _until_text(e: ExecutionRow, kind: object, now: dt.datetime) -> str:
         text += ", when the receive times out unless a message arrives first"
     elif kind == "recv":
         text += ", made due by a message"
+    elif kind == "wait_state" and timeout_at is not None and timeout_at == e.wake_at:
+        text += ", when the wait times out unless the key is committed first"
+    elif kind in ("wait_state", "execution"):
+        text += ", made due by the other execution"
     if left <= 0:
         text += (
             f": due, so an executor that registers workflow {e.workflow_name!r} wakes it at "

@@ -157,6 +157,16 @@ class RecvTimeout(StepstoneError, TimeoutError):
     a replay of the workflow raises it again at the same receive."""
 
 
+class StateTimeout(StepstoneError, TimeoutError):
+    """`wait_state(workflow_id, key, timeout=...)` ran out of time before the key was
+    committed. In a workflow it is recorded: a replay raises it again at the same wait."""
+
+
+class StateNotSet(StepstoneError):
+    """`wait_state(workflow_id, key)` waited for an execution that ended without ever
+    committing the key, which therefore can never come. Recorded like StateTimeout."""
+
+
 # -- durability guards --------------------------------------------------------------------
 
 

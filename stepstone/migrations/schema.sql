@@ -96,7 +96,8 @@ CREATE TABLE {schema}.steps (
     seq          integer     NOT NULL CHECK (seq >= 0),
     name         text        NOT NULL,
     kind         text        NOT NULL
-        CHECK (kind IN ('step', 'transaction', 'workflow', 'sleep', 'recv', 'send')),
+        CHECK (kind IN ('step', 'transaction', 'workflow', 'sleep', 'recv', 'send',
+                        'wait_state')),
     output       text,
     error        jsonb,
     attempts     integer     NOT NULL CHECK (attempts >= 1),
@@ -250,11 +251,15 @@ BEGIN
     END IF;
 END $$;
 
--- Applies state changes and snapshots the resulting state as the checkpoint at p_seq.
+-- Applies state changes and snapshots the resulting state as the checkpoint at p_seq;
+-- executions WAITING for one of the keys written are made due ('due:' || id).
+-- executions_waits_for_idx.
 CREATE FUNCTION {schema}.write_state_v1(
     p_id text, p_seq integer, p_state jsonb, p_deleted text[]
 ) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_waiter text;
 BEGIN
     IF p_deleted IS NOT NULL THEN
         DELETE FROM {schema}.states WHERE execution_id = p_id AND key = ANY (p_deleted);
@@ -264,6 +269,14 @@ BEGIN
         SELECT p_id, kv.key, kv.value, p_seq FROM jsonb_each_text(p_state) kv
             ON CONFLICT (execution_id, key) DO UPDATE
            SET value = EXCLUDED.value, seq = EXCLUDED.seq, updated_at = now();
+        FOR v_waiter IN
+            UPDATE {schema}.executions e SET wake_at = now(), updated_at = now()
+             WHERE e.status = 'WAITING' AND e.waits_for = p_id
+               AND e.waiting->>'kind' = 'wait_state' AND p_state ? (e.waiting->>'key')
+         RETURNING e.id
+        LOOP
+            PERFORM pg_notify('stepstone', 'due:' || v_waiter);
+        END LOOP;
     END IF;
     INSERT INTO {schema}.checkpoints (execution_id, seq, state)
     SELECT p_id, p_seq, coalesce(jsonb_object_agg(st.key, st.value), '{{}}'::jsonb)
@@ -720,7 +733,8 @@ BEGIN
 END $$;
 
 -- The outcome of a pending wait of execution p_id, if it has one now: a wait for another
--- execution is over once that one has ended; a sleep once its time has come; a receive
+-- execution's state key as resolve_state_wait_v1 says; a wait for another execution is
+-- over once that one has ended; a sleep once its time has come; a receive
 -- takes the first unread message of its topic (marking it received by the receive at
 -- p_waiting->>'seq', in the caller's transaction), or, past its timeout, ends with a
 -- RecvTimeout error record. Not resolved: (false, NULL, NULL).
@@ -732,6 +746,10 @@ DECLARE
     v_message record;
     v_timeout timestamptz := (p_waiting->>'timeout_at')::timestamptz;
 BEGIN
+    IF p_waiting->>'kind' = 'wait_state' THEN
+        RETURN QUERY SELECT * FROM {schema}.resolve_state_wait_v1(p_waiting);
+        RETURN;
+    END IF;
     IF p_waiting->>'kind' = 'execution' THEN
         -- Done once the target has ended; the replay reads its outcome (no step row here).
         RETURN QUERY SELECT coalesce(
@@ -1201,4 +1219,105 @@ BEGIN
     PERFORM {schema}.finish_execution_v1(p_id, p_owner, p_epoch, p_status, p_output, p_error,
                                          p_seq, p_state, p_deleted, p_details);
     PERFORM {schema}.wake_waiters_v1(p_id);
+END $$;
+
+-- The outcome of a wait for key p_waiting->>'key' of execution p_waiting->>'target': its
+-- committed value; past the timeout (p_waiting->>'timeout_at') without it, a StateTimeout
+-- error record; a target that ended without it, StateNotSet; no such target,
+-- WorkflowNotFound. Not resolved yet: (false, NULL, NULL). states_pkey, executions_pkey.
+CREATE FUNCTION {schema}.resolve_state_wait_v1(p_waiting jsonb)
+RETURNS TABLE (resolved boolean, output text, error jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_target  text := p_waiting->>'target';
+    v_key     text := p_waiting->>'key';
+    v_timeout timestamptz := (p_waiting->>'timeout_at')::timestamptz;
+    v_status  text;
+    v_value   text;
+    v_type    text;
+    v_message text;
+BEGIN
+    SELECT s.value INTO v_value FROM {schema}.states s
+     WHERE s.execution_id = v_target AND s.key = v_key;
+    IF v_value IS NOT NULL THEN
+        RETURN QUERY SELECT true, v_value, NULL::jsonb;
+        RETURN;
+    END IF;
+    SELECT x.status INTO v_status FROM {schema}.executions x WHERE x.id = v_target;
+    IF v_status IS NULL THEN
+        v_type := 'WorkflowNotFound';
+        v_message := format('no execution has workflow id %s', to_json(v_target));
+    ELSIF v_status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN
+        v_type := 'StateNotSet';
+        v_message := format('workflow %s ended (%s) without setting state key %s',
+                            to_json(v_target), v_status, to_json(v_key));
+    ELSIF v_timeout IS NOT NULL AND v_timeout <= now() THEN
+        v_type := 'StateTimeout';
+        v_message := format('workflow %s did not set state key %s within %s s',
+                            to_json(v_target), to_json(v_key), p_waiting->>'timeout');
+    ELSE
+        RETURN QUERY SELECT false, NULL::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT true, NULL::text,
+        jsonb_build_object('type', 'stepstone.errors:' || v_type, 'message', v_message,
+                           'args', NULL, 'attrs', NULL, 'traceback', '');
+END $$;
+
+-- wait_v1, and waits for another execution's state (kind 'wait_state', p_waiting holds the
+-- target and the key, p_seconds the timeout): waits_for is the target, and the target's
+-- advisory lock is taken with the waiter's, in key order.
+-- Locks: the advisory locks (exclusive, in key order), then the row (the exclusive fence).
+CREATE FUNCTION {schema}.wait_v2(
+    p_id text, p_owner text, p_epoch bigint, p_seq integer, p_name text, p_kind text,
+    p_waiting jsonb, p_seconds double precision, p_until timestamptz,
+    p_started_at timestamptz, p_state jsonb, p_deleted text[]
+) RETURNS TABLE (resolved boolean, output text, error jsonb, wake_at timestamptz,
+                 wake_in double precision)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_timer   timestamptz;
+    v_waiting jsonb;
+    v_outcome record;
+    v_target  text := p_waiting->>'target';
+BEGIN
+    -- The target's lock too, exclusive: a step commit of the target (which takes it shared)
+    -- either commits before this reads the target's state, or after this commit, when its
+    -- state write finds this execution WAITING and makes it due.
+    PERFORM {schema}.lock_executions_v1(
+        CASE WHEN v_target IS NULL THEN ARRAY[p_id] ELSE ARRAY[p_id, v_target] END);
+    PERFORM {schema}.fence_v1(p_id, p_owner, p_epoch, true);
+    v_timer := coalesce(p_until, now() + make_interval(secs => p_seconds));
+    v_waiting := p_waiting || jsonb_build_object(
+        'kind', p_kind, 'seq', p_seq, 'name', p_name, 'started_at', p_started_at,
+        'timeout', p_seconds,
+        'timeout_at', CASE WHEN p_kind <> 'sleep' THEN v_timer END);
+    SELECT * INTO v_outcome FROM {schema}.resolve_wait_v1(p_id, v_waiting, v_timer);
+    IF p_state IS NOT NULL OR p_deleted IS NOT NULL THEN
+        -- The checkpoint is taken at the wait's position: after it if it is done now.
+        PERFORM {schema}.write_state_v1(
+            p_id, p_seq + CASE WHEN v_outcome.resolved THEN 1 ELSE 0 END, p_state, p_deleted);
+    END IF;
+    IF v_outcome.resolved THEN
+        INSERT INTO {schema}.steps
+               (execution_id, seq, name, kind, output, error, attempts, started_at, finished_at)
+        VALUES (p_id, p_seq, p_name, p_kind, v_outcome.output, v_outcome.error, 1,
+                p_started_at, now());
+        RETURN QUERY SELECT true, v_outcome.output, v_outcome.error, NULL::timestamptz,
+                            NULL::double precision;
+        RETURN;
+    END IF;
+    UPDATE {schema}.executions e
+       SET status = 'WAITING', owner = NULL, epoch = e.epoch + 1, wake_at = v_timer,
+           waiting = v_waiting, waits_for = v_target, updated_at = now()
+     WHERE e.id = p_id;
+    INSERT INTO {schema}.logs (execution_id, event, actor, seq, details)
+    VALUES (p_id, 'execution_waiting', p_owner, p_seq,
+            jsonb_build_object('kind', p_kind, 'topic', p_waiting->>'topic',
+                               'wake_at', v_timer, 'epoch', p_epoch + 1)
+            || CASE WHEN v_target IS NULL THEN '{{}}'::jsonb
+                    ELSE jsonb_build_object('target', v_target, 'key', p_waiting->>'key') END);
+    RETURN QUERY SELECT false, NULL::text, NULL::jsonb, v_timer,
+                        extract(epoch FROM v_timer - now())::double precision;
 END $$;

@@ -1,6 +1,6 @@
 """The rules for names stored in the tables: workflow ids (which are execution ids, as the
 executions table stores them), the schema name, which every statement and migration quotes,
-and mailbox topics."""
+mailbox topics and state keys."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ __all__ = [
     "MAX_WORKFLOW_ID_LENGTH",
     "SCHEMA_NAME_RULE",
     "check_schema_name",
+    "check_state_key",
     "check_topic",
     "check_workflow_id",
 ]
@@ -93,3 +94,17 @@ def check_topic(topic: object) -> str:
     if problem is not None:
         raise UsageError(f"the topic {topic!r} {problem}, which PostgreSQL cannot store")
     return topic
+
+
+def check_state_key(key: object, whose: str = "") -> str:
+    """`key` if it can be a state key (`whose`: " of workflow ..." for the message);
+    UsageError naming it otherwise."""
+    if not isinstance(key, str):
+        raise UsageError(f"state keys must be strings, got {key!r} ({type(key).__name__})")
+    problem = unstorable(key)
+    if problem is not None:
+        raise UsageError(
+            f"state key {key!r}{whose} {problem}, which PostgreSQL cannot store: use a key "
+            "without it"
+        )
+    return key

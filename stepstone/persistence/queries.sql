@@ -67,10 +67,10 @@ SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, ste
   FROM {schema}.sweep_v2(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
 
 -- name: wait
--- Hot (one per wait reached). A sleep or a receive: done now, or the execution WAITING.
--- executions_pkey, messages_unread_idx.
+-- Hot (one per wait reached). A sleep, a receive or a wait for another execution's state:
+-- done now, or the execution WAITING. executions_pkey, messages_unread_idx, states_pkey.
 SELECT resolved, output, error, wake_at, wake_in
-  FROM {schema}.wait_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
+  FROM {schema}.wait_v2(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(name)s, %(kind)s,
                         %(waiting)s, %(seconds)s, %(until)s, %(started_at)s, %(state)s,
                         %(deleted)s);
 
@@ -183,6 +183,13 @@ SELECT status, output, error FROM {schema}.executions WHERE id = %(id)s;
 -- name: get_state
 -- states_pkey (execution_id, key).
 SELECT key, value FROM {schema}.states WHERE execution_id = %(id)s ORDER BY key;
+
+-- name: state_value
+-- An execution's status and one key of its state. executions_pkey, states_pkey.
+SELECT e.status, s.value
+  FROM {schema}.executions e
+  LEFT JOIN {schema}.states s ON s.execution_id = e.id AND s.key = %(key)s
+ WHERE e.id = %(id)s;
 
 -- name: list_steps
 -- steps_pkey (execution_id, seq).

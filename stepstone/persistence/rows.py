@@ -30,7 +30,8 @@ __all__ = [
     "WorkflowStats",
 ]
 
-StepKind = Literal["step", "transaction", "workflow", "sleep", "recv", "send"]
+WaitKind = Literal["sleep", "recv", "wait_state"]
+StepKind = Literal["step", "transaction", "workflow", "sleep", "recv", "send", "wait_state"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,10 @@ class WorkflowRow:
 @dataclass(frozen=True, slots=True)
 class ExecutionRow:
     """One execution of a workflow. `error` is the recorded error (type, message, traceback).
-    A WAITING execution has `waiting` (what it waits for: kind "sleep" or "recv", the wait's
-    position `seq` and `name`, the `topic` of a receive, `timeout` in seconds, `timeout_at`
-    and `started_at`) and `wake_at`, when it is due (None: when a message arrives)."""
+    A WAITING execution has `waiting` (what it waits for: kind "sleep", "recv", "wait_state"
+    or "execution", the wait's position `seq` and `name`, the `topic` of a receive, the
+    `target` execution and the state `key` waited for, `timeout` in seconds, `timeout_at`
+    and `started_at`) and `wake_at`, when it is due (None: when something happens)."""
 
     id: str
     workflow_name: str
@@ -208,15 +210,16 @@ class SweepResult:
 @dataclass(frozen=True, slots=True)
 class WaitRequest:
     """A wait reached by a running execution (see `Store.wait`). `waiting` holds what it
-    waits for (the topic of a receive); `seconds` is a sleep's length or a receive's
-    timeout (None: none), `until` a sleep's end."""
+    waits for (the topic of a receive; the target execution and key of a wait for state);
+    `seconds` is a sleep's length or a wait's timeout (None: none), `until` a sleep's
+    end."""
 
     execution_id: str
     owner: str
     epoch: int
     seq: int
     name: str
-    kind: Literal["sleep", "recv"]
+    kind: WaitKind
     waiting: dict[str, Any]
     seconds: float | None
     until: dt.datetime | None

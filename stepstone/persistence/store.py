@@ -635,6 +635,12 @@ class Store:
         rows = self._sql.all("get_state", {"id": execution_id})
         return {key: self.decode(value) for key, value in rows}
 
+    def state_value(self, execution_id: str, key: str) -> tuple[str, str | None] | None:
+        """(status, the serialized value of state key `key` or None if it is not set) of an
+        execution; None if there is no such execution."""
+        row = self._sql.one("state_value", {"id": execution_id, "key": key})
+        return (str(row[0]), row[1]) if row else None
+
     # -- reads -------------------------------------------------------------------------------
 
     def get_execution(self, execution_id: str) -> ExecutionRow | None:

@@ -7,7 +7,7 @@ from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import RetryPolicy
 from stepstone.runtime.runtime import Runtime
-from stepstone.runtime.waits import recv, sleep, sleep_until
+from stepstone.runtime.waits import recv, sleep, sleep_until, wait_state
 
 __all__ = [
     "RetryPolicy",
@@ -22,4 +22,5 @@ __all__ = [
     "recv",
     "sleep",
     "sleep_until",
+    "wait_state",
 ]

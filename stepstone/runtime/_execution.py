@@ -40,10 +40,9 @@ from stepstone.errors import (
     UsageError,
     WorkflowFailed,
 )
-from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH
+from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH, check_state_key
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
-from stepstone.persistence.rows import RecordedStep, WaitRequest
-from stepstone.persistence.serialization import unstorable
+from stepstone.persistence.rows import RecordedStep, WaitKind, WaitRequest
 from stepstone.runtime._journal import now, retry_note
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
@@ -173,14 +172,14 @@ class Execution:
 
     def wait(
         self,
-        kind: Literal["sleep", "recv"],
+        kind: WaitKind,
         waiting: dict[str, Any],
         seconds: float | None,
         until: dt.datetime | None,
     ) -> Any:
-        """A sleep or a receive at the next position: on replay its recorded outcome; else
-        one statement that either completes it now or records the execution WAITING, and
-        then unwinds it (Suspended) until it is due."""
+        """A sleep, a receive or a wait for another execution's state at the next position:
+        on replay its recorded outcome; else one statement that either completes it now or
+        records the execution WAITING, and then unwinds it (Suspended) until it is due."""
         if self.in_step:
             raise UsageError(
                 f"stepstone.{kind}() was called inside the body of a step of workflow "
@@ -210,10 +209,21 @@ class Execution:
         )
         outcome = self._write(f"recording a {kind}", self.store.wait, request)
         if not outcome.resolved:
-            when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "for a message"
+            when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "with no timeout"
             self._suspend(f"in a {kind} at step {seq}, {when}", outcome.wake_in)
         self.journal.committed_state(changed, deleted)
         return self._replay(RecordedStep(seq, kind, kind, outcome.output, outcome.error))
+
+    def wait_state(self, target: str, key: str, seconds: float | None) -> Any:
+        """Wait, durably, until execution `target` has committed state key `key`: its value
+        (see `wait`; StateTimeout after `seconds`, StateNotSet if `target` ends without
+        it, WorkflowNotFound if there is no `target`: each recorded)."""
+        if target == self.workflow_id:
+            raise UsageError(
+                f"workflow {self.workflow_id!r} waits for its own state key {key!r}, which "
+                "cannot change while it waits: read it with stepstone.current().state"
+            )
+        return self.wait("wait_state", {"target": target, "key": key}, seconds, None)
 
     def await_execution(self, target: str) -> tuple[str, str | None, dict[str, Any] | None]:
         """Wait, durably, for execution `target` to end: its (status, output, error) if it
@@ -507,14 +517,7 @@ class Execution:
 
     def check_state_key(self, key: object) -> None:
         """UsageError unless `key` can be stored, and unless state may change now."""
-        if not isinstance(key, str):
-            raise UsageError(f"state keys must be strings, got {key!r} ({type(key).__name__})")
-        problem = unstorable(key)
-        if problem is not None:
-            raise UsageError(
-                f"state key {key!r} of workflow {self.workflow_id!r} {problem}, which "
-                "PostgreSQL cannot store: use a key without it"
-            )
+        check_state_key(key, f" of workflow {self.workflow_id!r}")
         self.check_state_writable(key)
 
     def check_state_writable(self, key: object) -> None:

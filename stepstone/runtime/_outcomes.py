@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepstone.errors import (
     PersistenceError,
     ResultTimeout,
+    StateNotSet,
+    StateTimeout,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -16,11 +18,15 @@ from stepstone.errors import (
 from stepstone.persistence.recorded_errors import error_summary, rebuild_error
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stepstone.persistence.store import Store
 
 __all__ = ["TERMINAL", "Outcomes"]
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+T = TypeVar("T")
+
 _MAX_POLL_OUTAGE = 60.0  # seconds a waiting caller tolerates an unreachable database
 
 
@@ -43,36 +49,51 @@ class Outcomes:
 
     def wait(self, workflow_id: str, deadline: float | None) -> Any:
         """Poll the stored status until the execution ends, then return or raise its outcome."""
-        delay = 0.005
-        failing_since: float | None = None
-        while True:
-            try:
-                found = self.store.get_status(workflow_id)
-                failing_since = None
-            except PersistenceError:
-                # The database is briefly unreachable (a restart): keep waiting, for a while.
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since > _MAX_POLL_OUTAGE or (
-                    deadline is not None and now >= deadline
-                ):
-                    raise
-                time.sleep(min(delay, 0.5))
-                delay = min(delay * 2, 0.5)
-                continue
+        last = ["RUNNING"]
+
+        def ended() -> tuple[str, str | None, dict[str, Any] | None] | None:
+            found = self.store.get_status(workflow_id)
             if found is None:
                 raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
-            status, output, error = found
+            last[0] = found[0]
+            return found if found[0] in TERMINAL else None
+
+        status, output, error = _poll(
+            ended,
+            deadline,
+            lambda: ResultTimeout(
+                f"workflow {workflow_id!r} is still {last[0]}; it goes on running: "
+                "call result() again to keep waiting"
+            ),
+        )
+        return self.outcome(workflow_id, status, output, error)
+
+    def wait_state(self, workflow_id: str, key: str, seconds: float | None) -> Any:
+        """Poll until execution `workflow_id` has committed state key `key`, and return its
+        value; StateTimeout after `seconds`, StateNotSet if it ended without the key."""
+
+        def committed() -> tuple[str] | None:
+            found = self.store.state_value(workflow_id, key)
+            if found is None:
+                raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
+            status, value = found
+            if value is not None:
+                return (value,)
             if status in TERMINAL:
-                return self.outcome(workflow_id, status, output, error)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(
-                    f"workflow {workflow_id!r} is still {status}; it goes on running: "
-                    "call result() again to keep waiting"
+                raise StateNotSet(
+                    f"workflow {workflow_id!r} ended ({status}) without setting state key {key!r}"
                 )
-            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 2, 0.5)
+            return None
+
+        deadline = None if seconds is None else time.monotonic() + seconds
+        (value,) = _poll(
+            committed,
+            deadline,
+            lambda: StateTimeout(
+                f"workflow {workflow_id!r} did not set state key {key!r} within {seconds:g} s"
+            ),
+        )
+        return self.store.decode(value)
 
     def outcome(
         self, workflow_id: str, status: str, output: str | None, error: dict[str, Any] | None
@@ -89,3 +110,30 @@ class Outcomes:
         raise WorkflowFailed(workflow_id, error_type, message) from rebuild_error(
             record, self.store.serializer
         )
+
+
+def _poll(
+    read: Callable[[], T | None], deadline: float | None, timed_out: Callable[[], Exception]
+) -> T:
+    """What `read` returns once it returns something, polling with pauses that grow from
+    5 ms to 0.5 s; `timed_out()` is raised at `deadline` (time.monotonic()). A database that
+    is briefly unreachable (a restart) is waited for, up to a minute."""
+    delay = 0.005
+    failing_since: float | None = None
+    while True:
+        try:
+            found = read()
+            failing_since = None
+        except PersistenceError:
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > _MAX_POLL_OUTAGE or (deadline is not None and now >= deadline):
+                raise
+            found = None
+        if found is not None:
+            return found
+        if failing_since is None and deadline is not None and time.monotonic() >= deadline:
+            raise timed_out()
+        pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+        time.sleep(pause if failing_since is None else delay)
+        delay = min(delay * 2, 0.5)

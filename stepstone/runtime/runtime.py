@@ -22,6 +22,7 @@ from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
+from stepstone.runtime.waits import check_state_wait
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -321,10 +322,10 @@ class Runtime:
         one sent before the workflow waits for it is kept. The same `idempotency_key` for
         the same workflow stores one message however often it is sent. In a workflow body
         the send is recorded like a step: sent once, even on replay (in a step's body it is
-        part of that step). With `conn` (a psycopg
-        connection in a transaction of yours), the message is sent when you commit, and not
-        at all if you roll back. WorkflowNotFound for an unknown id; UsageError, naming its
-        status, for an execution that has ended."""
+        part of that step). With `conn` (a psycopg connection in a transaction of yours),
+        the message is sent when you commit, and not at all if you roll back.
+        WorkflowNotFound for an unknown id; UsageError, naming its status, for an execution
+        that has ended."""
         check_workflow_id(workflow_id)
         check_topic(topic)
         if idempotency_key is not None:
@@ -351,6 +352,20 @@ class Runtime:
         self.store.send(
             workflow_id, topic, payload, idempotency_key=key, sender=self.executor_id, conn=conn
         )
+
+    def wait_state(
+        self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None
+    ) -> Any:
+        """The value of state key `key` of execution `workflow_id`, from any process, once it
+        is committed (at once if it is). StateTimeout if it did not come within `timeout`
+        (seconds or a timedelta; None: no limit), StateNotSet if the execution ended
+        without it, WorkflowNotFound if there is none. In a workflow body it is a durable
+        wait, as `stepstone.wait_state`."""
+        target, key, limit = check_state_wait(workflow_id, key, timeout)
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step:
+            return execution.wait_state(target, key, limit)
+        return self._engine.outcomes.wait_state(target, key, limit)
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution, from any process."""

@@ -1,8 +1,10 @@
-"""Durable waits, called from a workflow body: `sleep`, `sleep_until` and `recv`.
+"""Durable waits, called from a workflow body: `sleep`, `sleep_until`, `recv` and
+`wait_state`.
 
 A wait that is not over when it is reached is recorded in one commit (the execution is
 then WAITING, with no owner), and the workflow unwinds: its thread is free at once. When the
-wait is due (its time has come, a message has arrived), an executor that runs the workflow
+wait is due (its time has come, a message has arrived, the state key was committed), an
+executor that runs the workflow
 resumes it by replay, and the wait returns. A crash changes nothing: the wait is in the
 database, measured by the database's clock.
 """
@@ -14,10 +16,10 @@ import math
 from typing import Any
 
 from stepstone.errors import StepOutsideWorkflow, UsageError
-from stepstone.persistence.ids import check_topic
+from stepstone.persistence.ids import check_state_key, check_topic, check_workflow_id
 from stepstone.runtime.context import _CURRENT
 
-__all__ = ["recv", "sleep", "sleep_until"]
+__all__ = ["check_state_wait", "recv", "sleep", "sleep_until", "wait_state"]
 
 MAX_WAIT_SECONDS = 100 * 365 * 24 * 3600
 
@@ -51,12 +53,31 @@ def recv(topic: str = "", timeout: float | dt.timedelta | None = None) -> Any:
     return _execution("recv").wait("recv", {"topic": topic}, limit, None)
 
 
+def wait_state(workflow_id: str, key: str, timeout: float | dt.timedelta | None = None) -> Any:
+    """The value of state key `key` of execution `workflow_id` once it is committed,
+    waiting for it durably if it is not yet. With `timeout` (seconds or a timedelta),
+    StateTimeout is raised if the key did not come in that time; StateNotSet if the
+    execution ended without it; WorkflowNotFound if there is none. Each is recorded: a
+    replay raises it again at the same wait."""
+    target, key, limit = check_state_wait(workflow_id, key, timeout)
+    return _execution("wait_state").wait_state(target, key, limit)
+
+
+def check_state_wait(
+    workflow_id: object, key: object, timeout: float | dt.timedelta | None
+) -> tuple[str, str, float | None]:
+    """The arguments of a wait for state, checked: (workflow id, key, timeout in seconds)."""
+    limit = None if timeout is None else _seconds(timeout, "wait_state(timeout=...)")
+    return check_workflow_id(workflow_id), check_state_key(key), limit
+
+
 def _execution(what: str) -> Any:
     execution = _CURRENT.get()
     if execution is None:
+        instead = "rt.wait_state()" if what == "wait_state" else "time.sleep"
         raise StepOutsideWorkflow(
             f"stepstone.{what}() was called outside a workflow: waits are durable only in a "
-            "workflow body (use time.sleep outside one)"
+            f"workflow body (use {instead} outside one)"
         )
     return execution
 

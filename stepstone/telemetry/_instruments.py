@@ -68,7 +68,7 @@ def _instrument(meter: metrics.Meter, kind: str, name: str, **kwargs: Any) -> An
 
 _KIND_ATTRIBUTES = {
     kind: {"stepstone.step.kind": kind}
-    for kind in ("step", "transaction", "workflow", "sleep", "recv", "send")
+    for kind in ("step", "transaction", "workflow", "sleep", "recv", "send", "wait_state")
 }
 
 

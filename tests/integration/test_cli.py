@@ -647,6 +647,50 @@ def test_show_tells_what_a_receive_waits_for_with_its_unread_mailbox(waits: str)
     assert until.endswith("when the receive times out unless a message arrives first")
 
 
+def test_list_and_show_tell_waits_for_other_executions(db: str, rt: Runtime) -> None:
+    """A wait for another execution's state key and a wait for its end are listed as
+    `state "key" of ID` and `end of ID`, and shown with the key, the target and what makes
+    them due."""
+
+    @rt.workflow(name="blocker")
+    def blocker() -> Any:
+        return stepstone.recv("go")
+
+    @rt.workflow(name="watcher")
+    def watcher() -> Any:
+        return stepstone.wait_state("blocker-1", "stage")
+
+    @rt.workflow(name="joiner")
+    def joiner() -> Any:
+        return rt.handle("blocker-1").result()
+
+    rt.launch()
+    handles = [
+        rt.start(blocker.with_options(workflow_id="blocker-1")),
+        rt.start(watcher.with_options(workflow_id="watcher-1")),
+        rt.start(joiner.with_options(workflow_id="joiner-1")),
+    ]
+    wait_for(lambda: all(h.status() == "WAITING" for h in handles))
+    rt.shutdown()
+    out = _ok(db, "executions", "list", "--status", "WAITING")
+    assert re.split(r"\s{2,}", _line(out, "watcher-1"))[-3:] == [
+        'state "stage" of blocker-1',
+        "the key",
+        "-",
+    ]
+    assert re.split(r"\s{2,}", _line(out, "joiner-1"))[-3:] == ["end of blocker-1", "its end", "-"]
+    shown = _ok(db, "executions", "show", "watcher-1")
+    assert re.search(
+        r"^  waits for:  state key \"stage\" of workflow 'blocker-1', at step 0 \(wait_state\)",
+        shown,
+        re.MULTILINE,
+    ), shown
+    assert "\n  until:      the key is committed (no timeout)\n" in shown
+    joined = _ok(db, "executions", "show", "joiner-1")
+    assert "  waits for:  the end of workflow 'blocker-1', at step 0" in joined
+    assert "\n  until:      the other execution ends\n" in joined
+
+
 def test_show_lists_the_messages_an_execution_received(waits: str) -> None:
     """show lists received messages by the step that received them, with their topic, send
     and receive times and sender; an ended execution says nothing of waiting."""
