@@ -213,6 +213,8 @@ class Execution:
             when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "for a message"
             self._suspend(f"in a {kind} at step {seq}, {when}", outcome.wake_in)
         self.journal.committed_state(changed, deleted)
+        if kind == "recv" and outcome.error is None:
+            self.telemetry.message_received(self.workflow.name)
         return self._replay(RecordedStep(seq, kind, kind, outcome.output, outcome.error))
 
     def await_execution(self, target: str) -> tuple[str, str | None, dict[str, Any] | None]:

@@ -129,6 +129,7 @@ class Runtime:
             __version__,
             self.store.pool_stats,
             self.executor_id,
+            self.store.count_waiting,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             logger_provider=logger_provider,
@@ -348,9 +349,11 @@ class Runtime:
         key: str | None,
         conn: psycopg.Connection[Any] | None,
     ) -> None:
-        self.store.send(
+        _, stored = self.store.send(
             workflow_id, topic, payload, idempotency_key=key, sender=self.executor_id, conn=conn
         )
+        if stored:
+            self.telemetry.message_sent()
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution, from any process."""
