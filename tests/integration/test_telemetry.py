@@ -363,6 +363,48 @@ def _histogram_points(recorded: Recorded, name: str) -> list[Any]:
     ]
 
 
+def test_a_woken_run_continues_the_trace_of_the_run_that_waited(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """The run after a wake is a child of the first run's workflow span (same trace id),
+    not marked recovered, with spans only for the steps it ran."""
+    rt = traced
+
+    @rt.step()
+    def before() -> int:
+        return 1
+
+    @rt.step()
+    def after(value: Any) -> str:
+        return f"got {value}"
+
+    @rt.workflow()
+    def approval() -> str:
+        before()
+        return after(stepstone.recv("go"))
+
+    rt.launch()
+    handle = rt.start(approval.with_options(workflow_id="tr-1"))
+    wait_for(lambda: handle.status() == "WAITING")
+    rt.send("tr-1", "yes", topic="go")
+    assert handle.result(timeout=30) == "got yes"
+    assert render(recorded.finished(), ("stepstone.recovered",)) == "\n".join(
+        [
+            "workflow approval [stepstone.recovered=False]",
+            "  step before",
+            "  workflow approval [stepstone.recovered=False]",
+            "    step after",
+        ]
+    )
+    first, woken = sorted(
+        (s for s in recorded.finished() if s.name == "workflow approval"),
+        key=lambda s: s.start_time or 0,
+    )
+    assert woken.context.trace_id == first.context.trace_id
+    assert woken.parent is not None
+    assert woken.parent.span_id == first.context.span_id
+
+
 def test_events_go_to_opentelemetry_logs_with_trace_correlation(
     traced: Runtime, recorded: Recorded
 ) -> None:
