@@ -228,7 +228,7 @@ class Runtime:
         self._heartbeat = Heartbeat(session, self._heartbeat_interval)
         self._sweeper = Sweeper(self._engine, self.store, self._sweep_interval)
         self._engine.due_in = self._sweeper.run_in
-        self._listener = Listener(self.store, self._notified)
+        self._listener = Listener(self.store, self._notified, on_reconnect=self._sweeper.nudge)
         self.telemetry.open()
         try:
             self._engine.launch()

@@ -391,3 +391,46 @@ def test_two_executors_wake_each_due_execution_once(db: str) -> None:
     finally:
         for runtime in runtimes:
             runtime.shutdown()
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+
+def _listening(db: str) -> list[int]:
+    """The server process ids of the sessions LISTENing in this test's database."""
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query = 'LISTEN stepstone'"
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def test_after_the_listener_reconnects_due_work_is_fetched_at_once(db: str) -> None:
+    """A message sent while the LISTEN session is down (its notification lost) wakes the
+    receive once the listener is back, by the sweep it starts, not at the next periodic
+    sweep (600 s away)."""
+    runtime = Runtime(
+        db,
+        executor_id="relistener",
+        workers=1,
+        sweep_interval=600,
+        lease_seconds=60,
+        heartbeat_interval=5,
+    )
+
+    @runtime.workflow()
+    def approval() -> Any:
+        return stepstone.recv("approval")
+
+    with runtime:
+        handle = runtime.start(approval.with_options(workflow_id="relisten-1"))
+        wait_for(lambda: handle.status() == "WAITING")
+        (listener,) = _listening(db)
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", [listener])
+        wait_for(lambda: listener not in _listening(db))
+        runtime.send("relisten-1", "yes", topic="approval")  # its NOTIFY reaches no one
+        assert handle.result(timeout=60) == "yes"
+        (again,) = _listening(db)
+        assert again != listener
