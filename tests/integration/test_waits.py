@@ -406,6 +406,23 @@ def _listening(db: str) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
+def test_without_notify_no_session_listens_and_the_sweep_wakes_a_receive(db: str) -> None:
+    """With notify=False (PgBouncer transaction pooling) the executor opens no LISTEN
+    session, and a message to a waiting receive still wakes it, found by the sweep's poll."""
+    runtime = Runtime(db, executor_id="poller", workers=1, notify=False, **FAST)
+
+    @runtime.workflow()
+    def approval() -> Any:
+        return stepstone.recv("approval")
+
+    with runtime:
+        handle = runtime.start(approval.with_options(workflow_id="polled-1"))
+        wait_for(lambda: handle.status() == "WAITING")
+        runtime.send("polled-1", "yes", topic="approval")
+        assert handle.result(timeout=30) == "yes"
+        assert _listening(db) == []
+
+
 def test_after_the_listener_reconnects_due_work_is_fetched_at_once(db: str) -> None:
     """A message sent while the LISTEN session is down (its notification lost) wakes the
     receive once the listener is back, by the sweep it starts, not at the next periodic
