@@ -257,7 +257,7 @@ def test_idle_executor_sends_one_heartbeat_and_one_sweep_per_interval(
         release.set()
         runtime.shutdown()
     heartbeats = meter.calls(cost, "SET heartbeat_at = now()")
-    sweeps = meter.calls(cost, ".sweep_v2(")
+    sweeps = meter.calls(cost, ".sweep_v3(")
     # 3 s at 0.2 s and 0.3 s intervals, with 10% jitter either way.
     assert 12 <= heartbeats <= 17, cost.statements
     assert 8 <= sweeps <= 12, cost.statements
