@@ -178,9 +178,9 @@ def _time_sweeps(rt: Runtime, marks: Marks) -> None:
         started = time.monotonic()
         result = sweep(*args, **kwargs)
         ended = time.monotonic()
-        for record in result.woken:
-            marks.note(record.id, "sweep_started", started)
-            marks.note(record.id, "sweep_returned", ended)
+        for woken in result.woken:
+            marks.note(woken.record.id, "sweep_started", started)
+            marks.note(woken.record.id, "sweep_returned", ended)
         return result
 
     rt.store.sweep = timed  # type: ignore[method-assign]

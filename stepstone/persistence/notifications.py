@@ -1,10 +1,10 @@
 """`Listener`: notifications from other processes, received as hints.
 
 A dedicated connection LISTENs on the `stepstone` channel; the SQL functions NOTIFY it when
-something an executor may care about happens elsewhere (today: `cancelled:<id>` when an
-execution is cancelled). A notification is a hint, never the truth: it may be late, lost
-while the connection is down, or about another schema's execution of the same id; whoever
-acts on one checks the database first.
+something an executor may care about happens elsewhere (`cancelled:<id>` when an execution
+is cancelled, `due:<id>` when a waiting one is due). A notification is a hint, never the
+truth: it may be late, lost while the connection is down, or about another schema's
+execution of the same id; whoever acts on one checks the database first.
 """
 
 from __future__ import annotations
@@ -33,12 +33,23 @@ log = EventLog("stepstone")
 
 class Listener:
     """Calls `on_notify(payload)` for each notification on CHANNEL, on a daemon thread,
-    reconnecting (after `retry` seconds) when the connection is lost."""
+    reconnecting (after `retry` seconds) when the connection is lost. Notifications sent
+    while it was down are lost: once listening again it calls `on_reconnect()`, for the
+    caller to look in the database for what they would have said."""
 
-    def __init__(self, store: Store, on_notify: Callable[[str], None], retry: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_notify: Callable[[str], None],
+        retry: float = 1.0,
+        *,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._on_notify = on_notify
+        self._on_reconnect = on_reconnect
         self._retry = retry
+        self._listened = False  # listening has begun once: a later LISTEN is a reconnect
         self._stop = threading.Event()
         self._connected = threading.Event()
         # stop() writes to this pair to end the listener's wait at once.
@@ -72,6 +83,10 @@ class Listener:
         with self._store.connect() as conn:
             conn.execute(b"LISTEN " + CHANNEL.encode())
             self._connected.set()
+            if self._listened and self._on_reconnect is not None:
+                log.info("listen_resumed")
+                self._on_reconnect()
+            self._listened = True
             while not self._stop.is_set():
                 # Wait for the server (or for stop()) without a timeout to poll with.
                 ready, _, _ = select.select([conn.fileno(), self._wake_out.fileno()], [], [])

@@ -61,10 +61,18 @@ SELECT id, workflow_name, workflow_version
   FROM {schema}.release_unregistered_v1(%(owner)s, %(names)s::text[], %(versions)s::text[]);
 
 -- name: sweep
--- One statement per sweep (see sweep_v2): due waits, expired leases, the next due time.
+-- One statement per sweep (see sweep_v3): due waits (how overdue, and what each waited
+-- for), expired leases, the next due time.
 SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state,
-       trace_context, next_wake_in
-  FROM {schema}.sweep_v2(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
+       trace_context, next_wake_in, overdue, waited
+  FROM {schema}.sweep_v3(%(owner)s, %(names)s::text[], %(versions)s::text[], %(limit)s);
+
+-- name: count_waiting
+-- Not hot: once per metric collection (stepstone.executions.waiting). An index-only scan of
+-- executions_waiting_idx (partial: WAITING rows only, workflow_name first).
+SELECT workflow_name, count(*) FROM {schema}.executions
+ WHERE status = 'WAITING'
+ GROUP BY workflow_name;
 
 -- name: wait
 -- Hot (one per wait reached). A sleep, a receive or a wait for another execution's state:

@@ -26,6 +26,7 @@ __all__ = [
     "UnreadMessages",
     "WaitOutcome",
     "WaitRequest",
+    "WokenRecord",
     "WorkflowRow",
     "WorkflowStats",
 ]
@@ -196,6 +197,29 @@ class ResumeRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class WokenRecord:
+    """An execution a sweep woke from a wait: what replays it, how many seconds its wait
+    had been due when the database woke it (by the database's clock), the kind of wait
+    (sleep, recv, execution), and whether the wake consumed a message (a receive that got
+    one rather than timing out)."""
+
+    record: ResumeRecord
+    overdue: float
+    wait_kind: str
+    received: bool
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> WokenRecord:
+        """From a resume row followed by (overdue seconds, the `waiting` value it had)."""
+        record = ResumeRecord.from_row(row[:9])
+        overdue, waited = row[9], row[10] or {}
+        kind = str(waited.get("kind", ""))
+        step = record.steps.get(int(waited.get("seq", -1)))
+        received = kind == "recv" and step is not None and step.error is None
+        return cls(record, max(0.0, float(overdue or 0.0)), kind, received)
+
+
+@dataclass(frozen=True, slots=True)
 class SweepResult:
     """What one sweep claimed (interrupted executions) and woke (due waits), the expired
     executions it could not run, and in how many seconds (by the database's clock) the next
@@ -203,7 +227,7 @@ class SweepResult:
 
     claimed: list[ResumeRecord]
     unclaimable: list[tuple[str, str, str]]
-    woken: list[ResumeRecord] = field(default_factory=list)
+    woken: list[WokenRecord] = field(default_factory=list)
     next_wake_in: float | None = None
 
 

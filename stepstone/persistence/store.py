@@ -51,6 +51,7 @@ from stepstone.persistence.rows import (
     UnreadMessages,
     WaitOutcome,
     WaitRequest,
+    WokenRecord,
     WorkflowRow,
 )
 from stepstone.persistence.serialization import (
@@ -563,12 +564,19 @@ class Store:
             "sweep", {"owner": owner, "names": names, "versions": versions, "limit": limit}
         )
         claimed = [ResumeRecord.from_row(row[1:10]) for row in rows if row[0] == "claimed"]
-        woken = [ResumeRecord.from_row(row[1:10]) for row in rows if row[0] == "woken"]
+        woken = [WokenRecord.from_row(row[1:10] + row[11:13]) for row in rows if row[0] == "woken"]
         unclaimable = [
             (str(row[1]), str(row[2]), str(row[3])) for row in rows if row[0] == "unclaimable"
         ]
         next_wake_in = next((row[10] for row in rows if row[0] == "next"), None)
         return SweepResult(claimed, unclaimable, woken, next_wake_in)
+
+    def count_waiting(self) -> dict[str, int]:
+        """How many executions are WAITING now, by workflow name, in the whole schema (one
+        index-only scan of executions_waiting_idx); empty when the store is closed."""
+        if not self._opened:
+            return {}
+        return {str(name): int(count) for name, count in self._sql.all("count_waiting", {})}
 
     def release_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
         """Hand an interrupted RUNNING execution that `owner` owns at `epoch` back at once:

@@ -8,13 +8,14 @@ whose owner's lease expired, as many as the worker pool has room for.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from stepstone._background import Loop
 from stepstone.errors import StepstoneError
 
 if TYPE_CHECKING:
-    from stepstone.persistence.rows import ResumeRecord
+    from stepstone.persistence.rows import ResumeRecord, WokenRecord
     from stepstone.persistence.store import Store
     from stepstone.telemetry import EventLog
 
@@ -44,6 +45,11 @@ class Resumer(Protocol):
 
     def resume(self, record: ResumeRecord, *, recovered: bool = True) -> bool:
         """Run a claimed execution; False if it cannot."""
+        ...
+
+    def wake(self, woken: WokenRecord, due: float) -> bool:
+        """Run an execution woken from its wait (no recovery), whose wait was due at
+        `due` by this process's time.perf_counter(); False if it cannot."""
         ...
 
     def take_orphans(self) -> tuple[set[str], bool]:
@@ -107,8 +113,9 @@ class Sweeper(Loop):
         until the next wait it could wake is due (False: none)."""
         self._resume_leftovers()
         limit = self._engine.capacity()
+        swept_at = time.perf_counter()
         result = self._store.sweep(self._engine.executor_id, self._engine.registered(), limit)
-        self._wake(result.woken)
+        self._wake(result.woken, swept_at)
         _resume(self._engine, result.claimed, "expired_lease")
         for workflow_id, name, version in result.unclaimable:
             if workflow_id not in self._reported:
@@ -128,15 +135,19 @@ class Sweeper(Loop):
         # executor holds it): look again soon, not in a tight loop.
         return max(result.next_wake_in, _RETRY_DUE if limit > 0 else _RETRY_FULL)
 
-    def _wake(self, records: list[ResumeRecord]) -> None:
-        """Resume due waits (a wake is not a recovery: not counted as one)."""
-        for record in records:
-            if self._engine.resume(record, recovered=False):
+    def _wake(self, woken: list[WokenRecord], swept_at: float) -> None:
+        """Resume due waits (a wake is not a recovery: not counted as one). The database
+        says how long each had been due when the sweep's statement began (`swept_at` here),
+        so the two clocks are never compared."""
+        for one in woken:
+            record = one.record
+            if self._engine.wake(one, swept_at - one.overdue):
                 self._engine.log.info(
                     "execution_woken",
                     workflow_id=record.id,
                     workflow=record.workflow_name,
                     epoch=record.epoch,
+                    overdue=round(one.overdue, 6),
                 )
 
     def _resume_leftovers(self) -> None:

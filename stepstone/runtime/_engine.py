@@ -45,7 +45,7 @@ from stepstone.errors import (
     WorkflowIdConflict,
 )
 from stepstone.persistence.ids import check_workflow_id
-from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult
+from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult, WokenRecord
 from stepstone.runtime._execution import Execution
 from stepstone.runtime._journal import Journal
 from stepstone.runtime._outcomes import Outcomes
@@ -286,6 +286,21 @@ class Engine:
         self._submit(record.id, lambda: self._execute(execution, body))
         return True
 
+    def wake(self, woken: WokenRecord, due: float) -> bool:
+        """Run an execution a sweep woke (no recovery); its wake latency is measured from
+        `due` (a time.perf_counter() reading) to the start of its run."""
+        record = woken.record
+        if woken.received:
+            # The wake's transaction consumed the message, whether or not it runs here.
+            self.telemetry.message_received(record.workflow_name)
+        workflow = self.registry.find(record.workflow_name, record.workflow_version)
+        if workflow is None or not self.pool.running:
+            return False
+        execution, body = self._resumed(workflow, record, recovered=False)
+        wake = (woken.wait_kind, due)
+        self._submit(record.id, lambda: self._execute(execution, body, woken=wake))
+        return True
+
     def _submit(self, workflow_id: str, job: Callable[[], Any]) -> None:
         run = self.runs.queue(workflow_id, job)
         if not self.pool.submit(lambda queued: self._work(workflow_id, run, queued)):
@@ -440,11 +455,19 @@ class Engine:
 
     # -- one run of an execution -------------------------------------------------------------
 
-    def _execute(self, execution: Execution, body: Callable[[], Any]) -> Any:
-        """Run one execution in this thread, inside its span, and report how it ended."""
+    def _execute(
+        self,
+        execution: Execution,
+        body: Callable[[], Any],
+        woken: tuple[str, float] | None = None,
+    ) -> Any:
+        """Run one execution in this thread, inside its span, and report how it ended.
+        `woken`: (wait kind, when it was due by time.perf_counter()) for a run after a wake."""
         telemetry = self.telemetry
         name, workflow_id = execution.workflow.name, execution.workflow_id
         clock = time.perf_counter()
+        if woken is not None:
+            telemetry.woken(name, woken[0], max(0.0, clock - woken[1]))
         with trace.use_span(
             execution.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
         ):

@@ -212,6 +212,8 @@ class Execution:
             when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "with no timeout"
             self._suspend(f"in a {kind} at step {seq}, {when}", outcome.wake_in)
         self.journal.committed_state(changed, deleted)
+        if kind == "recv" and outcome.error is None:
+            self.telemetry.message_received(self.workflow.name)
         return self._replay(RecordedStep(seq, kind, kind, outcome.output, outcome.error))
 
     def wait_state(self, target: str, key: str, seconds: float | None) -> Any:

@@ -62,9 +62,11 @@ class Runtime:
     process id and a random suffix). `workers` threads run the workflows started with
     `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections,
     and the server ends a pooled session left idle inside a transaction for longer than
-    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). Spans,
-    metrics and log records go to the OpenTelemetry providers given here, else to the
-    global ones.
+    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). With
+    `notify=False` the executor holds no LISTEN session (for PgBouncer's transaction
+    pooling): it finds due work by its sweep alone, every `sweep_interval` and when a timer
+    it recorded is due. Spans, metrics and log records go to the OpenTelemetry providers
+    given here, else to the global ones.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Runtime:
         lease_seconds: float = 30.0,
         heartbeat_interval: float = 5.0,
         sweep_interval: float = 5.0,
+        notify: bool = True,
         max_recoveries: int = 20,
         retention: dt.timedelta | None = None,
         retention_interval: float = 3600.0,
@@ -93,6 +96,8 @@ class Runtime:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
         _check_timings(lease_seconds, heartbeat_interval, sweep_interval)
+        if not isinstance(notify, bool):
+            raise ConfigurationError(f"notify must be True or False, got {notify!r}")
         if not isinstance(max_recoveries, int) or max_recoveries < 0:
             raise ConfigurationError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
         if retention is not None and (
@@ -130,6 +135,7 @@ class Runtime:
             __version__,
             self.store.pool_stats,
             self.executor_id,
+            self.store.count_waiting,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             logger_provider=logger_provider,
@@ -142,6 +148,7 @@ class Runtime:
         self._session: ExecutorSession | None = None
         self._heartbeat: Heartbeat | None = None
         self._sweeper: Sweeper | None = None
+        self._notify = notify
         self._listener: Listener | None = None
         self._retention = retention
         self._retention_interval = float(retention_interval)
@@ -228,12 +235,14 @@ class Runtime:
         self._heartbeat = Heartbeat(session, self._heartbeat_interval)
         self._sweeper = Sweeper(self._engine, self.store, self._sweep_interval)
         self._engine.due_in = self._sweeper.run_in
-        self._listener = Listener(self.store, self._notified)
+        if self._notify:
+            self._listener = Listener(self.store, self._notified, on_reconnect=self._sweeper.nudge)
         self.telemetry.open()
         try:
             self._engine.launch()
             self._heartbeat.start()
-            self._listener.start(wait=self._connect_timeout)
+            if self._listener is not None:
+                self._listener.start(wait=self._connect_timeout)
             recover_own(self._engine, self.store)
             self._sweeper.sweep_once()
         except BaseException:
@@ -349,9 +358,11 @@ class Runtime:
         key: str | None,
         conn: psycopg.Connection[Any] | None,
     ) -> None:
-        self.store.send(
+        _, stored = self.store.send(
             workflow_id, topic, payload, idempotency_key=key, sender=self.executor_id, conn=conn
         )
+        if stored:
+            self.telemetry.message_sent()
 
     def wait_state(
         self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None

@@ -52,6 +52,22 @@ METRICS: dict[str, tuple[str, str]] = {
         "Executions resumed by this executor, by reason",
     ),
     "stepstone.executions.active": ("{execution}", "Executions running in this process"),
+    "stepstone.executions.waiting": (
+        "{execution}",
+        (
+            "Executions WAITING in the whole schema, by workflow name: one count query per "
+            "collection (read it with a periodic reader); every executor reports the same figure"
+        ),
+    ),
+    "stepstone.wake.latency": (
+        "s",
+        "From when a wait was due (by the database clock) to when its execution ran again here",
+    ),
+    "stepstone.messages.sent": ("{message}", "Messages stored by sends from this process"),
+    "stepstone.messages.received": (
+        "{message}",
+        "Messages consumed by receives of executions this process ran or woke",
+    ),
     "stepstone.db.pool.connections": (
         "{connection}",
         "Connections in the pool, by state (idle, used)",
@@ -80,6 +96,7 @@ class Telemetry:
         version: str,
         pool_stats: Callable[[], dict[str, int]],
         executor_id: str,
+        waiting: Callable[[], dict[str, int]] = dict,
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
@@ -99,7 +116,11 @@ class Telemetry:
         self._commit_duration = _instrument(meter, "histogram", "stepstone.step.commit.duration")
         self._recovered = _instrument(meter, "counter", "stepstone.executions.recovered")
         self._active = _instrument(meter, "up_down_counter", "stepstone.executions.active")
+        self._wake_latency = _instrument(meter, "histogram", "stepstone.wake.latency")
+        self._sent = _instrument(meter, "counter", "stepstone.messages.sent")
+        self._received = _instrument(meter, "counter", "stepstone.messages.received")
         self._pool_stats = pool_stats
+        self._waiting = waiting
         self._executor = {"stepstone.executor.id": executor_id}
         _instrument(
             meter,
@@ -112,6 +133,12 @@ class Telemetry:
             "observable_gauge",
             "stepstone.db.pool.waiting",
             callbacks=[self._observe_waiting],
+        )
+        _instrument(
+            meter,
+            "observable_gauge",
+            "stepstone.executions.waiting",
+            callbacks=[self._observe_waiting_executions],
         )
 
     # -- trace context -----------------------------------------------------------------------
@@ -235,6 +262,20 @@ class Telemetry:
                 self._recovered.add, count, {"stepstone.recovery.reason": reason, **self._executor}
             )
 
+    def woken(self, workflow: str, wait_kind: str, seconds: float) -> None:
+        """A woken execution runs again here, `seconds` after its wait was due."""
+        self._record(
+            self._wake_latency.record,
+            seconds,
+            {"stepstone.workflow.name": workflow, "stepstone.wait.kind": wait_kind},
+        )
+
+    def message_sent(self) -> None:
+        self._record(self._sent.add, 1, None)
+
+    def message_received(self, workflow: str) -> None:
+        self._record(self._received.add, 1, {"stepstone.workflow.name": workflow})
+
     def _observe_connections(self, _options: CallbackOptions) -> Iterable[Observation]:
         stats = self._pool_stats()
         if not stats:
@@ -249,3 +290,15 @@ class Telemetry:
     def _observe_waiting(self, _options: CallbackOptions) -> Iterable[Observation]:
         stats = self._pool_stats()
         return [Observation(stats.get("requests_waiting", 0), self._executor)] if stats else []
+
+    def _observe_waiting_executions(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # Runs on the metric reader's thread at each collection, never on a workflow's path.
+        try:
+            counts = self._waiting()
+        except Exception as exc:  # noqa: BLE001 - a collection must not fail for a count
+            self.log.debug("waiting_count_failed", error=str(exc)[:500])
+            return []
+        return [
+            Observation(count, {"stepstone.workflow.name": name})
+            for name, count in sorted(counts.items())
+        ]

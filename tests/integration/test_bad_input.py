@@ -311,6 +311,7 @@ def test_environment_variable_supplies_the_database(
         ({"pool_min_size": 5, "pool_max_size": 2}, "min_size=5 max_size=2"),
         ({"executor_id": ""}, "executor_id must be a string of 1 to 255 characters"),
         ({"max_value_size": 0}, "max_value_size must be a positive int, got 0"),
+        ({"notify": "yes"}, "notify must be True or False, got 'yes'"),
     ],
 )
 def test_invalid_settings_are_refused(db: str, kwargs: dict[str, Any], message: str) -> None:

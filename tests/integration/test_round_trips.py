@@ -150,7 +150,7 @@ def test_a_wait_costs_one_round_trip_and_one_commit(counted_rt: Runtime, meter: 
     short_sleep()
     cost = meter.end()
     assert (cost.total_statements, cost.round_trips, cost.transactions) == (3, 3, 3)
-    assert _only(cost, "wait_v1") == 1
+    assert _only(cost, "wait_v2") == 1
 
     gate.clear()
     handle = counted_rt.start(reader)
@@ -161,7 +161,7 @@ def test_a_wait_costs_one_round_trip_and_one_commit(counted_rt: Runtime, meter: 
     assert handle.result(timeout=10) == "here"
     cost = meter.end()
     assert (cost.total_statements, cost.round_trips, cost.transactions) == (2, 2, 2)
-    assert _only(cost, "wait_v1") == 1
+    assert _only(cost, "wait_v2") == 1
 
     meter.begin()
     handle = counted_rt.start(long_sleep)
@@ -170,7 +170,7 @@ def test_a_wait_costs_one_round_trip_and_one_commit(counted_rt: Runtime, meter: 
     assert handle.status() == "WAITING"
     assert (cost.total_statements, cost.round_trips, cost.transactions) == (2, 2, 2)
     assert _only(cost, "start_execution") == 1
-    assert _only(cost, "wait_v1") == 1
+    assert _only(cost, "wait_v2") == 1
 
 
 def test_transaction_step_adds_no_round_trip_to_the_users_transaction(
@@ -257,7 +257,7 @@ def test_idle_executor_sends_one_heartbeat_and_one_sweep_per_interval(
         release.set()
         runtime.shutdown()
     heartbeats = meter.calls(cost, "SET heartbeat_at = now()")
-    sweeps = meter.calls(cost, ".sweep_v2(")
+    sweeps = meter.calls(cost, ".sweep_v3(")
     # 3 s at 0.2 s and 0.3 s intervals, with 10% jitter either way.
     assert 12 <= heartbeats <= 17, cost.statements
     assert 8 <= sweeps <= 12, cost.statements

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 import structlog
 from opentelemetry import trace
@@ -14,12 +16,10 @@ import stepstone
 from stepstone import RetryPolicy, Runtime, WorkflowFailed
 from stepstone.telemetry import add_trace_context
 from tests.support.otel import Recorded, render
-from tests.support.runtime import Crash
+from tests.support.runtime import Crash, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    import psycopg
 
 
 @pytest.fixture
@@ -248,6 +248,161 @@ def test_metrics_count_executions_steps_retries_and_recoveries(
     assert recorded.total("stepstone.executions.active") == 0
     connections = recorded.points("stepstone.db.pool.connections")
     assert {attrs["state"] for attrs, _ in connections} == {"idle", "used"}
+
+
+# -- waits and messages ---------------------------------------------------------------------
+
+
+def _waiting_points(recorded: Recorded) -> dict[str, int]:
+    return {
+        attrs["stepstone.workflow.name"]: value
+        for attrs, value in recorded.points("stepstone.executions.waiting")
+    }
+
+
+def test_a_message_wake_is_measured_and_is_no_recovery(traced: Runtime, recorded: Recorded) -> None:
+    """A receive woken by a message: the waiting gauge counts it while it waits, the message
+    is counted sent and received once, the wake has one latency measurement (by workflow
+    and wait kind), and nothing counts as a recovery."""
+    rt = traced
+
+    @rt.workflow()
+    def approval() -> Any:
+        return stepstone.recv("go", timeout=600)
+
+    rt.launch()
+    handle = rt.start(approval.with_options(workflow_id="ap-1"))
+    wait_for(lambda: handle.status() == "WAITING")
+    assert _waiting_points(recorded) == {"approval": 1}
+    rt.send("ap-1", "note", topic="log", idempotency_key="k")
+    rt.send("ap-1", "note", topic="log", idempotency_key="k")  # a duplicate: not stored
+    rt.send("ap-1", "yes", topic="go")
+    assert handle.result(timeout=30) == "yes"
+    rt.telemetry.flush()
+
+    assert recorded.total("stepstone.messages.sent") == 2
+    assert recorded.points("stepstone.messages.received") == [
+        ({"stepstone.workflow.name": "approval"}, 1)
+    ]
+    assert recorded.points("stepstone.wake.latency") == [
+        ({"stepstone.workflow.name": "approval", "stepstone.wait.kind": "recv"}, 1)
+    ]
+    assert recorded.total("stepstone.executions.recovered") == 0
+    assert recorded.total("stepstone.workflow.duration", **{"stepstone.recovered": True}) == 0
+    assert _waiting_points(recorded).get("approval", 0) == 0
+
+
+def test_a_message_already_there_is_received_without_a_wake(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """A receive that finds its message at once counts it received, with no wake."""
+    rt = traced
+    gate = threading.Event()
+
+    @rt.step()
+    def hold() -> None:
+        assert gate.wait(30)
+
+    @rt.workflow()
+    def reader() -> Any:
+        hold()
+        return stepstone.recv("go")
+
+    rt.launch()
+    handle = rt.start(reader.with_options(workflow_id="rd-1"))
+    rt.send("rd-1", 1, topic="go")
+    gate.set()
+    assert handle.result(timeout=30) == 1
+    rt.telemetry.flush()
+    assert recorded.points("stepstone.messages.received") == [
+        ({"stepstone.workflow.name": "reader"}, 1)
+    ]
+    assert recorded.total("stepstone.messages.sent") == 1
+    assert recorded.points("stepstone.wake.latency") == []
+
+
+def test_wake_latency_runs_from_the_due_time_by_the_database_clock(
+    traced: Runtime, recorded: Recorded, db: str
+) -> None:
+    """A sleep whose due time the database holds as an hour ago, woken now, measures a wake
+    latency of at least that hour: the latency starts at wake_at, read by the database."""
+    rt = traced
+
+    @rt.workflow()
+    def napper() -> str:
+        stepstone.sleep(3600)
+        return "up"
+
+    rt.launch()
+    handle = rt.start(napper.with_options(workflow_id="nap-1"))
+    wait_for(lambda: handle.status() == "WAITING")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE stepstone.executions SET wake_at = now() - interval '1 hour' WHERE id = %s",
+            ["nap-1"],
+        )
+        conn.execute("SELECT pg_notify('stepstone', 'due:nap-1')")
+    assert handle.result(timeout=30) == "up"
+    rt.telemetry.flush()
+    (point,) = _histogram_points(recorded, "stepstone.wake.latency")
+    assert point.attributes == {"stepstone.workflow.name": "napper", "stepstone.wait.kind": "sleep"}
+    assert point.count == 1
+    assert 3600 <= point.sum < 2 * 3600
+    assert recorded.total("stepstone.executions.recovered") == 0
+
+
+def _histogram_points(recorded: Recorded, name: str) -> list[Any]:
+    data = recorded.metrics.get_metrics_data()
+    return [
+        point
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_a_woken_run_continues_the_trace_of_the_run_that_waited(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """The run after a wake is a child of the first run's workflow span (same trace id),
+    not marked recovered, with spans only for the steps it ran."""
+    rt = traced
+
+    @rt.step()
+    def before() -> int:
+        return 1
+
+    @rt.step()
+    def after(value: Any) -> str:
+        return f"got {value}"
+
+    @rt.workflow()
+    def approval() -> str:
+        before()
+        return after(stepstone.recv("go"))
+
+    rt.launch()
+    handle = rt.start(approval.with_options(workflow_id="tr-1"))
+    wait_for(lambda: handle.status() == "WAITING")
+    rt.send("tr-1", "yes", topic="go")
+    assert handle.result(timeout=30) == "got yes"
+    assert render(recorded.finished(), ("stepstone.recovered",)) == "\n".join(
+        [
+            "workflow approval [stepstone.recovered=False]",
+            "  step before",
+            "  workflow approval [stepstone.recovered=False]",
+            "    step after",
+        ]
+    )
+    first, woken = sorted(
+        (s for s in recorded.finished() if s.name == "workflow approval"),
+        key=lambda s: s.start_time or 0,
+    )
+    assert woken.context.trace_id == first.context.trace_id
+    assert woken.parent is not None
+    assert woken.parent.span_id == first.context.span_id
 
 
 def test_events_go_to_opentelemetry_logs_with_trace_correlation(

@@ -391,3 +391,63 @@ def test_two_executors_wake_each_due_execution_once(db: str) -> None:
     finally:
         for runtime in runtimes:
             runtime.shutdown()
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+
+def _listening(db: str) -> list[int]:
+    """The server process ids of the sessions LISTENing in this test's database."""
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query = 'LISTEN stepstone'"
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def test_without_notify_no_session_listens_and_the_sweep_wakes_a_receive(db: str) -> None:
+    """With notify=False (PgBouncer transaction pooling) the executor opens no LISTEN
+    session, and a message to a waiting receive still wakes it, found by the sweep's poll."""
+    runtime = Runtime(db, executor_id="poller", workers=1, notify=False, **FAST)
+
+    @runtime.workflow()
+    def approval() -> Any:
+        return stepstone.recv("approval")
+
+    with runtime:
+        handle = runtime.start(approval.with_options(workflow_id="polled-1"))
+        wait_for(lambda: handle.status() == "WAITING")
+        runtime.send("polled-1", "yes", topic="approval")
+        assert handle.result(timeout=30) == "yes"
+        assert _listening(db) == []
+
+
+def test_after_the_listener_reconnects_due_work_is_fetched_at_once(db: str) -> None:
+    """A message sent while the LISTEN session is down (its notification lost) wakes the
+    receive once the listener is back, by the sweep it starts, not at the next periodic
+    sweep (600 s away)."""
+    runtime = Runtime(
+        db,
+        executor_id="relistener",
+        workers=1,
+        sweep_interval=600,
+        lease_seconds=60,
+        heartbeat_interval=5,
+    )
+
+    @runtime.workflow()
+    def approval() -> Any:
+        return stepstone.recv("approval")
+
+    with runtime:
+        handle = runtime.start(approval.with_options(workflow_id="relisten-1"))
+        wait_for(lambda: handle.status() == "WAITING")
+        (listener,) = _listening(db)
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", [listener])
+        wait_for(lambda: listener not in _listening(db))
+        runtime.send("relisten-1", "yes", topic="approval")  # its NOTIFY reaches no one
+        assert handle.result(timeout=60) == "yes"
+        (again,) = _listening(db)
+        assert again != listener
