@@ -4,6 +4,9 @@ arguments and an empty history; its mailbox, deadline and callers stay."""
 from __future__ import annotations
 
 import contextvars
+import json
+import subprocess
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +107,24 @@ def test_a_counter_that_continues_as_new_ends_with_the_last_runs_history(
         (2, 3, 2),
     ]
     assert rt.store.get_execution("count-1").run == 3  # type: ignore[union-attr]
+
+
+def test_executions_show_tells_the_run(rt: Runtime, db: str) -> None:
+    """`stepstone executions show` names the run of an execution that continued as new (and
+    says nothing of runs for one that never did); --json has it as `run`."""
+    counter = _counter(rt, [])
+    rt.launch()
+    counter.with_options(workflow_id="count-3")(0, 6)
+    counter.with_options(workflow_id="count-4")(0, 2)
+
+    def show(*args: str) -> str:
+        command = [sys.executable, "-m", "stepstone", "--database-url", db, "executions", "show"]
+        done = subprocess.run([*command, *args], capture_output=True, text=True, check=True)
+        return done.stdout
+
+    assert "  run:        3 (continued as new 2 times)\n" in show("count-3")
+    assert "run:" not in show("count-4")
+    assert json.loads(show("count-3", "--json"))["execution"]["run"] == 3
 
 
 def test_a_crash_in_the_last_run_replays_that_run_only(db: str) -> None:
