@@ -5,6 +5,7 @@ from __future__ import annotations
 from stepstone._version import __version__
 from stepstone.errors import (
     ConfigurationError,
+    ContinuedAsNew,
     DatabaseUnreachable,
     DuplicateRegistration,
     ExecutionCancelled,
@@ -52,6 +53,7 @@ from stepstone.runtime import (
     Workflow,
     WorkflowContext,
     WorkflowHandle,
+    continue_as_new,
     current,
     recv,
     sleep,
@@ -61,6 +63,7 @@ from stepstone.runtime import (
 
 __all__ = [
     "ConfigurationError",
+    "ContinuedAsNew",
     "DatabaseUnreachable",
     "DuplicateRegistration",
     "ExecutionCancelled",
@@ -105,6 +108,7 @@ __all__ = [
     "WorkflowNotFound",
     "WorkflowTimedOut",
     "__version__",
+    "continue_as_new",
     "current",
     "recv",
     "sleep",

@@ -308,6 +308,11 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
         *(_waiting_fields(e, now) if e.status == "WAITING" else []),
         ("owner", e.owner or NONE),
         ("epoch", str(e.epoch)),
+        *(
+            [("run", f"{e.run} (continued as new {plural(e.run - 1, 'time')})")]
+            if e.run > 1
+            else []
+        ),
         ("parent", e.parent_id or NONE),
         ("attributes", json.dumps(e.attributes, ensure_ascii=False) if e.attributes else NONE),
         ("created", moment(e.created_at)),

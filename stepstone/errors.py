@@ -6,8 +6,11 @@ to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigurationError",
+    "ContinuedAsNew",
     "DatabaseUnreachable",
     "DuplicateRegistration",
     "ExecutionCancelled",
@@ -280,3 +283,15 @@ class Suspended(HandedBack):
     def __init__(self, workflow_id: str, what: str, wake_in: float | None = None) -> None:
         super().__init__(f"workflow {workflow_id!r} waits {what}", workflow_id)
         self.wake_in = wake_in
+
+
+class ContinuedAsNew(HandedBack):
+    """The workflow called `stepstone.continue_as_new(...)`: its run ended, recorded in the
+    database (the history is empty, the new arguments stored), and the execution starts
+    afresh as run number `run`, at once and in the same thread. Its callers get the outcome
+    of the last run. `next_run` is what the runtime runs it with."""
+
+    def __init__(self, workflow_id: str, run: int, next_run: Any = None) -> None:
+        super().__init__(f"workflow {workflow_id!r} continued as new (run {run})", workflow_id)
+        self.run = run
+        self.next_run = next_run

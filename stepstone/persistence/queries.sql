@@ -180,7 +180,8 @@ SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, st
 -- name: get_execution
 -- executions_pkey.
 SELECT id, workflow_name, workflow_version, status, inputs, output, error, owner, epoch,
-       parent_id, attributes, created_at, updated_at, started_at, finished_at, wake_at, waiting
+       parent_id, attributes, created_at, updated_at, started_at, finished_at, wake_at, waiting,
+       run
   FROM {schema}.executions
  WHERE id = %(id)s;
 
@@ -223,13 +224,14 @@ SELECT execution_id, topic, count(*), min(sent_at)
  ORDER BY topic;
 
 -- name: received_messages
--- The messages an execution received, in the order of the receives that consumed them,
--- with when each receive was recorded. messages_pkey (execution_id, topic, id); steps_pkey
+-- The messages the current run of an execution received (not those of runs it continued
+-- from: received_run IS NULL), in the order of the receives that consumed them, with when
+-- each receive was recorded. messages_pkey (execution_id, topic, id); steps_pkey
 -- (execution_id, seq) for the receive's step.
 SELECT m.execution_id, m.topic, m.id, m.received_seq, m.sender, m.sent_at, s.finished_at
   FROM {schema}.messages m
   LEFT JOIN {schema}.steps s ON s.execution_id = m.execution_id AND s.seq = m.received_seq
- WHERE m.execution_id = %(id)s AND m.received_seq IS NOT NULL
+ WHERE m.execution_id = %(id)s AND m.received_seq IS NOT NULL AND m.received_run IS NULL
  ORDER BY m.received_seq, m.id;
 
 -- name: schema_version
@@ -292,3 +294,10 @@ SELECT s.execution_id, e.workflow_name, s.seq, s.name, s.kind,
    AND (%(name)s::text IS NULL OR e.workflow_name = %(name)s::text)
  ORDER BY s.finished_at - s.started_at DESC, s.execution_id, s.seq
  LIMIT %(limit)s;
+
+-- name: continue_as_new
+-- One per continue_as_new() (see continue_as_new_v1): the run ends and the next one starts
+-- with these inputs. executions_pkey; steps_pkey, states_pkey, checkpoints_pkey and
+-- messages_pkey by their leading execution_id.
+SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
+  FROM {schema}.continue_as_new_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(inputs)s, %(run)s);

@@ -52,7 +52,8 @@ class ExecutionRow:
     A WAITING execution has `waiting` (what it waits for: kind "sleep", "recv", "wait_state"
     or "execution", the wait's position `seq` and `name`, the `topic` of a receive, the
     `target` execution and the state `key` waited for, `timeout` in seconds, `timeout_at`
-    and `started_at`) and `wake_at`, when it is due (None: when something happens)."""
+    and `started_at`) and `wake_at`, when it is due (None: when something happens). `run`
+    is which run of the execution this is: 1, then one more at each continue-as-new."""
 
     id: str
     workflow_name: str
@@ -71,6 +72,7 @@ class ExecutionRow:
     finished_at: dt.datetime | None
     wake_at: dt.datetime | None = None
     waiting: dict[str, Any] | None = None
+    run: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -498,6 +498,33 @@ class Store:
             fence=(execution_id, owner, epoch),
         )
 
+    def continue_as_new(
+        self, execution_id: str, owner: str, epoch: int, seq: int, inputs: str, run: int
+    ) -> ResumeRecord:
+        """End the current run of execution `execution_id` (owned by `owner` at `epoch`), which
+        called continue-as-new at position `seq`, and start run number `run` with `inputs`
+        (serialized), in one statement (fenced): the old run's steps, state and checkpoints
+        are deleted, the messages it received are kept as received, and the execution stays
+        RUNNING, owned by `owner` at the next epoch, with no recovery counted. Returns what
+        runs the new run (no steps, no state). OwnershipLost or ExecutionCancelled if fenced
+        out; then nothing changed."""
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "seq": seq,
+            "inputs": inputs,
+            "run": run,
+        }
+        row = self._sql.run(
+            self.queries["continue_as_new"],
+            params,
+            fetch="one",
+            action=lambda: f"continuing {execution_id!r} as new (run {run})",
+            fence=(execution_id, owner, epoch),
+        )
+        return ResumeRecord.from_row(row)
+
     # -- recovery ----------------------------------------------------------------------------
 
     def executor_session(
@@ -676,8 +703,9 @@ class Store:
         return [UnreadMessages(*row) for row in rows]
 
     def received_messages(self, execution_id: str) -> list[ReceivedMessage]:
-        """The messages an execution received, in the order it received them, each with the
-        position of the receive that consumed it (payloads are that receive's step output)."""
+        """The messages the current run of an execution received (a continue-as-new starts a
+        run afresh), in the order it received them, each with the position of the receive
+        that consumed it (payloads are that receive's step output)."""
         rows = self._sql.all("received_messages", {"id": execution_id})
         return [ReceivedMessage(*row) for row in rows]
 

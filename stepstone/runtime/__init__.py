@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stepstone.runtime.context import State, WorkflowContext, current
+from stepstone.runtime.continuation import continue_as_new
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.retry import RetryPolicy
@@ -18,6 +19,7 @@ __all__ = [
     "Workflow",
     "WorkflowContext",
     "WorkflowHandle",
+    "continue_as_new",
     "current",
     "recv",
     "sleep",

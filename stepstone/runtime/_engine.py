@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from opentelemetry import trace
 
 from stepstone.errors import (
+    ContinuedAsNew,
     ExecutionCancelled,
     HandedBack,
     Interrupted,
@@ -449,6 +450,7 @@ class Engine:
             # Decoded here, so that inputs this process cannot read fail the execution with
             # the reason instead of stopping the claim of the others.
             stored = self.store.decode(record.inputs)
+            execution.run = int(stored.get("run", 1))  # set by continue-as-new
             return workflow.fn(*tuple(stored["args"]), **stored["kwargs"])
 
         return execution, body
@@ -461,13 +463,26 @@ class Engine:
         body: Callable[[], Any],
         woken: tuple[str, float] | None = None,
     ) -> Any:
-        """Run one execution in this thread, inside its span, and report how it ended.
+        """Run one execution in this thread and report how it ended: its runs one after
+        the other, while one continues as new (its next run was written by then).
         `woken`: (wait kind, when it was due by time.perf_counter()) for a run after a wake."""
-        telemetry = self.telemetry
-        name, workflow_id = execution.workflow.name, execution.workflow_id
         clock = time.perf_counter()
         if woken is not None:
-            telemetry.woken(name, woken[0], max(0.0, clock - woken[1]))
+            self.telemetry.woken(execution.workflow.name, woken[0], max(0.0, clock - woken[1]))
+        while True:
+            try:
+                return self._execute_run(execution, body, clock)
+            except ContinuedAsNew as signal:
+                if signal.workflow_id != execution.workflow_id:
+                    raise
+                record: ResumeRecord = signal.next_run
+                execution, body = self._resumed(execution.workflow, record, recovered=False)
+                execution.span.set_attribute("stepstone.workflow.run", signal.run)
+
+    def _execute_run(self, execution: Execution, body: Callable[[], Any], clock: float) -> Any:
+        """Run one run of an execution in this thread, inside its span."""
+        telemetry = self.telemetry
+        name, workflow_id = execution.workflow.name, execution.workflow_id
         with trace.use_span(
             execution.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
         ):
@@ -499,6 +514,17 @@ class Engine:
                 raise cancelled from signal
             except Suspended as signal:
                 telemetry.log.debug("workflow_waiting", workflow_id=workflow_id, wait=str(signal))
+                raise
+            except ContinuedAsNew as signal:
+                if signal.workflow_id != workflow_id:
+                    raise
+                execution.span.add_event("continued_as_new", {"stepstone.workflow.run": signal.run})
+                telemetry.log.info(
+                    "workflow_continued_as_new",
+                    workflow_id=workflow_id,
+                    workflow=name,
+                    run=signal.run,
+                )
                 raise
             except HandedBack as signal:
                 self._interrupted(execution, signal)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stepstone.errors import (
+    ContinuedAsNew,
     ExecutionCancelled,
     HandedBack,
     Interrupted,
@@ -124,6 +126,9 @@ class Execution:
         self.context = WorkflowContext(self)
         self.in_step = False
         self.thread: int | None = None
+        # Which run of the execution this is (continue-as-new starts the next one): the
+        # first run's children and sends keep the ids and keys they always had.
+        self.run = 1
         self._cancel: Literal["confirmed", "hint"] | None = None
 
     @property
@@ -257,6 +262,8 @@ class Execution:
         to this position, so a send re-run after a crash before its record stores nothing
         new."""
         key = f"{self.workflow_id}#{self.journal.seq}"
+        if self.run > 1:
+            key = f"{self.workflow_id}#r{self.run}#{self.journal.seq}"
         self.run_step(_SendStep(lambda: send(key)), (), {})
 
     def run_child(
@@ -282,10 +289,58 @@ class Execution:
         return result
 
     def _child_id(self, seq: int) -> str:
-        candidate = f"{self.workflow_id}/{seq}"
+        # Positions restart at 0 in each run: a later run's children need ids of their own.
+        local = str(seq) if self.run == 1 else f"r{self.run}/{seq}"
+        candidate = f"{self.workflow_id}/{local}"
         if len(candidate) <= MAX_WORKFLOW_ID_LENGTH:
             return candidate
-        return f"{hashlib.sha256(self.workflow_id.encode()).hexdigest()}/{seq}"
+        return f"{hashlib.sha256(self.workflow_id.encode()).hexdigest()}/{local}"
+
+    # -- continue-as-new ---------------------------------------------------------------------
+
+    def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
+        """End this run and start the next one with `args` and `kwargs`: checked against the
+        workflow's signature and serialized before anything is written (UsageError or
+        SerializationError, and the workflow goes on, as if it had not called); then one
+        fenced statement replaces the history, and ContinuedAsNew unwinds the body (the
+        engine runs the next run)."""
+        what = f"stepstone.continue_as_new() of workflow {self.workflow_id!r}"
+        if self.in_step:
+            raise UsageError(
+                f"{what} was called inside the body of a step: a replay skips step bodies, so "
+                "call it from the workflow body (with the step's result)"
+            )
+        self._check_thread("stepstone.continue_as_new()")
+        _check_arguments(self.workflow, args, kwargs)
+        run = self.run + 1
+        inputs = self.store.encode(
+            {"args": list(args), "kwargs": kwargs, "run": run}, f"arguments of {what}"
+        )
+        seq, recorded = self.journal.next_step(CONTINUE_AS_NEW, _call_site)
+        diverged = (
+            NonDeterminismError(self.workflow_id, seq, recorded.name, CONTINUE_AS_NEW, _call_site())
+            if recorded is not None
+            else self.journal.unreplayed(_call_site, CONTINUE_AS_NEW)
+        )
+        if diverged is not None:
+            # The recorded run went on past this point: this code took another path.
+            self.journal.doom(diverged)
+            raise diverged
+        if self._cancel is not None:
+            self._check_cancelled()
+        record = self._write(
+            f"continuing as new (run {run})",
+            self.store.continue_as_new,
+            self.workflow_id,
+            self.journal.owner,
+            self.journal.epoch,
+            seq,
+            inputs,
+            run,
+        )
+        signal = ContinuedAsNew(self.workflow_id, run, record)
+        self.journal.doom(signal)
+        raise signal
 
     def _replay(self, recorded: RecordedStep) -> Any:
         if recorded.error is not None:
@@ -605,6 +660,27 @@ class Execution:
             self.journal.owner,
             self.journal.epoch,
         )
+
+
+CONTINUE_AS_NEW = "continue_as_new"
+"""The name a continue-as-new is checked under on replay (it records no step)."""
+
+
+def _check_arguments(
+    workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """UsageError unless the workflow's function accepts `args` and `kwargs`."""
+    try:
+        signature = inspect.signature(workflow.fn)
+    except (TypeError, ValueError):
+        return  # no signature to check against (a builtin): the next run finds out
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise UsageError(
+            f"stepstone.continue_as_new() was given arguments that workflow {workflow.name!r} "
+            f"{signature} does not take ({exc}): pass what the workflow function accepts"
+        ) from None
 
 
 def _state_key(key: str, workflow_id: str) -> str:

@@ -74,14 +74,17 @@ class Journal:
         if self.doomed is None:
             self.doomed = signal
 
-    def unreplayed(self, definition_site: Callable[[], str]) -> NonDeterminismError | None:
-        """At completion: the error for recorded steps that this run never reached."""
+    def unreplayed(
+        self, site: Callable[[], str], called: str | None = None
+    ) -> NonDeterminismError | None:
+        """At completion (or at `called`, a call that ends the run): the error for recorded
+        steps that this run never reached."""
         left = [seq for seq in self.recorded if seq >= self.seq]
         if not left:
             return None
         first = min(left)
         return NonDeterminismError(
-            self.workflow_id, first, self.recorded[first].name, None, definition_site()
+            self.workflow_id, first, self.recorded[first].name, called, site()
         )
 
     # -- state -------------------------------------------------------------------------------

@@ -21,6 +21,10 @@ print its result.
 MODE `inbox`: run execution "inbox-7" of the `inbox` workflow (a receive on "go", then a
 step noting the message; KILL_AT "after_recv" kills the process right after the receive
 returned) and print its result.
+MODE `relay`: run execution "relay-7" of the `relay` workflow (a step per run, continuing
+as new from run 1 to run 3; KILL_AT "before_continue" kills the process in run 2 just before
+its continue-as-new, "during_continue" notes "relay continues" and waits for the file
+NOTES_DIR/go first, "after_continue" kills it at the start of run 3) and print its result.
 Leases are short (1 s) so that tests run quickly.
 """
 
@@ -179,6 +183,22 @@ def inbox() -> str:
     return mark(f"got {message}")
 
 
+@rt.workflow()
+def relay(n: int) -> str:
+    if n == 3:
+        die_at("after_continue")
+    mark(f"relay run {n}")
+    if n < 3:
+        if n == 2:
+            die_at("before_continue")
+            if kill_at == "during_continue":  # the test blocks the statement, then kills
+                note("relay continues")
+                while not (notes / "go").exists():
+                    time.sleep(0.01)
+        stepstone.continue_as_new(n + 1)
+    return mark(f"relay done after {n} runs")
+
+
 def all_ended() -> bool:
     with rt.store.connection() as conn:
         row = conn.execute(
@@ -195,6 +215,8 @@ elif mode == "nap":
     print(nap.with_options(workflow_id="nap-7")())
 elif mode == "inbox":
     print(inbox.with_options(workflow_id="inbox-7")())
+elif mode == "relay":
+    print(relay.with_options(workflow_id="relay-7")(1))
 elif mode == "family":
     print(family.with_options(workflow_id="family")())
 elif mode in ("serve", "kid"):

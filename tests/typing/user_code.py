@@ -58,6 +58,15 @@ def batch(orders: list[Order]) -> list[str]:
     return [checkout(order) for order in orders]
 
 
+@rt.workflow()
+def tally(total: int, batches: int) -> int:
+    for _ in range(10):
+        total += int(stepstone.recv("amount"))
+    if batches > 1:
+        stepstone.continue_as_new(total, batches - 1)  # never returns
+    return total
+
+
 def main() -> None:
     rt.launch()
     direct: str = checkout(Order("o-1", 1200))
