@@ -277,30 +277,31 @@ class Engine:
     def recovered(self, reason: str, count: int) -> None:
         self.telemetry.recovered(reason, count)
 
-    def resume(self, record: ResumeRecord, *, recovered: bool = True) -> bool:
+    def resume(
+        self,
+        record: ResumeRecord,
+        *,
+        recovered: bool = True,
+        woken: tuple[str, float] | None = None,
+    ) -> bool:
         """Run a claimed execution in the worker pool; False if it cannot run here.
-        `recovered`: it was interrupted (not woken from a wait, which is no recovery)."""
+        `recovered`: it was interrupted (not woken from a wait, resumed or forked by an
+        operator: none of which is a recovery). `woken`: (wait kind, when it was due by
+        time.perf_counter()) for a run after a wake."""
         workflow = self.registry.find(record.workflow_name, record.workflow_version)
         if workflow is None or not self.pool.running:
             return False
         execution, body = self._resumed(workflow, record, recovered=recovered)
-        self._submit(record.id, lambda: self._execute(execution, body))
+        self._submit(record.id, lambda: self._execute(execution, body, woken))
         return True
 
     def wake(self, woken: WokenRecord, due: float) -> bool:
         """Run an execution a sweep woke (no recovery); its wake latency is measured from
         `due` (a time.perf_counter() reading) to the start of its run."""
-        record = woken.record
         if woken.received:
             # The wake's transaction consumed the message, whether or not it runs here.
-            self.telemetry.message_received(record.workflow_name)
-        workflow = self.registry.find(record.workflow_name, record.workflow_version)
-        if workflow is None or not self.pool.running:
-            return False
-        execution, body = self._resumed(workflow, record, recovered=False)
-        wake = (woken.wait_kind, due)
-        self._submit(record.id, lambda: self._execute(execution, body, woken=wake))
-        return True
+            self.telemetry.message_received(woken.record.workflow_name)
+        return self.resume(woken.record, recovered=False, woken=(woken.wait_kind, due))
 
     def _submit(self, workflow_id: str, job: Callable[[], Any]) -> None:
         run = self.runs.queue(workflow_id, job)

@@ -435,7 +435,7 @@ class Runtime:
 
     def _take_over(self, workflow_id: str, reason: str) -> WorkflowHandle[Any]:
         record = self.store.claim_own(workflow_id, self.executor_id, reason=reason)
-        if record is not None and not self._engine.resume(record):
+        if record is not None and not self._engine.resume(record, recovered=False):
             # Not registered here: give it to an executor that runs its workflow.
             self.store.release_unregistered(self.executor_id, self._engine.registered())
         return WorkflowHandle(self._engine, workflow_id)
