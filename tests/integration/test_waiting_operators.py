@@ -13,8 +13,6 @@ replays the copied steps and reaches the wait itself, with its own mailbox.
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -162,6 +160,11 @@ def _sweep(rt: Runtime) -> None:
     sweeper = rt._sweeper
     assert sweeper is not None
     sweeper.sweep_once()
+
+
+def _swept(rt: Runtime) -> bool:
+    _sweep(rt)
+    return True
 
 
 # -- cancel -----------------------------------------------------------------------------------
@@ -322,9 +325,15 @@ def test_resume_of_a_parent_cancelled_while_waiting_for_its_child_resumes_the_ch
     wait_for(lambda: _waiting(db, "p-2") and _waiting(db, "p-2/1"))
     worker.cancel("p-2")
     handle = worker.resume("p-2")
-    wait_for(lambda: _waiting(db, "p-2") and _waiting(db, "p-2/1"))
+    wait_for(lambda: _waiting(db, "p-2"))
+    # The child is RUNNING with no owner until a sweep claims it (the fixture's own sweeps
+    # are 30 s apart).
+    wait_for(lambda: _swept(worker) and _waiting(db, "p-2/1"))
     assert _row(db, "p-2")["waits_for"] == "p-2/1"
     worker.send("p-2/1", "go!", topic="go")
     assert handle.result(timeout=10) == "finished with 'go!'"
     assert worker.handle("p-2/1").result(timeout=10) == "go!"
     assert flows.bodies == {"prepare": 1, "finish": 1}
+    resumed = [log.details for log in worker.store.list_logs("p-2/1")]
+    assert {"reason": "parent_resumed", "ancestor": "p-2"}.items() <= resumed[3].items()
+    assert _row(db, "p-2/1")["epoch"] > 3  # claimed by the sweep after the resume
