@@ -114,6 +114,12 @@ class Operations:
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        if status == "WAITING":
+            raise UsageError(
+                f"cannot resume {execution_id!r}: it is WAITING, and resumes by itself when its "
+                "wait is due (its time comes, its message arrives, the execution it waits for "
+                "ends); to run it again now, cancel it, then resume it"
+            )
         if status not in ("FAILED", "CANCELLED"):
             raise UsageError(
                 f"cannot resume {execution_id!r}: it is {status}; only FAILED or CANCELLED "

@@ -337,3 +337,19 @@ def test_resume_of_a_parent_cancelled_while_waiting_for_its_child_resumes_the_ch
     resumed = [log.details for log in worker.store.list_logs("p-2/1")]
     assert {"reason": "parent_resumed", "ancestor": "p-2"}.items() <= resumed[3].items()
     assert _row(db, "p-2/1")["epoch"] > 3  # claimed by the sweep after the resume
+
+
+def test_resume_of_a_waiting_execution_is_refused_and_changes_nothing(
+    worker: Runtime, db: str
+) -> None:
+    """Resuming a WAITING execution raises UsageError saying it is WAITING, resumes by itself
+    when due, and how to restart it now (cancel, then resume); nothing changes."""
+    flows = Flows(worker)
+    worker.launch()
+    worker.start(flows.napper.with_options(workflow_id="nap-3"), 3600)
+    wait_for(lambda: _waiting(db, "nap-3"))
+    before = (_row(db, "nap-3"), _events(db, "nap-3"))
+    with pytest.raises(UsageError, match=r"'nap-3': it is WAITING, and resumes by itself") as exc:
+        worker.resume("nap-3")
+    assert "cancel it, then resume it" in str(exc.value)
+    assert (_row(db, "nap-3"), _events(db, "nap-3")) == before
