@@ -353,3 +353,67 @@ def test_resume_of_a_waiting_execution_is_refused_and_changes_nothing(
         worker.resume("nap-3")
     assert "cancel it, then resume it" in str(exc.value)
     assert (_row(db, "nap-3"), _events(db, "nap-3")) == before
+
+
+# -- fork -------------------------------------------------------------------------------------
+
+
+def test_fork_of_a_receiving_execution_at_its_pending_wait_waits_on_its_own(
+    worker: Runtime, db: str
+) -> None:
+    """A fork of a WAITING execution from its pending wait's position replays the copied
+    step (no body runs again) with the state checkpointed there, reaches the receive itself
+    and waits, with its own empty mailbox; each finishes on its own messages, and the
+    source stays WAITING, untouched, meanwhile."""
+    flows = Flows(worker)
+    worker.launch()
+    source = worker.start(flows.reader.with_options(workflow_id="read-3"))
+    wait_for(lambda: _waiting(db, "read-3"))
+    worker.send("read-3", "source's", topic="second")
+    before = _row(db, "read-3")
+    assert len(worker.store.list_steps("read-3")) == 1  # prepare; the receive is pending
+    fork = worker.fork("read-3", 1, new_workflow_id="read-3-fork")
+    wait_for(lambda: _waiting(db, "read-3-fork"))
+    assert _row(db, "read-3-fork")["waiting"]["topic"] == "first"
+    assert fork.get_state() == {"stage": "reading"}
+    assert _messages(db, "read-3-fork") == []
+    worker.send("read-3-fork", "f1", topic="first")
+    worker.send("read-3-fork", "f2", topic="second")
+    assert fork.result(timeout=10) == ["f1", "f2", "finished with 'f1'"]
+    assert _row(db, "read-3") == before
+    assert _messages(db, "read-3") == [("second", '"source\'s"', None)]
+    worker.send("read-3", "s1", topic="first")
+    assert source.result(timeout=10) == ["s1", "source's", "finished with 's1'"]
+    assert flows.bodies == {"prepare": 1, "finish": 2}
+
+
+def test_fork_of_a_sleeping_execution_before_its_wait_runs_from_there(
+    worker: Runtime, db: str
+) -> None:
+    """A fork of a sleeping execution from step 0 runs the first step's body again, then
+    sleeps its own full sleep; the source's sleep is not touched."""
+    flows = Flows(worker)
+    worker.launch()
+    worker.start(flows.napper.with_options(workflow_id="nap-4"), 3600)
+    wait_for(lambda: _waiting(db, "nap-4"))
+    before = _row(db, "nap-4")
+    worker.fork("nap-4", 0, new_workflow_id="nap-4-fork")
+    wait_for(lambda: _waiting(db, "nap-4-fork"))
+    assert flows.bodies == {"prepare": 2}
+    assert _row(db, "nap-4-fork")["wake_at"] > before["wake_at"]
+    assert _row(db, "nap-4") == before
+
+
+def test_fork_past_a_pending_wait_is_refused(worker: Runtime, db: str) -> None:
+    """Forking a WAITING execution from past its pending wait (no step recorded there yet)
+    raises UsageError naming the positions allowed, and creates nothing."""
+    flows = Flows(worker)
+    worker.launch()
+    worker.start(flows.reader.with_options(workflow_id="read-4"))
+    wait_for(lambda: _waiting(db, "read-4"))
+    before = _row(db, "read-4")
+    with pytest.raises(UsageError, match="'read-4' from step 2: it has 1 recorded steps"):
+        worker.fork("read-4", 2, new_workflow_id="read-4-fork")
+    assert _row(db, "read-4") == before
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM stepstone.executions").fetchone() == (1,)
