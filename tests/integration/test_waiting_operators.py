@@ -13,6 +13,8 @@ replays the copied steps and reaches the wait itself, with its own mailbox.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -417,3 +419,78 @@ def test_fork_past_a_pending_wait_is_refused(worker: Runtime, db: str) -> None:
     assert _row(db, "read-4") == before
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM stepstone.executions").fetchone() == (1,)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stepstone", "--database-url", db, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def _parked(db: str, workflow: str, workflow_id: str, *args: Any) -> None:
+    """Start `workflow` as `workflow_id`, let it reach its wait, and shut the Runtime down,
+    so that nothing but the command touches it."""
+    runtime = _runtime(db, "parker")
+    Flows(runtime)
+    with runtime:
+        found = runtime._engine.registry.find(workflow, "1")
+        assert found is not None
+        runtime.start(found.with_options(workflow_id=workflow_id), *args)
+        wait_for(lambda: _waiting(db, workflow_id))
+
+
+def test_cli_cancel_of_a_sleeping_execution_ends_it(db: str) -> None:
+    """`stepstone cancel` of a sleeping execution says it was WAITING and that nothing wakes
+    it any more; it is CANCELLED with no due time."""
+    _parked(db, "napper", "nap-5", 3600)
+    done = _cli(db, "cancel", "nap-5")
+    assert done.returncode == 0, done.stderr
+    assert "cancelled 'nap-5' (it was WAITING): nothing wakes it any more" in done.stdout
+    row = _row(db, "nap-5")
+    assert (row["status"], row["wake_at"], row["waiting"]) == ("CANCELLED", None, None)
+
+
+def test_cli_resume_of_a_waiting_execution_is_refused(db: str) -> None:
+    """`stepstone resume` of a WAITING execution exits 2 with one line saying it is WAITING
+    and to cancel it first; nothing changes."""
+    _parked(db, "reader", "read-5")
+    before = _row(db, "read-5")
+    done = _cli(db, "resume", "read-5")
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "'read-5': it is WAITING" in done.stderr
+    assert "cancel it, then resume it" in done.stderr
+    assert _row(db, "read-5") == before
+
+
+def test_cli_resume_after_cancel_and_fork_of_a_waiting_execution_wait_again(db: str) -> None:
+    """After `stepstone cancel` and `stepstone resume` of a receiving execution, and
+    `stepstone fork` of another at its pending receive, both are RUNNING with no owner; an
+    executor claims them, and each waits in its receive again and finishes on its message."""
+    _parked(db, "reader", "read-6")
+    _parked(db, "reader", "read-7")
+    assert _cli(db, "cancel", "read-6").returncode == 0
+    resumed = _cli(db, "resume", "read-6")
+    assert resumed.returncode == 0, resumed.stderr
+    forked = _cli(db, "fork", "read-7", "--from-step", "1", "--new-id", "read-7-fork")
+    assert forked.returncode == 0, forked.stderr
+    assert (_row(db, "read-6")["owner"], _row(db, "read-7-fork")["owner"]) == (None, None)
+    assert _status(db, "read-7") == "WAITING"
+    runtime = _runtime(db, "claimer")
+    flows = Flows(runtime)
+    with runtime:
+        wait_for(lambda: _waiting(db, "read-6") and _waiting(db, "read-7-fork"))
+        for workflow_id in ("read-6", "read-7-fork"):
+            runtime.send(workflow_id, workflow_id, topic="first")
+            runtime.send(workflow_id, 2, topic="second")
+            expected = [workflow_id, 2, f"finished with {workflow_id!r}"]
+            assert runtime.handle(workflow_id).result(timeout=10) == expected
+    assert flows.bodies == {"finish": 2}
+    assert _status(db, "read-7") == "WAITING"
