@@ -489,10 +489,16 @@ def _cancel(args: argparse.Namespace) -> int:
     execution_id: str = args.id
     with _opened(args) as store:
         previous = store.cancel_execution(execution_id, _actor())
-    print(
-        f"cancelled {execution_id!r} (it was {previous}); an executor running it stops at "
-        "its next step boundary"
-    )
+    if previous == "WAITING":
+        print(
+            f"cancelled {execution_id!r} (it was WAITING): nothing wakes it any more, and "
+            "messages to it are refused"
+        )
+    else:
+        print(
+            f"cancelled {execution_id!r} (it was {previous}); an executor running it stops at "
+            "its next step boundary"
+        )
     return 0
 
 

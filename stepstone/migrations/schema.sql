@@ -1438,3 +1438,71 @@ BEGIN
            '[]'::json, '{{}}'::json, e.trace_context
       FROM {schema}.executions e WHERE e.id = p_id;
 END $$;
+
+-- Resume: as resume_execution_v1 (a FAILED or CANCELLED execution is RUNNING again, owned
+-- by p_owner, from its last recorded step; its trailing failed steps are removed and run
+-- again; a fresh recovery count; an execution_resumed audit entry); if it was CANCELLED,
+-- the descendants its cancellation cancelled are resumed with it, with no owner. Returns
+-- the status the named execution had (NULL: none); anything but FAILED or CANCELLED is
+-- left as it was. executions_pkey, executions_parent_idx, logs_pkey.
+CREATE FUNCTION {schema}.resume_execution_v2(p_id text, p_actor text, p_owner text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_children text[];
+    v_ids      text[] := '{{}}';
+    v_status   text;
+    v_id       text;
+    v_removed  integer;
+    v_last     integer;
+BEGIN
+    WITH RECURSIVE tree (id) AS (
+        SELECT c.id FROM {schema}.executions c WHERE c.parent_id = p_id
+        UNION
+        SELECT c.id FROM {schema}.executions c JOIN tree t ON c.parent_id = t.id
+    )
+    SELECT array_agg(t.id) INTO v_children
+      FROM tree t
+     WHERE t.id <> p_id
+       AND (SELECT l.details->>'ancestor' FROM {schema}.logs l
+             WHERE l.execution_id = t.id AND l.event = 'execution_cancelled'
+             ORDER BY l.id DESC LIMIT 1) = p_id;
+    PERFORM {schema}.lock_executions_v1(p_id || coalesce(v_children, '{{}}'));
+    SELECT status INTO v_status FROM {schema}.executions WHERE id = p_id FOR NO KEY UPDATE;
+    IF v_status IS NULL OR v_status NOT IN ('FAILED', 'CANCELLED') THEN
+        RETURN v_status;
+    END IF;
+    IF v_status = 'CANCELLED' THEN
+        v_ids := ARRAY(SELECT e.id FROM {schema}.executions e
+                        WHERE e.id = ANY (v_children) AND e.status = 'CANCELLED'
+                        ORDER BY e.id
+                          FOR NO KEY UPDATE);
+    END IF;
+    FOREACH v_id IN ARRAY p_id || v_ids LOOP
+        v_removed := 0;
+        LOOP
+            SELECT seq INTO v_last FROM {schema}.steps
+             WHERE execution_id = v_id ORDER BY seq DESC LIMIT 1;
+            EXIT WHEN v_last IS NULL OR NOT EXISTS (
+                SELECT 1 FROM {schema}.steps
+                 WHERE execution_id = v_id AND seq = v_last AND error IS NOT NULL);
+            DELETE FROM {schema}.steps WHERE execution_id = v_id AND seq = v_last;
+            v_removed := v_removed + 1;
+        END LOOP;
+        UPDATE {schema}.executions
+           SET status = 'RUNNING', owner = CASE WHEN v_id = p_id THEN p_owner END,
+               epoch = epoch + 1, output = NULL, error = NULL, finished_at = NULL,
+               recoveries = 0, updated_at = now()
+         WHERE id = v_id;
+        INSERT INTO {schema}.logs (execution_id, event, actor, details)
+        VALUES (v_id, 'execution_resumed', p_actor,
+                CASE WHEN v_id = p_id
+                     THEN jsonb_build_object('reason', 'operator', 'previous_status', v_status,
+                                             'failed_steps_removed', v_removed)
+                     ELSE jsonb_build_object('reason', 'parent_resumed', 'ancestor', p_id,
+                                             'previous_status', 'CANCELLED',
+                                             'failed_steps_removed', v_removed)
+                END);
+    END LOOP;
+    RETURN v_status;
+END $$;

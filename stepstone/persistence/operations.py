@@ -105,7 +105,8 @@ class Operations:
     def resume_execution(self, execution_id: str, actor: str, owner: str | None = None) -> str:
         """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
         (trailing failed steps run again), owned by `owner` (None: claimed by the next sweep
-        of an executor that runs its workflow). Returns the status it had."""
+        of an executor that runs its workflow); the descendants its cancellation cancelled
+        run again too, claimed by the next sweep. Returns the status it had."""
         row = self._sql.one(
             "resume_execution",
             {"id": check_workflow_id(execution_id), "actor": actor, "owner": owner},
@@ -113,6 +114,12 @@ class Operations:
         status = row[0] if row else None
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        if status == "WAITING":
+            raise UsageError(
+                f"cannot resume {execution_id!r}: it is WAITING, and resumes by itself when its "
+                "wait is due (its time comes, its message arrives, the execution it waits for "
+                "ends); to run it again now, cancel it, then resume it"
+            )
         if status not in ("FAILED", "CANCELLED"):
             raise UsageError(
                 f"cannot resume {execution_id!r}: it is {status}; only FAILED or CANCELLED "

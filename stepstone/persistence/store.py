@@ -758,8 +758,9 @@ class Store:
     def resume_execution(self, execution_id: str, actor: str, owner: str | None = None) -> str:
         """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
         (trailing failed steps run again), with a fresh recovery budget, owned by `owner`
-        (None: claimed by the next sweep of an executor that runs its workflow). Returns
-        the status it had."""
+        (None: claimed by the next sweep of an executor that runs its workflow); the
+        descendants its cancellation cancelled (a child it waited for) run again too, with
+        no owner. Returns the status it had."""
         return self.operations.resume_execution(execution_id, actor, owner)
 
     def fork_execution(

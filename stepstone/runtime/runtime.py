@@ -404,15 +404,22 @@ class Runtime:
         )
 
     def cancel(self, workflow_id: str) -> None:
-        """Cancel a running or enqueued execution and its running or enqueued descendants:
-        each ends CANCELLED, and the executor running it stops before its next step body
-        (its callers get WorkflowCancelled)."""
+        """Cancel a running, waiting or enqueued execution and its unfinished descendants:
+        each ends CANCELLED at once, the executor running it stops before its next step
+        body, nothing wakes a waiting one any more (a message to it is refused), and its
+        callers get WorkflowCancelled."""
         check_workflow_id(workflow_id)
         self._engine.cancel(workflow_id, self.executor_id)
 
     def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Run a FAILED or CANCELLED execution again, here, from its last recorded step (a
-        step that failed runs again), with a fresh recovery count; return its handle."""
+        step that failed runs again), with a fresh recovery count; return its handle.
+
+        A wait it was cancelled in was never recorded, so the replay reaches it again and
+        records it anew: a sleep of n seconds sleeps n seconds from now, and messages sent
+        before the cancel and not received are received. The descendants its cancellation
+        cancelled (a child it waited for) run again too. A WAITING execution is refused
+        (UsageError): it resumes by itself when its wait is due."""
         check_workflow_id(workflow_id)
         self._engine.check_launched()
         self.store.resume_execution(workflow_id, self.executor_id, owner=self.executor_id)
@@ -423,7 +430,10 @@ class Runtime:
     ) -> WorkflowHandle[Any]:
         """Start, here, a new execution of the same workflow and inputs that reuses the
         recorded steps before position `from_step` and the state checkpointed there, and
-        runs from it (to re-run after a fix); return its handle."""
+        runs from it (to re-run after a fix); return its handle. Forking a WAITING
+        execution from its pending wait's position (its number of recorded steps) makes a
+        new execution that reaches that wait itself, with its own, empty mailbox; the
+        source waits on, untouched."""
         check_workflow_id(workflow_id)
         if new_workflow_id is not None:
             check_workflow_id(new_workflow_id)
