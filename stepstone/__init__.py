@@ -7,6 +7,7 @@ from stepstone.errors import (
     ConfigurationError,
     ContinuedAsNew,
     DatabaseUnreachable,
+    Deduplicated,
     DuplicateRegistration,
     ExecutionCancelled,
     ExecutorIdInUse,
@@ -45,6 +46,7 @@ from stepstone.persistence import (
     Store,
 )
 from stepstone.runtime import (
+    Queue,
     RetryPolicy,
     Runtime,
     State,
@@ -65,6 +67,7 @@ __all__ = [
     "ConfigurationError",
     "ContinuedAsNew",
     "DatabaseUnreachable",
+    "Deduplicated",
     "DuplicateRegistration",
     "ExecutionCancelled",
     "ExecutionFilter",
@@ -80,6 +83,7 @@ __all__ = [
     "NotLaunched",
     "OwnershipLost",
     "PersistenceError",
+    "Queue",
     "RecoveryLimitExceeded",
     "RecvTimeout",
     "ResultTimeout",

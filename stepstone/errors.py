@@ -229,6 +229,21 @@ class WorkflowIdConflict(StepstoneError):
         self.requested = requested
 
 
+class Deduplicated(StepstoneError):
+    """An unfinished execution of the queue (ENQUEUED, RUNNING or WAITING) has the dedup
+    key asked for; `existing` is its workflow id. Nothing was enqueued."""
+
+    def __init__(self, queue: str, dedup_key: str, existing: str) -> None:
+        super().__init__(
+            f"queue {queue!r} already has an unfinished execution with dedup key "
+            f"{dedup_key!r}: workflow {existing!r}; nothing was enqueued (wait for it with "
+            f"rt.handle({existing!r}).result(), or enqueue again once it has ended)"
+        )
+        self.queue = queue
+        self.dedup_key = dedup_key
+        self.existing = existing
+
+
 # -- control flow -------------------------------------------------------------------------
 #
 # These unwind a workflow body without failing its execution. They derive from

@@ -152,8 +152,9 @@ END $$;
 -- ('cancelled:' || id, a hint delivered at commit; an executor running one stops before
 -- its next step body, and its next commit fails with SS002); executions waiting for one
 -- of them are made due. p_error, if given, is stored as the named execution's error
--- record (why it was cancelled: a timeout), and p_reason goes into its audit entry. Returns the status the named execution had (NULL: none);
--- anything but RUNNING, ENQUEUED or WAITING is left as it was.
+-- record (why it was cancelled: a timeout), and p_reason goes into its audit entry.
+-- Returns the status the named execution had (NULL: none); anything but RUNNING, ENQUEUED
+-- or WAITING is left as it was.
 -- Locks: the advisory locks of the execution and of its descendants found (exclusive, in
 -- key order), then their rows. executions_pkey, executions_parent_idx.
 CREATE OR REPLACE FUNCTION {schema}.cancel_tree_v1(p_id text, p_actor text, p_reason text, p_error jsonb)

@@ -301,3 +301,22 @@ SELECT s.execution_id, e.workflow_name, s.seq, s.name, s.kind,
 -- messages_pkey by their leading execution_id.
 SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state, trace_context
   FROM {schema}.continue_as_new_v1(%(id)s, %(owner)s, %(epoch)s, %(seq)s, %(inputs)s, %(run)s);
+
+-- name: declare_queue
+-- A queue and its limits (see declare_queue_v1). queues_pkey.
+SELECT {schema}.declare_queue_v1(%(name)s, %(concurrency)s, %(rate_limit)s, %(rate_period)s,
+                                 %(partition_concurrency)s);
+
+-- name: enqueue
+-- Hot (one per enqueue). executions_pkey, executions_dedup_idx, queues_pkey.
+SELECT outcome, workflow_name, status, existing
+  FROM {schema}.enqueue_v1(%(id)s, %(name)s, %(version)s, %(inputs)s, %(queue)s,
+                           %(priority)s, %(dedup_key)s, %(partition_key)s, %(delay)s,
+                           %(timeout)s, %(parent)s, %(trace)s, %(attributes)s, %(actor)s);
+
+-- name: dispatch
+-- Hot (one per dispatch round). See dispatch_v1 for the indexes.
+SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state,
+       trace_context, queue, next_in
+  FROM {schema}.dispatch_v1(%(owner)s, %(queues)s, %(capacity)s, %(total)s, %(names)s,
+                            %(versions)s);

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Checkpoint",
+    "DispatchResult",
+    "EnqueueRequest",
+    "EnqueueResult",
     "ExecutionRow",
     "HealthStatus",
     "LogRow",
@@ -150,6 +153,49 @@ class StartRequest:
     trace_context: dict[str, str] | None = None
     attributes: dict[str, Any] | None = None
     timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """What `Store.enqueue` writes: an execution ENQUEUED on `queue`, startable `delay`
+    seconds from now (None: at once), with its priority (lower first), dedup and partition
+    keys and deadline length (`timeout`, from its start)."""
+
+    id: str
+    workflow_name: str
+    workflow_version: str
+    inputs: str
+    queue: str
+    actor: str
+    priority: int = 0
+    dedup_key: str | None = None
+    partition_key: str | None = None
+    delay: float | None = None
+    timeout: float | None = None
+    parent_id: str | None = None
+    trace_context: dict[str, str] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """`Store.enqueue`'s answer: `outcome` is "enqueued", "exists" (an execution has that
+    id: its workflow name and status), "deduplicated" (`existing` has the dedup key) or
+    "no_queue"."""
+
+    outcome: str
+    workflow_name: str | None
+    status: str | None
+    existing: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchResult:
+    """`Store.dispatch`'s answer: the executions claimed, each with its queue, and the
+    seconds until the earliest delayed start or rate window of those queues (None: none)."""
+
+    claimed: list[tuple[str, ResumeRecord]]
+    next_in: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,9 @@ from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
 from stepstone.persistence.rows import (
     Checkpoint,
+    DispatchResult,
+    EnqueueRequest,
+    EnqueueResult,
     ExecutionRow,
     HealthStatus,
     LogRow,
@@ -277,6 +280,89 @@ class Store:
         )
         assert row is not None  # noqa: S101 - the function returns one row in both branches
         return StartResult(*row)
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None,
+        rate_limit: tuple[int, float] | None,
+        partition_concurrency: int | None,
+    ) -> None:
+        """Create queue `name` with these limits, or change its limits to these."""
+        count, period = rate_limit if rate_limit is not None else (None, None)
+        params = {
+            "name": name,
+            "concurrency": concurrency,
+            "rate_limit": count,
+            "rate_period": period,
+            "partition_concurrency": partition_concurrency,
+        }
+        self._sql.one("declare_queue", params)
+
+    def enqueue(
+        self, request: EnqueueRequest, conn: psycopg.Connection[Any] | None = None
+    ) -> EnqueueResult:
+        """Write execution `request.id` ENQUEUED on its queue, in one round trip (see
+        EnqueueResult for what else can happen; then nothing is written). With `conn`, in
+        that connection's transaction: enqueued when the caller commits, not at all if it
+        rolls back."""
+        params = {
+            "id": request.id,
+            "name": request.workflow_name,
+            "version": request.workflow_version,
+            "inputs": request.inputs,
+            "queue": request.queue,
+            "priority": request.priority,
+            "dedup_key": request.dedup_key,
+            "partition_key": request.partition_key,
+            "delay": request.delay,
+            "timeout": request.timeout,
+            "parent": request.parent_id,
+            "trace": Jsonb(request.trace_context) if request.trace_context else None,
+            "attributes": Jsonb(request.attributes) if request.attributes else None,
+            "actor": request.actor,
+        }
+        if conn is None:
+            row = self._sql.one("enqueue", params)
+        else:
+            try:
+                row = conn.execute(self.queries["enqueue"], params).fetchone()
+            except psycopg.Error as exc:
+                raise outage(exc, f"enqueuing {request.id!r}", self.describe) from exc
+        assert row is not None  # noqa: S101 - the function returns one row
+        return EnqueueResult(*row)
+
+    def dispatch(
+        self,
+        owner: str,
+        capacity: Mapping[str, int],
+        total: int,
+        registered: Sequence[tuple[str, str]],
+    ) -> DispatchResult:
+        """In one statement, claim startable executions of the queues in `capacity` (up to
+        capacity[queue] of each, `total` in all) whose definitions are in `registered`,
+        within each queue's limits: they are RUNNING, owned by `owner`."""
+        names, versions = _split(registered)
+        queues = sorted(capacity)
+        rows = self._sql.all(
+            "dispatch",
+            {
+                "owner": owner,
+                "queues": queues,
+                "capacity": [capacity[q] for q in queues],
+                "total": total,
+                "names": names,
+                "versions": versions,
+            },
+        )
+        claimed = [
+            (str(row[10]), ResumeRecord.from_row(row[1:10])) for row in rows if row[0] == "claimed"
+        ]
+        next_in = next((row[11] for row in rows if row[0] == "next"), None)
+        return DispatchResult(claimed, next_in)
 
     def commit_step(self, commit: StepCommit) -> None:
         """Record a completed step in one statement and one transaction (fenced)."""

@@ -6,11 +6,13 @@ from stepstone.runtime.context import State, WorkflowContext, current
 from stepstone.runtime.continuation import continue_as_new
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
+from stepstone.runtime.queues import Queue
 from stepstone.runtime.retry import RetryPolicy
 from stepstone.runtime.runtime import Runtime
 from stepstone.runtime.waits import recv, sleep, sleep_until, wait_state
 
 __all__ = [
+    "Queue",
     "RetryPolicy",
     "Runtime",
     "State",

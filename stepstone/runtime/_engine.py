@@ -90,6 +90,8 @@ class Engine:
         self.outcomes = Outcomes(store)
         # Told how soon a wait or a deadline this engine recorded is due (the sweep acts then).
         self.due_in: Callable[[float], None] | None = None
+        # Told when a run in the worker pool ended (the dispatcher's slot is free then).
+        self.run_ended: Callable[[str], None] | None = None
         self.launched = False
 
     # -- registration and lifecycle ----------------------------------------------------------
@@ -121,7 +123,9 @@ class Engine:
         if not self.launched:
             raise NotLaunched("call rt.launch() first (or use `with Runtime(...) as rt:`)")
 
-    def _check(self, workflow: Workflow[Any, Any]) -> None:
+    def check_registered(self, workflow: Workflow[Any, Any]) -> None:
+        """UnregisteredWorkflow unless `workflow` is this runtime's; NotLaunched unless the
+        runtime runs."""
         if getattr(workflow, "_engine", None) is not self:
             raise UnregisteredWorkflow(
                 f"{workflow!r} is not a workflow of this runtime: decorate it with this "
@@ -141,7 +145,7 @@ class Engine:
         parent = _CURRENT.get()
         if parent is not None:
             return parent.run_child(workflow, args, kwargs)
-        self._check(workflow)
+        self.check_registered(workflow)
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
         try:
             result: R = self.run(workflow, workflow_id, args, kwargs, parent_id=None)
@@ -184,7 +188,7 @@ class Engine:
                 "(with_options(workflow_id=...)) so that a replay does not start a second "
                 "execution; or call the workflow directly to run it as a child"
             )
-        self._check(workflow)
+        self.check_registered(workflow)
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
         opened = self._open(workflow, workflow_id, args, kwargs, None, "queued")
         if opened is not None:
@@ -318,8 +322,12 @@ class Engine:
         if (queued or run.cancel is not None) and self._ended_meanwhile(run, workflow_id):
             return
         # The outcome is in the run's future, and interruptions were logged.
-        with contextlib.suppress(BaseException):
-            self._run_here(workflow_id, run, job)
+        try:
+            with contextlib.suppress(BaseException):
+                self._run_here(workflow_id, run, job)
+        finally:
+            if self.run_ended is not None:
+                self.run_ended(workflow_id)
 
     def _ended_meanwhile(self, run: Run, workflow_id: str) -> bool:
         """True (and the run ended with the outcome) if the execution was cancelled or

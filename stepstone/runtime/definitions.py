@@ -147,6 +147,11 @@ class StartOptions:
     workflow_id: str | None = None
     timeout: float | None = None
     attributes: dict[str, Any] | None = None
+    # Queue options (used by Queue.enqueue).
+    priority: int = 0
+    dedup_key: str | None = None
+    delay: float | None = None
+    partition_key: str | None = None
 
 
 class Workflow(Generic[P, R]):
@@ -178,6 +183,10 @@ class Workflow(Generic[P, R]):
         workflow_id: str | None = None,
         attributes: dict[str, Any] | None = None,
         timeout: float | dt.timedelta | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        delay: float | dt.timedelta | None = None,
+        partition_key: str | None = None,
     ) -> Workflow[P, R]:
         """This workflow with options for the executions started through the result: a
         fixed `workflow_id`; `attributes` (a JSON object stored with the execution, for
@@ -186,6 +195,11 @@ class Workflow(Generic[P, R]):
         key that breaks these rules); and `timeout`, the execution's deadline (seconds or a
         timedelta from its start, by the database's clock): past it, the execution ends
         CANCELLED with its unfinished children, and its callers get WorkflowTimedOut.
+
+        For `Queue.enqueue` also: `priority` (lower starts first; FIFO within a priority),
+        `dedup_key` (Deduplicated while an unfinished execution of the queue has it),
+        `delay` (seconds or a timedelta before it may start; its deadline counts from its
+        start) and `partition_key` (the queue's partition_concurrency caps each key).
 
         >>> checkout.with_options(workflow_id="order-42", attributes={"tenant": "acme"})("42")  # doctest: +SKIP
         """
@@ -197,7 +211,13 @@ class Workflow(Generic[P, R]):
         bound: Workflow[P, R] = Workflow.__new__(Workflow)
         bound.__dict__.update(self.__dict__)
         bound.options = StartOptions(
-            workflow_id=workflow_id, attributes=attributes, timeout=seconds
+            workflow_id=workflow_id,
+            attributes=attributes,
+            timeout=seconds,
+            priority=_priority(priority),
+            dedup_key=None if dedup_key is None else _key("dedup_key", dedup_key),
+            delay=None if delay is None else _delay(delay),
+            partition_key=None if partition_key is None else _key("partition_key", partition_key),
         )
         return bound
 
@@ -216,6 +236,46 @@ def _timeout(value: object) -> float:
     ):
         raise UsageError(
             f"timeout must be a number of seconds (or a timedelta) above 0 and at most "
+            f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
+        )
+    return float(value)
+
+
+_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+MAX_KEY_LENGTH = 255  # a dedup or partition key
+
+
+def _priority(value: object) -> int:
+    low, high = _PRIORITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(
+            f"priority must be an integer from {low} to {high} (lower starts first), got {value!r}"
+        )
+    return value
+
+
+def _key(what: str, value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise UsageError(
+            f"{what} must be a string of 1 to {MAX_KEY_LENGTH} characters, got {value!r}"
+        )
+    problem = unstorable(value)
+    if problem is not None:
+        raise UsageError(f"{what} {value!r} {problem}, which PostgreSQL cannot store")
+    return value
+
+
+def _delay(value: object) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_WAIT_SECONDS
+    ):
+        raise UsageError(
+            f"delay must be a number of seconds (or a timedelta) from 0 to "
             f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
         )
     return float(value)

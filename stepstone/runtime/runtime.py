@@ -10,17 +10,19 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 from stepstone._background import Loop
 from stepstone._version import __version__
-from stepstone.errors import ConfigurationError, UsageError
+from stepstone.errors import ConfigurationError, DuplicateRegistration, UsageError
 from stepstone.persistence.ids import check_topic, check_workflow_id
 from stepstone.persistence.notifications import Listener
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer, unstorable
 from stepstone.persistence.store import Store
 from stepstone.recovery.heartbeat import Heartbeat
 from stepstone.recovery.sweeper import Sweeper, recover_own
+from stepstone.runtime._dispatcher import Dispatcher
 from stepstone.runtime._engine import Engine
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
+from stepstone.runtime.queues import Queue, QueueLimits, check_queue_name
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 from stepstone.runtime.waits import check_state_wait
 from stepstone.telemetry import Telemetry
@@ -85,6 +87,7 @@ class Runtime:
         lease_seconds: float = 30.0,
         heartbeat_interval: float = 5.0,
         sweep_interval: float = 5.0,
+        dispatch_interval: float = 10.0,
         notify: bool = True,
         max_recoveries: int = 20,
         retention: dt.timedelta | None = None,
@@ -98,6 +101,15 @@ class Runtime:
         _check_timings(lease_seconds, heartbeat_interval, sweep_interval)
         if not isinstance(notify, bool):
             raise ConfigurationError(f"notify must be True or False, got {notify!r}")
+        if (
+            isinstance(dispatch_interval, bool)
+            or not isinstance(dispatch_interval, int | float)
+            or not 0 < dispatch_interval <= 3600
+        ):
+            raise ConfigurationError(
+                "dispatch_interval must be a number of seconds above 0 and at most 3600, "
+                f"got {dispatch_interval!r}"
+            )
         if not isinstance(max_recoveries, int) or max_recoveries < 0:
             raise ConfigurationError(f"max_recoveries must be an int >= 0, got {max_recoveries!r}")
         if retention is not None and (
@@ -145,6 +157,10 @@ class Runtime:
         self._lease = float(lease_seconds)
         self._heartbeat_interval = float(heartbeat_interval)
         self._sweep_interval = float(sweep_interval)
+        self._dispatch_interval = float(dispatch_interval)
+        self._queues: dict[str, Queue] = {}
+        self._served: frozenset[str] | None = None  # None: every queue declared here
+        self._dispatcher: Dispatcher | None = None
         self._session: ExecutorSession | None = None
         self._heartbeat: Heartbeat | None = None
         self._sweeper: Sweeper | None = None
@@ -249,6 +265,7 @@ class Runtime:
             self.shutdown(wait=False)  # gives the executor id back
             raise
         self._sweeper.start()
+        self._start_dispatcher()
         if self._retention is not None:
             retention = self._retention
             self._purger = Loop(
@@ -256,12 +273,38 @@ class Runtime:
             )
             self._purger.start()
 
+    def _start_dispatcher(self) -> None:
+        for queue in self._queues.values():
+            self._declare(queue)
+        served = {
+            name: queue
+            for name, queue in self._queues.items()
+            if self._served is None or name in self._served
+        }
+        if served:
+            self._dispatcher = Dispatcher(self._engine, self.store, served, self._dispatch_interval)
+            self._engine.run_ended = self._dispatcher.ended
+            self._dispatcher.start()
+
+    def _declare(self, queue: Queue) -> None:
+        limits = queue.limits
+        self.store.declare_queue(
+            queue.name,
+            concurrency=limits.concurrency,
+            rate_limit=limits.rate_limit,
+            partition_concurrency=limits.partition_concurrency,
+        )
+
     def _notified(self, payload: str) -> None:
-        event, _, workflow_id = payload.partition(":")
+        event, _, subject = payload.partition(":")
         if event == "cancelled":
-            self._engine.cancel_hint(workflow_id)
+            self._engine.cancel_hint(subject)
         elif event == "due" and self._sweeper is not None:
             self._sweeper.nudge()
+        elif event == "enqueued":
+            dispatcher = self._dispatcher
+            if dispatcher is not None and subject in dispatcher.queues:
+                dispatcher.nudge()
 
     def _purge_batch(self, older_than: dt.timedelta) -> bool:
         # One bounded batch per round; True (go again at once) while batches come back full.
@@ -276,6 +319,10 @@ class Runtime:
         if self._purger is not None:
             self._purger.stop()
             self._purger = None
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+            self._dispatcher = None
+            self._engine.run_ended = None
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
@@ -311,6 +358,56 @@ class Runtime:
         that exists already returns that execution's handle and runs nothing.
         """
         return WorkflowHandle(self._engine, self._engine.start(workflow, args, kwargs))
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
+        partition_concurrency: int | None = None,
+    ) -> Queue:
+        """Declare queue `name` and its limits, and return it: `concurrency`, at most so
+        many RUNNING executions of the queue across all processes (exact: a WAITING one
+        holds no slot); `worker_concurrency`, at most so many in this process;
+        `rate_limit=(starts, seconds)`, at most so many starts per period across all
+        processes; `partition_concurrency`, at most so many RUNNING per partition key. None:
+        no limit. The limits are written at launch (the last process to launch sets them);
+        this process serves the queue (see `serve`). Declaring a name again returns the
+        same queue if the limits are the same; other limits raise DuplicateRegistration."""
+        check_queue_name(name)
+        limits = QueueLimits(concurrency, worker_concurrency, rate_limit, partition_concurrency)
+        existing = self._queues.get(name)
+        if existing is not None:
+            if existing.limits != limits:
+                raise DuplicateRegistration(
+                    f"queue {name!r} is declared already with {existing.limits!r}, not "
+                    f"{limits!r}: declare it once"
+                )
+            return existing
+        if self._engine.launched:
+            raise UsageError(
+                f"queue {name!r} was declared after launch(): declare queues before launching"
+            )
+        queue = Queue(self._engine, name, limits)
+        self._queues[name] = queue
+        return queue
+
+    def serve(self, *queues: str) -> None:
+        """Serve only these queues (their executions run in this process); with none, serve
+        no queue (a process that only enqueues). By default every queue declared here is
+        served. Call it before launch()."""
+        for name in queues:
+            check_queue_name(name)
+            if name not in self._queues:
+                raise UsageError(
+                    f"queue {name!r} is not declared here: declare it with rt.queue({name!r}, "
+                    f"...) first (declared: {sorted(self._queues) or 'none'})"
+                )
+        if self._engine.launched:
+            raise UsageError("serve() was called after launch(): call it before launching")
+        self._served = frozenset(queues)
 
     def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to any execution by id."""

@@ -1,0 +1,204 @@
+"""`Queue`: hand work from any process to the workers that serve the queue.
+
+`rt.queue(name, concurrency=..., ...)` declares a queue and its limits; `queue.enqueue(wf,
+*args)` writes the execution ENQUEUED in one round trip (optionally in the caller's own
+transaction) and returns its handle. Every Runtime that serves the queue has a dispatcher
+that claims startable executions within the queue's limits (see `_dispatcher`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import uuid
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from opentelemetry import trace
+
+from stepstone.errors import (
+    Deduplicated,
+    UsageError,
+    WorkflowIdConflict,
+)
+from stepstone.persistence.rows import EnqueueRequest
+from stepstone.runtime.context import _CURRENT
+from stepstone.runtime.handle import WorkflowHandle
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from stepstone.runtime._engine import Engine
+    from stepstone.runtime.definitions import Workflow
+
+__all__ = ["MAX_QUEUE_NAME_LENGTH", "Queue", "QueueLimits"]
+
+R = TypeVar("R")
+
+MAX_QUEUE_NAME_LENGTH = 255
+_MAX_LIMIT = 2**31 - 1
+
+
+class QueueLimits:
+    """The limits of a queue, checked: `concurrency` (RUNNING executions across all
+    processes), `worker_concurrency` (per process), `rate_limit` ((starts, seconds) across
+    all processes), `partition_concurrency` (RUNNING executions per partition key)."""
+
+    __slots__ = ("concurrency", "partition_concurrency", "rate_limit", "worker_concurrency")
+
+    def __init__(
+        self,
+        concurrency: object = None,
+        worker_concurrency: object = None,
+        rate_limit: object = None,
+        partition_concurrency: object = None,
+    ) -> None:
+        self.concurrency = _count("concurrency", concurrency)
+        self.worker_concurrency = _count("worker_concurrency", worker_concurrency)
+        self.partition_concurrency = _count("partition_concurrency", partition_concurrency)
+        self.rate_limit = _rate(rate_limit)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QueueLimits) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.concurrency,
+            self.worker_concurrency,
+            self.rate_limit,
+            self.partition_concurrency,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"concurrency={self.concurrency}, worker_concurrency={self.worker_concurrency}, "
+            f"rate_limit={self.rate_limit}, partition_concurrency={self.partition_concurrency}"
+        )
+
+
+class Queue:
+    """A named queue with limits (see `Runtime.queue`). `enqueue` hands a workflow to the
+    workers that serve it."""
+
+    def __init__(self, engine: Engine, name: str, limits: QueueLimits) -> None:
+        self._engine = engine
+        self.name = name
+        self.limits = limits
+
+    def enqueue(
+        self,
+        workflow: Workflow[Any, R],
+        *args: Any,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]:
+        """Enqueue an execution of `workflow` with these arguments; durable once this
+        returns (with `conn`, a psycopg connection in a transaction of yours: once you
+        commit, and not at all if you roll back). Returns its handle. The workflow's
+        options (`with_options`) give its id (enqueuing an id that exists enqueues nothing
+        and returns that execution), priority, dedup key, delay, partition key and
+        deadline. Deduplicated if an unfinished execution of this queue has its dedup key.
+        `conn` is enqueue's own keyword: it is not passed to the workflow."""
+        engine = self._engine
+        engine.check_registered(workflow)
+        _check_arguments(workflow, args, kwargs)
+        options = workflow.options
+        if _CURRENT.get() is not None and options.workflow_id is None:
+            raise UsageError(
+                f"enqueuing {workflow.name!r} on queue {self.name!r} inside a workflow needs "
+                "an explicit workflow id (with_options(workflow_id=...)) so that a replay "
+                "does not enqueue it a second time"
+            )
+        workflow_id = options.workflow_id or str(uuid.uuid4())
+        inputs = engine.store.encode(
+            {"args": list(args), "kwargs": kwargs},
+            lambda: f"inputs of workflow {workflow.name!r} enqueued on {self.name!r}",
+        )
+        request = EnqueueRequest(
+            workflow_id,
+            workflow.name,
+            workflow.version,
+            inputs,
+            self.name,
+            engine.executor_id,
+            priority=options.priority,
+            dedup_key=options.dedup_key,
+            partition_key=options.partition_key,
+            delay=options.delay,
+            timeout=options.timeout,
+            trace_context=engine.telemetry.carrier(trace.get_current_span()),
+            attributes=options.attributes,
+        )
+        result = engine.store.enqueue(request, conn)
+        if result.outcome == "no_queue":
+            raise UsageError(
+                f"no queue named {self.name!r} is declared in this database: launch the "
+                "runtime that declares it (rt.queue(...)) first"
+            )
+        if result.outcome == "deduplicated":
+            assert options.dedup_key is not None  # noqa: S101 - only a dedup key conflicts
+            raise Deduplicated(self.name, options.dedup_key, str(result.existing))
+        if result.outcome == "exists" and result.workflow_name != workflow.name:
+            raise WorkflowIdConflict(workflow_id, str(result.workflow_name), workflow.name)
+        return WorkflowHandle(engine, workflow_id)
+
+    def __repr__(self) -> str:
+        return f"<stepstone queue {self.name!r} ({self.limits!r})>"
+
+
+def check_queue_name(name: object) -> str:
+    """`name` if it can name a queue; UsageError naming it otherwise."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_QUEUE_NAME_LENGTH:
+        raise UsageError(
+            f"a queue name must be a string of 1 to {MAX_QUEUE_NAME_LENGTH} characters, "
+            f"got {name!r}"
+        )
+    if "\x00" in name or any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise UsageError(f"the queue name {name!r} has a character PostgreSQL cannot store")
+    return name
+
+
+def _check_arguments(
+    workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    signature = inspect.signature(workflow.fn)
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        bare = signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
+        raise UsageError(
+            f"the arguments do not fit workflow {workflow.name!r}{bare}: {exc}; nothing was "
+            "enqueued"
+        ) from None
+
+
+def _count(what: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_LIMIT:
+        raise UsageError(f"{what} must be a whole number of at least 1 (or None), got {value!r}")
+    return value
+
+
+def _rate(value: object) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    problem = f"rate_limit must be (starts, seconds), e.g. (50, 60.0), got {value!r}"
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise UsageError(problem)
+    count, period = value
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_LIMIT:
+        raise UsageError(f"{problem}: starts must be a whole number of at least 1")
+    if (
+        isinstance(period, bool)
+        or not isinstance(period, int | float)
+        or not math.isfinite(period)
+        or not 0 < period <= 366 * 86400
+    ):
+        raise UsageError(f"{problem}: seconds must be above 0 and at most a year")
+    return count, float(period)
