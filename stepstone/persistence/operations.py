@@ -106,14 +106,21 @@ class Operations:
         """Make a FAILED or CANCELLED execution RUNNING again from its last recorded step
         (trailing failed steps run again), owned by `owner` (None: claimed by the next sweep
         of an executor that runs its workflow); the descendants its cancellation cancelled
-        run again too, claimed by the next sweep. Returns the status it had."""
+        run again too, claimed by the next sweep. An execution of a queue goes back to
+        ENQUEUED instead, for a dispatcher to start within the queue's limits. Returns the
+        status it had."""
         row = self._sql.one(
             "resume_execution",
             {"id": check_workflow_id(execution_id), "actor": actor, "owner": owner},
         )
-        status = row[0] if row else None
+        status, held_by = row if row else (None, None)
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        if held_by is not None:
+            raise UsageError(
+                f"cannot resume {execution_id!r}: its dedup key is held by {held_by!r}, an "
+                "unfinished execution of its queue; resume it once that one has ended"
+            )
         if status == "WAITING":
             raise UsageError(
                 f"cannot resume {execution_id!r}: it is WAITING, and resumes by itself when its "

@@ -249,7 +249,7 @@ SELECT count(*) FROM {schema}.steps WHERE execution_id = %(id)s;
 SELECT {schema}.cancel_execution_v2(%(id)s, %(actor)s);
 
 -- name: resume_execution
-SELECT {schema}.resume_execution_v2(%(id)s, %(actor)s, %(owner)s);
+SELECT status, held_by FROM {schema}.resume_execution_v3(%(id)s, %(actor)s, %(owner)s);
 
 -- name: fork_execution
 SELECT {schema}.fork_execution_v1(%(id)s, %(step)s, %(new_id)s, %(actor)s, %(owner)s);

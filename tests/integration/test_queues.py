@@ -411,3 +411,42 @@ def test_enqueue_inside_a_workflow_needs_an_id_and_is_idempotent(
 
     rt.launch()
     assert parent.with_options(workflow_id="p")() == ["refused", True, 2]
+
+
+def test_resuming_a_queued_execution_queues_it_again(
+    runtimes: Callable[..., Runtime], db: str
+) -> None:
+    """An operator's resume of a FAILED queued execution puts it back ENQUEUED (never
+    RUNNING outside a dispatcher) and it runs again within the queue; while another
+    unfinished execution holds its dedup key, the resume is refused naming it and changes
+    nothing."""
+    rt = runtimes("ops")
+    queue = rt.queue("retry", concurrency=1)
+    attempts: list[int] = []
+
+    @rt.workflow()
+    def flaky(n: int) -> int:
+        attempts.append(n)
+        if len(attempts) == 1:
+            raise RuntimeError("first try fails")
+        return n
+
+    @rt.workflow()
+    def holder() -> Any:
+        return stepstone.recv("go")
+
+    rt.launch()
+    failed = queue.enqueue(flaky.with_options(workflow_id="f-1", dedup_key="k"), 7)
+    wait_for(lambda: failed.status() == "FAILED")
+    held = queue.enqueue(holder.with_options(workflow_id="h-1", dedup_key="k"))
+    wait_for(lambda: held.status() == "WAITING")
+    with pytest.raises(UsageError, match="dedup key is held by 'h-1'"):
+        rt.resume("f-1")
+    assert failed.status() == "FAILED"
+    rt.send("h-1", None, topic="go")
+    held.result(timeout=15)
+    rt.resume("f-1")
+    assert failed.result(timeout=15) == 7
+    events = [log.event for log in rt.store.list_logs("f-1")]
+    assert events.count("execution_dequeued") == 2
+    assert "execution_resumed" in events
