@@ -27,7 +27,10 @@ CREATE TABLE {schema}.executors (
     -- An executor is presumed dead when heartbeat_at is older than its own lease.
     lease_seconds double precision NOT NULL DEFAULT 30 CHECK (lease_seconds > 0),
     -- The [name, version] pairs of the workflows it runs.
-    workflows     jsonb            NOT NULL DEFAULT '[]'
+    workflows     jsonb            NOT NULL DEFAULT '[]',
+    -- The key of the session-level advisory lock it holds on its id while it lives (see
+    -- 0011_executor_locks.sql): free, the executor is dead.
+    lock_key      bigint
 );
 
 CREATE TABLE {schema}.executions (
@@ -572,14 +575,24 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_expired   text[];
+    v_gone      text[];
     v_ids       text[] := '{{}}';
     v_candidate record;
 BEGIN
     SELECT coalesce(array_agg(x.id), '{{}}') INTO v_expired
       FROM {schema}.executors x
      WHERE x.id <> p_owner AND x.heartbeat_at < now() - make_interval(secs => x.lease_seconds);
+    -- Only executors that own running executions are tested: few, and each test is one
+    -- lock attempt.
+    SELECT coalesce(array_agg(x.id), '{{}}') INTO v_gone
+      FROM {schema}.executors x
+     WHERE x.id <> p_owner AND x.id <> ALL (v_expired) AND x.lock_key IS NOT NULL
+       AND EXISTS (SELECT 1 FROM {schema}.executions e
+                    WHERE e.status = 'RUNNING' AND e.owner = x.id)
+       AND pg_try_advisory_xact_lock(x.lock_key);
+    v_expired := v_expired || v_gone;
     IF p_limit > 0 THEN
-        -- Executions of expired owners first, then released ones (no owner).
+        -- Executions of dead owners first, then released ones (no owner).
         FOR v_candidate IN
             SELECT e.id, e.owner FROM {schema}.executions e
              WHERE e.status = 'RUNNING' AND e.owner = ANY (v_expired)

@@ -94,6 +94,7 @@ class ExecutorSession:
             "pid": self._pid,
             "lease": self._lease,
             "workflows": Jsonb([list(w) for w in self.workflows]),
+            "lock_key": self._key,  # free, the executor is dead (a sweep tests it)
         }
 
     def _in_use(self, conn: psycopg.Connection[tuple[Any, ...]]) -> ExecutorIdInUse:

@@ -16,11 +16,12 @@ SELECT name, version, fingerprint, first_seen, last_seen
  LIMIT 1;
 
 -- name: register_executor
-INSERT INTO {schema}.executors AS x (id, hostname, pid, lease_seconds, workflows)
-VALUES (%(id)s, %(hostname)s, %(pid)s, %(lease)s, %(workflows)s)
+INSERT INTO {schema}.executors AS x (id, hostname, pid, lease_seconds, workflows, lock_key)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(lease)s, %(workflows)s, %(lock_key)s)
     ON CONFLICT (id) DO UPDATE
    SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, lease_seconds = EXCLUDED.lease_seconds,
-       workflows = EXCLUDED.workflows, started_at = now(), heartbeat_at = now();
+       workflows = EXCLUDED.workflows, lock_key = EXCLUDED.lock_key, started_at = now(),
+       heartbeat_at = now();
 
 -- name: lock_executor
 -- A session-level advisory lock on the executor id, held by the heartbeat connection for

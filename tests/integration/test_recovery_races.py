@@ -128,7 +128,8 @@ def test_parent_and_child_resumed_together_cannot_deadlock_one_worker(db: str) -
     crash["now"] = False
     with psycopg.connect(db, autocommit=True) as conn:  # keep the sweep away from them
         conn.execute(
-            "UPDATE stepstone.executors SET heartbeat_at = now() + interval '1 hour' WHERE id = 'solo'"
+            "UPDATE stepstone.executors SET heartbeat_at = now() + interval '1 hour', "
+            "lock_key = NULL WHERE id = 'solo'"
         )
 
     again = Runtime(db, executor_id="solo-2", workers=1, **FAST)
