@@ -265,3 +265,57 @@ def test_idle_executor_sends_one_heartbeat_and_one_sweep_per_interval(
     heartbeat_rows = sum(r for q, r in cost.rows.items() if "SET heartbeat_at = now()" in q)
     assert heartbeat_rows == heartbeats  # one row each, with 20 executions running
     assert cost.round_trips == heartbeats + sweeps
+
+
+def test_an_enqueue_costs_one_round_trip_and_one_commit(counted_rt: Runtime, meter: Meter) -> None:
+    """Enqueuing from one thread is one statement, one round trip and one commit."""
+    queue = counted_rt.queue("counted-enqueue")
+    counted_rt.serve()  # nothing dispatches here: only the enqueue is measured
+
+    @counted_rt.workflow()
+    def queued(n: int) -> int:
+        return n
+
+    counted_rt.launch()
+    _warm(lambda: queue.enqueue(queued, 1))
+    meter.begin()
+    queue.enqueue(queued, 2)
+    cost = meter.end()
+    assert (cost.total_statements, cost.round_trips, cost.transactions) == (1, 1, 1)
+    assert _only(cost, "enqueue_v1") == 1
+
+
+def test_an_idle_dispatcher_sends_one_statement_per_interval_for_all_its_queues(
+    proxy: CountingProxy, meter: Meter
+) -> None:
+    """A worker serving 20 queues with nothing to start sends one dispatch statement per
+    dispatch_interval for all of them, besides its heartbeat and its sweep."""
+    runtime = Runtime(
+        proxy.dsn(DB),
+        executor_id="idle-queues",
+        lease_seconds=2,
+        heartbeat_interval=0.2,
+        sweep_interval=0.3,
+        dispatch_interval=0.3,
+    )
+    for i in range(20):
+        runtime.queue(f"idle-{i}", concurrency=5)
+
+    @runtime.workflow()
+    def never() -> None:
+        return None
+
+    runtime.launch()
+    try:
+        time.sleep(2.5)  # past psycopg's preparing of the repeated statements
+        meter.begin()
+        time.sleep(3.0)
+        cost = meter.end()
+    finally:
+        runtime.shutdown()
+    heartbeats = meter.calls(cost, "SET heartbeat_at = now()")
+    sweeps = meter.calls(cost, ".sweep_v3(")
+    dispatches = meter.calls(cost, ".dispatch_v1(")
+    # 3 s at 0.3 s intervals, with 10% jitter either way.
+    assert 8 <= dispatches <= 12, cost.statements
+    assert cost.total_statements == heartbeats + sweeps + dispatches, cost.statements
