@@ -79,6 +79,8 @@ class Dispatcher:
             self._engine.log.warning("dispatch_failed", error=str(exc))
             return False
         for queue, record in result.claimed:
+            if record.epoch == 1:  # its first start (epoch 0 while it was enqueued)
+                self._engine.telemetry.workflow_started(record.workflow_name)
             with self._lock:
                 self._running[record.id] = queue
             if not self._engine.resume(record, recovered=False):

@@ -28,7 +28,9 @@ def test_random_kills_lose_and_double_nothing(workers: Workers) -> None:
     for round_number in range(5):
         executor = "worker-a" if round_number % 2 == 0 else "worker-b"
         before = len(workers.note_lines())
-        proc = workers.start(executor, "load")
+        # Slow steps: a worker takes a dead one's executions over at once (its executor lock
+        # is free), so with quick steps the work could be done before the last kill.
+        proc = workers.start(executor, "load", "slow")
         deadline = time.monotonic() + 30
         while len(workers.note_lines()) == before:  # until this worker makes progress
             assert time.monotonic() < deadline
@@ -39,7 +41,7 @@ def test_random_kills_lose_and_double_nothing(workers: Workers) -> None:
         proc.communicate(timeout=30)
 
     started = time.monotonic()
-    final = workers.run("worker-a", "load", timeout=120)
+    final = workers.run("worker-a", "load", "slow", timeout=120)
     assert final.returncode == 0, final.stderr
     assert final.stdout.strip().endswith("loaded")
     assert time.monotonic() - started < 120

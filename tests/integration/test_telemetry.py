@@ -151,6 +151,31 @@ def test_callers_trace_is_the_parent_and_is_stored_with_the_execution(
         assert int(span_id, 16) in spans
 
 
+def test_an_enqueued_execution_runs_in_the_enqueuers_trace_and_counts_one_start(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """Enqueued inside a span, the execution's workflow span (run by the dispatcher) is a
+    child of that span; it counts as one start, at its dispatch, also when a wait sends it
+    back to its queue and it is started again."""
+    rt = traced
+    queue = rt.queue("traced")
+
+    @rt.workflow()
+    def queued() -> Any:
+        return stepstone.recv("go")
+
+    rt.launch()
+    tracer = recorded.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("http request"):
+        handle = queue.enqueue(queued.with_options(workflow_id="q-1"))
+    wait_for(lambda: handle.status() == "WAITING")
+    rt.send("q-1", "ok", topic="go")
+    assert handle.result(timeout=15) == "ok"
+    rt.telemetry.flush()
+    assert render(recorded.finished()) == "http request\n  workflow queued\n  workflow queued"
+    assert recorded.total("stepstone.workflow.started") == 1
+
+
 def test_resumed_execution_continues_the_trace_without_spans_for_replayed_steps(
     traced: Runtime, recorded: Recorded
 ) -> None:
