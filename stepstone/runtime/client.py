@@ -187,12 +187,13 @@ class Client:
             partition_key=partition_key,
         )
         chosen_id = enqueued_id(options.workflow_id, workflow_name, queue)
+        inputs = _encode_inputs(self.store, workflow_name, queue, args, kwargs)
         store = self._open_store()
         request = EnqueueRequest(
             chosen_id,
             workflow_name,
             version,
-            _encode_inputs(store, workflow_name, queue, args, kwargs),
+            inputs,
             queue,
             self.client_id,
             priority=options.priority,

@@ -361,3 +361,32 @@ def test_a_client_never_migrates_and_says_what_to_do(empty_db: str) -> None:
     client.close()
     with pytest.raises(UsageError, match="closed"):
         client.handle("any").status()
+
+
+def test_in_a_workflow_body_the_client_refuses_what_a_replay_would_repeat(
+    worker: Runtime, client: Client, db: str
+) -> None:
+    """In a workflow body, a Client enqueue without a workflow id and a send without an
+    idempotency key raise UsageError (a replay would do them again); nothing is written."""
+    client.open()
+
+    @worker.workflow(name="careless")
+    def careless() -> list[str]:
+        problems = []
+        for attempt in (
+            lambda: client.enqueue("emails", "careless"),
+            lambda: client.send("careless-1", "hi"),
+        ):
+            try:
+                attempt()
+            except UsageError as exc:
+                problems.append(str(exc))
+        return problems
+
+    worker.launch()
+    problems = careless.with_options(workflow_id="careless-1")()
+    assert len(problems) == 2
+    assert "explicit workflow id" in problems[0]
+    assert "idempotency_key" in problems[1]
+    assert _query(db, "SELECT id FROM stepstone.executions") == [("careless-1",)]
+    assert _query(db, "SELECT count(*) FROM stepstone.messages") == [(0,)]
