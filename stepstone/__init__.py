@@ -46,6 +46,8 @@ from stepstone.persistence import (
     Store,
 )
 from stepstone.runtime import (
+    Client,
+    ClientHandle,
     Queue,
     RetryPolicy,
     Runtime,
@@ -64,6 +66,8 @@ from stepstone.runtime import (
 )
 
 __all__ = [
+    "Client",
+    "ClientHandle",
     "ConfigurationError",
     "ContinuedAsNew",
     "DatabaseUnreachable",

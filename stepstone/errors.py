@@ -74,7 +74,8 @@ class DuplicateRegistration(UsageError):
 
 
 class UnregisteredWorkflow(UsageError):
-    """A workflow object does not belong to this runtime."""
+    """A workflow object does not belong to this runtime, or a Client enqueued a workflow
+    name (or version) that no worker registered."""
 
 
 class WorkflowNotFound(UsageError, LookupError):

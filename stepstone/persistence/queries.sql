@@ -315,6 +315,25 @@ SELECT outcome, workflow_name, status, existing
                            %(priority)s, %(dedup_key)s, %(partition_key)s, %(delay)s,
                            %(timeout)s, %(parent)s, %(trace)s, %(attributes)s, %(actor)s);
 
+-- name: enqueue_registered
+-- Hot (one per Client.enqueue). enqueue, of a definition a worker registered: the version
+-- given, or (NULL) the one seen most recently; no row (and nothing written) if there is
+-- none. workflows_pkey, then as enqueue. The function sits on the inner side of the
+-- lateral join, so it runs only for a registered definition.
+WITH chosen AS (
+    SELECT w.version
+      FROM {schema}.workflows w
+     WHERE w.name = %(name)s AND (%(version)s::text IS NULL OR w.version = %(version)s::text)
+     ORDER BY w.last_seen DESC, w.version DESC
+     LIMIT 1
+)
+SELECT e.outcome, e.workflow_name, e.status, e.existing, c.version
+  FROM chosen c
+ CROSS JOIN LATERAL {schema}.enqueue_v1(%(id)s, %(name)s, c.version, %(inputs)s, %(queue)s,
+                                        %(priority)s, %(dedup_key)s, %(partition_key)s,
+                                        %(delay)s, %(timeout)s, %(parent)s, %(trace)s,
+                                        %(attributes)s, %(actor)s) e;
+
 -- name: dispatch
 -- Hot (one per dispatch round). See dispatch_v1 for the indexes.
 SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, state,

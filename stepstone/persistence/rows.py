@@ -163,7 +163,7 @@ class EnqueueRequest:
 
     id: str
     workflow_name: str
-    workflow_version: str
+    workflow_version: str | None  # None: the registered one seen last (Store.enqueue)
     inputs: str
     queue: str
     actor: str
@@ -180,13 +180,15 @@ class EnqueueRequest:
 @dataclass(frozen=True, slots=True)
 class EnqueueResult:
     """`Store.enqueue`'s answer: `outcome` is "enqueued", "exists" (an execution has that
-    id: its workflow name and status), "deduplicated" (`existing` has the dedup key) or
-    "no_queue"."""
+    id: its workflow name and status), "deduplicated" (`existing` has the dedup key),
+    "no_queue" or, for a registered-only enqueue, "no_workflow" (no worker registered the
+    definition); `workflow_version` is the version a registered-only enqueue chose."""
 
     outcome: str
     workflow_name: str | None
     status: str | None
     existing: str | None
+    workflow_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,6 +177,19 @@ class Store:
         with self.connect() as conn:
             return migrations.migrate(conn, self.schema)
 
+    def schema_versions(self) -> tuple[int | None, int]:
+        """(the latest migration applied to this store's schema, None if it has no stepstone
+        tables; the version this stepstone's migrations bring it to)."""
+        expected = migrations.latest_version()
+        try:
+            with self._connection_for_health() as conn:
+                row = conn.execute(self.queries["schema_version"]).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None, expected
+        except psycopg.Error as exc:
+            raise outage(exc, "reading the schema version", self.describe) from exc
+        return (int(row[0]) if row and row[0] is not None else None), expected
+
     def open(self, *, migrate: bool = True) -> None:
         """Check the database is reachable, migrate it (unless told not to), open the pool."""
         if self._opened:
@@ -303,12 +316,22 @@ class Store:
         self._sql.one("declare_queue", params)
 
     def enqueue(
-        self, request: EnqueueRequest, conn: psycopg.Connection[Any] | None = None
+        self,
+        request: EnqueueRequest,
+        conn: psycopg.Connection[Any] | None = None,
+        *,
+        registered: bool = False,
     ) -> EnqueueResult:
         """Write execution `request.id` ENQUEUED on its queue, in one round trip (see
         EnqueueResult for what else can happen; then nothing is written). With `conn`, in
         that connection's transaction: enqueued when the caller commits, not at all if it
-        rolls back."""
+        rolls back. With `registered`, only a definition some worker registered
+        (`save_workflow`) is enqueued: `request.workflow_version`, or with None the version
+        of that name seen most recently; otherwise the outcome is "no_workflow"."""
+        if request.workflow_version is None and not registered:
+            raise UsageError(
+                f"enqueuing {request.id!r} needs a workflow version, or registered=True"
+            )
         params = {
             "id": request.id,
             "name": request.workflow_name,
@@ -325,14 +348,17 @@ class Store:
             "attributes": Jsonb(request.attributes) if request.attributes else None,
             "actor": request.actor,
         }
+        query = "enqueue_registered" if registered else "enqueue"
         if conn is None:
-            row = self._sql.one("enqueue", params)
+            row = self._sql.one(query, params)
         else:
             try:
-                row = conn.execute(self.queries["enqueue"], params).fetchone()
+                cursor = conn.cursor(row_factory=tuple_row)
+                row = cursor.execute(self.queries[query], params).fetchone()
             except psycopg.Error as exc:
                 raise outage(exc, f"enqueuing {request.id!r}", self.describe) from exc
-        assert row is not None  # noqa: S101 - the function returns one row
+        if row is None:  # only a registered-only enqueue returns no row
+            return EnqueueResult("no_workflow", None, None, None)
         return EnqueueResult(*row)
 
     def dispatch(

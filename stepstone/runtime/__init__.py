@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stepstone.runtime.client import Client, ClientHandle
 from stepstone.runtime.context import State, WorkflowContext, current
 from stepstone.runtime.continuation import continue_as_new
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
@@ -12,6 +13,8 @@ from stepstone.runtime.runtime import Runtime
 from stepstone.runtime.waits import recv, sleep, sleep_until, wait_state
 
 __all__ = [
+    "Client",
+    "ClientHandle",
     "Queue",
     "RetryPolicy",
     "Runtime",

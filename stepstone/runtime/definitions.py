@@ -6,22 +6,17 @@ transaction steps drops the injected connection (Concatenate).
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import inspect
-import json
-import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
-from stepstone.errors import StepOutsideWorkflow, UsageError
-from stepstone.persistence.ids import check_workflow_id
-from stepstone.persistence.serialization import describe_type, unstorable
+from stepstone.errors import StepOutsideWorkflow
+from stepstone.runtime._options import StartOptions, start_options
 from stepstone.runtime.context import _CURRENT
-from stepstone.runtime.waits import MAX_WAIT_SECONDS
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Callable
 
     import psycopg
@@ -35,101 +30,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _check_attributes(attributes: object) -> dict[str, Any]:
-    """A copy of `attributes` if it is a JSON object PostgreSQL can store; UsageError naming
-    the offending key (its path, for nested values) and what to do otherwise.
-
-    Checked here, before anything is written: values the database refuses (NaN, infinities,
-    a NUL character, a lone surrogate) used to fail the start statement, which looks like a
-    database outage. The copy keeps later changes to the caller's dict from bypassing it.
-    """
-    if not isinstance(attributes, dict):
-        raise UsageError(f"attributes must be a dict with string keys, got {attributes!r}")
-    for key in attributes:
-        if not isinstance(key, str):
-            raise UsageError(
-                f"attributes must be a dict with string keys, got the key {key!r} "
-                f"({describe_type(key)}) in {attributes!r}"
-            )
-    try:
-        checked: dict[str, Any] = _json_value(attributes, "attributes", set())
-    except RecursionError:
-        raise UsageError(
-            "attributes are nested too deeply to be stored as JSON: flatten them"
-        ) from None
-    return checked
-
-
-def _json_value(value: object, path: str, containers: set[int]) -> Any:
-    """`value` rebuilt from JSON types (tuples become lists), checked for what PostgreSQL's
-    jsonb can hold; `path` names it and `containers` holds the ids of those enclosing it."""
-    if isinstance(value, str):
-        problem = unstorable(value)
-        if problem is not None:
-            raise UsageError(
-                f"{path} {problem}, which PostgreSQL cannot store: remove it, or store the "
-                "text encoded (base64, for instance)"
-            )
-        return value
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        try:
-            int.__repr__(value)
-        except ValueError:  # more digits than Python writes (sys.set_int_max_str_digits)
-            raise UsageError(
-                f"{path} is an integer too large to write as JSON: store it as a string"
-            ) from None
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise UsageError(
-                f"{path} is {value!r}, which JSON cannot hold: attributes take finite numbers; "
-                f"store it as a string ({str(value)!r}) or leave the key out"
-            )
-        return value
-    if isinstance(value, dict | list | tuple):
-        if id(value) in containers:
-            raise UsageError(
-                f"{path} contains itself, which JSON cannot hold: pass a copy without the cycle"
-            )
-        containers.add(id(value))
-        try:
-            if isinstance(value, dict):
-                return _json_object(value, path, containers)
-            return [
-                _json_value(item, f"{path}[{index}]", containers)
-                for index, item in enumerate(value)
-            ]
-        finally:
-            containers.discard(id(value))
-    raise UsageError(
-        f"{path} is of type {describe_type(value)}, which is not JSON: attributes take str, int, "
-        "float, bool and None, in lists and dicts with string keys; convert it (to a string, "
-        "for instance)"
-    )
-
-
-def _json_object(value: dict[Any, Any], path: str, containers: set[int]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise UsageError(
-                f"{path} has the key {key!r} ({describe_type(key)}), but JSON object keys are "
-                "strings: convert it with str()"
-            )
-        problem = unstorable(key)
-        # A key PostgreSQL cannot store is shown escaped, so that the message itself can be.
-        shown = json.dumps(key, ensure_ascii=problem is not None)
-        if problem is not None:
-            raise UsageError(
-                f"the key {shown} of {path} {problem}, which PostgreSQL cannot store: use a "
-                "key without it"
-            )
-        result[key] = _json_value(item, f"{path}[{shown}]", containers)
-    return result
-
-
 def fingerprint(fn: Callable[..., Any]) -> str:
     """A short hash of a function's source (of its bytecode if the source is unavailable)."""
     try:
@@ -138,20 +38,6 @@ def fingerprint(fn: Callable[..., Any]) -> str:
         code = getattr(fn, "__code__", None)
         material = code.co_code if code is not None else repr(fn).encode()
     return hashlib.sha256(material).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class StartOptions:
-    """Per-call options of a workflow (see `Workflow.with_options`)."""
-
-    workflow_id: str | None = None
-    timeout: float | None = None
-    attributes: dict[str, Any] | None = None
-    # Queue options (used by Queue.enqueue).
-    priority: int = 0
-    dedup_key: str | None = None
-    delay: float | None = None
-    partition_key: str | None = None
 
 
 class Workflow(Generic[P, R]):
@@ -203,82 +89,21 @@ class Workflow(Generic[P, R]):
 
         >>> checkout.with_options(workflow_id="order-42", attributes={"tenant": "acme"})("42")  # doctest: +SKIP
         """
-        if workflow_id is not None:
-            check_workflow_id(workflow_id)
-        if attributes is not None:
-            attributes = _check_attributes(attributes)
-        seconds = None if timeout is None else _timeout(timeout)
         bound: Workflow[P, R] = Workflow.__new__(Workflow)
         bound.__dict__.update(self.__dict__)
-        bound.options = StartOptions(
+        bound.options = start_options(
             workflow_id=workflow_id,
             attributes=attributes,
-            timeout=seconds,
-            priority=_priority(priority),
-            dedup_key=None if dedup_key is None else _key("dedup_key", dedup_key),
-            delay=None if delay is None else _delay(delay),
-            partition_key=None if partition_key is None else _key("partition_key", partition_key),
+            timeout=timeout,
+            priority=priority,
+            dedup_key=dedup_key,
+            delay=delay,
+            partition_key=partition_key,
         )
         return bound
 
     def __repr__(self) -> str:
         return f"<stepstone workflow {self.name!r} version {self.version!r}>"
-
-
-def _timeout(value: object) -> float:
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 < value <= MAX_WAIT_SECONDS
-    ):
-        raise UsageError(
-            f"timeout must be a number of seconds (or a timedelta) above 0 and at most "
-            f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
-        )
-    return float(value)
-
-
-_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
-MAX_KEY_LENGTH = 255  # a dedup or partition key
-
-
-def _priority(value: object) -> int:
-    low, high = _PRIORITY_RANGE
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(
-            f"priority must be an integer from {low} to {high} (lower starts first), got {value!r}"
-        )
-    return value
-
-
-def _key(what: str, value: object) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_LENGTH:
-        raise UsageError(
-            f"{what} must be a string of 1 to {MAX_KEY_LENGTH} characters, got {value!r}"
-        )
-    problem = unstorable(value)
-    if problem is not None:
-        raise UsageError(f"{what} {value!r} {problem}, which PostgreSQL cannot store")
-    return value
-
-
-def _delay(value: object) -> float:
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= MAX_WAIT_SECONDS
-    ):
-        raise UsageError(
-            f"delay must be a number of seconds (or a timedelta) from 0 to "
-            f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
-        )
-    return float(value)
 
 
 class _StepBase(Generic[P, R]):

@@ -20,7 +20,7 @@ from stepstone.errors import (
     UsageError,
     WorkflowIdConflict,
 )
-from stepstone.persistence.rows import EnqueueRequest
+from stepstone.persistence.rows import EnqueueRequest, EnqueueResult
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.handle import WorkflowHandle
 
@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from stepstone.runtime._engine import Engine
     from stepstone.runtime.definitions import Workflow
 
-__all__ = ["MAX_QUEUE_NAME_LENGTH", "Queue", "QueueLimits"]
+__all__ = [
+    "MAX_QUEUE_NAME_LENGTH",
+    "Queue",
+    "QueueLimits",
+    "check_enqueued",
+    "check_queue_name",
+    "enqueued_id",
+]
 
 R = TypeVar("R")
 
@@ -105,13 +112,7 @@ class Queue:
         engine.check_registered(workflow)
         _check_arguments(workflow, args, kwargs)
         options = workflow.options
-        if _CURRENT.get() is not None and options.workflow_id is None:
-            raise UsageError(
-                f"enqueuing {workflow.name!r} on queue {self.name!r} inside a workflow needs "
-                "an explicit workflow id (with_options(workflow_id=...)) so that a replay "
-                "does not enqueue it a second time"
-            )
-        workflow_id = options.workflow_id or str(uuid.uuid4())
+        workflow_id = enqueued_id(options.workflow_id, workflow.name, self.name)
         inputs = engine.store.encode(
             {"args": list(args), "kwargs": kwargs},
             lambda: f"inputs of workflow {workflow.name!r} enqueued on {self.name!r}",
@@ -131,21 +132,41 @@ class Queue:
             trace_context=engine.telemetry.carrier(trace.get_current_span()),
             attributes=options.attributes,
         )
-        result = engine.store.enqueue(request, conn)
-        if result.outcome == "no_queue":
-            raise UsageError(
-                f"no queue named {self.name!r} is declared in this database: launch the "
-                "runtime that declares it (rt.queue(...)) first"
-            )
-        if result.outcome == "deduplicated":
-            assert options.dedup_key is not None  # noqa: S101 - only a dedup key conflicts
-            raise Deduplicated(self.name, options.dedup_key, str(result.existing))
-        if result.outcome == "exists" and result.workflow_name != workflow.name:
-            raise WorkflowIdConflict(workflow_id, str(result.workflow_name), workflow.name)
+        check_enqueued(engine.store.enqueue(request, conn), request)
         return WorkflowHandle(engine, workflow_id)
 
     def __repr__(self) -> str:
         return f"<stepstone queue {self.name!r} ({self.limits!r})>"
+
+
+def enqueued_id(workflow_id: str | None, workflow_name: str, queue: str) -> str:
+    """The id to enqueue under: `workflow_id`, or a new one outside a workflow body (a
+    replay would enqueue a new id a second time: UsageError there)."""
+    if workflow_id is not None:
+        return workflow_id
+    if _CURRENT.get() is not None:
+        raise UsageError(
+            f"enqueuing {workflow_name!r} on queue {queue!r} inside a workflow needs an "
+            "explicit workflow id (with_options(workflow_id=...), or Client.enqueue's "
+            "workflow_id=...) so that a replay does not enqueue it a second time"
+        )
+    return str(uuid.uuid4())
+
+
+def check_enqueued(result: EnqueueResult, request: EnqueueRequest) -> None:
+    """Raise what an enqueue that wrote nothing means: no such queue (UsageError), the
+    dedup key taken (Deduplicated), the id taken by another workflow (WorkflowIdConflict).
+    An id taken by the same workflow is that execution: no error."""
+    if result.outcome == "no_queue":
+        raise UsageError(
+            f"no queue named {request.queue!r} is declared in this database: launch the "
+            "runtime that declares it (rt.queue(...)) first"
+        )
+    if result.outcome == "deduplicated":
+        assert request.dedup_key is not None  # noqa: S101 - only a dedup key conflicts
+        raise Deduplicated(request.queue, request.dedup_key, str(result.existing))
+    if result.outcome == "exists" and result.workflow_name != request.workflow_name:
+        raise WorkflowIdConflict(request.id, str(result.workflow_name), request.workflow_name)
 
 
 def check_queue_name(name: object) -> str:

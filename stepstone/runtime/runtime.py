@@ -13,12 +13,13 @@ from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, DuplicateRegistration, UsageError
 from stepstone.persistence.ids import check_topic, check_workflow_id
 from stepstone.persistence.notifications import Listener
-from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer, unstorable
+from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
 from stepstone.recovery.heartbeat import Heartbeat
 from stepstone.recovery.sweeper import Sweeper, recover_own
 from stepstone.runtime._dispatcher import Dispatcher
 from stepstone.runtime._engine import Engine
+from stepstone.runtime._options import check_text
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
@@ -178,8 +179,8 @@ class Runtime:
         """Make a function a durable workflow, registered under `name` (default: its
         qualified name, e.g. `checkout` or `Orders.checkout`) and `version`."""
         _no_bare_decorator(fn, "workflow")
-        _check_text("workflow name", name)
-        _check_text("workflow version", str(version))
+        check_text("workflow name", name)
+        check_text("workflow version", str(version))
 
         def decorate(func: Callable[P, R]) -> Workflow[P, R]:
             workflow = Workflow(self._engine, func, name or _default_name(func), str(version))
@@ -196,7 +197,7 @@ class Runtime:
         """Make a function a step: once its result is committed it never runs again for
         that execution. `retry` says how a failing body is tried again (default: never)."""
         _no_bare_decorator(fn, "step")
-        _check_text("step name", name)
+        check_text("step name", name)
         policy = _policy(retry)
 
         def decorate(func: Callable[P, R]) -> Step[P, R]:
@@ -213,7 +214,7 @@ class Runtime:
         argument (callers omit it), and its SQL commits together with the step's result and
         the workflow's state, exactly once."""
         _no_bare_decorator(fn, "transaction")
-        _check_text("transaction step name", name)
+        check_text("transaction step name", name)
         policy = _policy(retry)
 
         def decorate(
@@ -435,7 +436,7 @@ class Runtime:
         check_workflow_id(workflow_id)
         check_topic(topic)
         if idempotency_key is not None:
-            _check_text("idempotency key", idempotency_key)
+            check_text("idempotency key", idempotency_key)
         payload = self.store.encode(
             message, lambda: f"message to workflow {workflow_id!r} on topic {topic!r}"
         )
@@ -568,18 +569,6 @@ def _check_timings(lease: object, heartbeat: object, sweep: object) -> None:
             f"heartbeat_interval ({heartbeat} s) must be shorter than lease_seconds ({lease} s), "
             "or every lease expires between two heartbeats; a third of the lease is usual"
         )
-
-
-def _check_text(what: str, value: str | None) -> None:
-    """UsageError naming `value` unless it is None (the default) or text PostgreSQL can
-    store; raised at decoration, before anything is registered or written."""
-    if value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"the {what} must be a non-empty string, got {value!r}")
-    problem = unstorable(value)
-    if problem is not None:
-        raise UsageError(f"the {what} {value!r} {problem}, which PostgreSQL cannot store")
 
 
 def _default_name(func: Callable[..., Any]) -> str:

@@ -75,3 +75,32 @@ def test_fence_lookup_uses_the_primary_key(conn: psycopg.Connection[Any]) -> Non
         plan = _plan(conn, query.encode(), PARAMS)
         assert "executions_pkey" in plan, plan
         assert ("LockRows" in plan) == (" FOR " in lookup), plan
+
+
+def test_a_client_enqueue_reads_the_registered_version_by_its_primary_key(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """enqueue_registered finds the workflow's registered versions through workflows_pkey,
+    and calls enqueue_v1 per version found (inside a nested loop, on its inner side)."""
+    params = {
+        **PARAMS,
+        "version": None,
+        "inputs": "{}",
+        "queue": "q",
+        "priority": 0,
+        "dedup_key": None,
+        "partition_key": None,
+        "delay": None,
+        "timeout": None,
+        "parent": None,
+        "trace": None,
+        "attributes": None,
+        "actor": "client",
+    }
+    plan = _plan(conn, Queries("stepstone")["enqueue_registered"], params)
+    assert "workflows_pkey" in plan, plan
+    lines = plan.splitlines()
+    loop = next(i for i, line in enumerate(lines) if "Nested Loop" in line)
+    function = next(i for i, line in enumerate(lines) if "Function Scan on enqueue_v1" in line)
+    versions = next(i for i, line in enumerate(lines) if "workflows_pkey" in line)
+    assert loop < versions < function, plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from stepstone import Runtime
+from stepstone import Client, Runtime
 
 if TYPE_CHECKING:
     import psycopg
@@ -34,3 +34,8 @@ flow("1")  # E: wrong argument type to a workflow
 rt.start(flow, "1")  # E: rt.start checks the workflow's arguments
 flag: int = rt.start(flow, 1).result()  # E: result() has the workflow's return type
 rt.start(flow)  # E: missing argument
+
+client = Client()
+client.enqueue("emails", "send_email", "x", priority="high")  # E: priority is an int
+client.enqueue("emails")  # E: the workflow name is required
+client.send("id-1", "hi", "topic")  # E: topic is keyword-only

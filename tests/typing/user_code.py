@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import stepstone
-from stepstone import RetryPolicy, Runtime, WorkflowHandle
+from stepstone import Client, ClientHandle, Deduplicated, RetryPolicy, Runtime, WorkflowHandle
 
 if TYPE_CHECKING:
     import psycopg
@@ -81,3 +82,29 @@ def main() -> None:
     rt.shutdown()
     with Runtime() as other:
         print(other.executor_id)
+
+
+def web_request(user_email: str, conn: psycopg.Connection[tuple[Any, ...]]) -> str:
+    """A web process without the workflow code: it enqueues by name and reads the result."""
+    with Client("postgresql://localhost/app", schema="shop", client_id="web") as client:
+        try:
+            handle: ClientHandle = client.enqueue(
+                "emails",
+                "send_email",
+                user_email,
+                workflow_id=f"welcome-{user_email}",
+                priority=-1,
+                dedup_key=user_email,
+                delay=dt.timedelta(minutes=5),
+                attributes={"tenant": "acme"},
+                conn=conn,
+                template="welcome",
+            )
+        except Deduplicated as taken:
+            handle = client.handle(taken.existing)
+        conn.commit()
+        client.send(handle.workflow_id, {"opened": True}, topic="events", idempotency_key="o-1")
+        stage: Any = client.wait_state(handle.workflow_id, "stage", timeout=30.0)
+        state: dict[str, Any] = client.get_state(handle.workflow_id)
+        print(stage, state, handle.status())
+        return str(handle.result(timeout=60))

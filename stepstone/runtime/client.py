@@ -1,0 +1,339 @@
+"""`Client`: enqueue workflows and read their outcomes by name, from a process that has only
+the database.
+
+A Client never imports the workflow code and runs nothing: it writes ENQUEUED executions
+for the workers that serve a queue, sends messages, and reads statuses, results and state.
+Which version of a workflow it enqueues comes from the `workflows` table, where every
+worker registers its definitions at launch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Self
+
+from opentelemetry import trace
+
+from stepstone.errors import (
+    ConfigurationError,
+    SerializationError,
+    UnregisteredWorkflow,
+    UsageError,
+    WorkflowNotFound,
+)
+from stepstone.persistence.ids import check_topic, check_workflow_id
+from stepstone.persistence.rows import EnqueueRequest
+from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
+from stepstone.persistence.store import Store
+from stepstone.runtime._options import check_text, start_options
+from stepstone.runtime._outcomes import Outcomes
+from stepstone.runtime.context import _CURRENT
+from stepstone.runtime.queues import check_enqueued, check_queue_name, enqueued_id
+from stepstone.runtime.waits import check_state_wait
+from stepstone.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    import psycopg
+
+__all__ = ["Client", "ClientHandle"]
+
+
+class Client:
+    """Enqueues workflows by name and reads their outcomes, in a process without the
+    workflow code: it needs only the database the workers use.
+
+    The database is `dsn`, else STEPSTONE_DATABASE_URL, else libpq's defaults, as for
+    Runtime; `schema` must hold stepstone's tables at this version of stepstone (a Client
+    never migrates: a worker's `launch()` or `stepstone migrate` does). It connects on
+    first use (or `open()`), with a pool of up to `pool_max_size` connections; `close()`
+    it, or use `with Client(...) as client:`. Arguments and messages go through
+    `serializer` (JSON by default, as the workers'). `client_id` names it in the audit log
+    (default `client:<host>-<pid>`).
+
+    >>> client = stepstone.Client("postgresql://localhost/app")  # doctest: +SKIP
+    >>> client.enqueue("emails", "send_email", "a@b.c", workflow_id="welcome-8").result(timeout=60)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "stepstone",
+        client_id: str | None = None,
+        pool_max_size: int = 4,
+        serializer: Serializer | None = None,
+        max_value_size: int = DEFAULT_MAX_SIZE,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if client_id is not None and (not isinstance(client_id, str) or not client_id):
+            raise ConfigurationError(f"client_id must be a non-empty string, got {client_id!r}")
+        self.store = Store(
+            dsn,
+            schema=schema,
+            min_size=1,
+            max_size=pool_max_size,
+            serializer=serializer,
+            max_value_size=max_value_size,
+            connect_timeout=connect_timeout,
+        )
+        self.client_id = client_id or f"client:{socket.gethostname()}-{os.getpid()}"
+        self._outcomes = Outcomes(self.store)
+        self._lock = threading.Lock()
+        self._state = "new"  # then "open", then "closed"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect now (otherwise the first call does) and check the schema:
+        ConfigurationError if it has no stepstone tables or is behind this stepstone."""
+        with self._lock:
+            if self._state == "open":
+                return
+            if self._state == "closed":
+                raise UsageError("this Client was closed: make a new one")
+            self.store.open(migrate=False)
+            try:
+                self._check_schema()
+            except BaseException:
+                self.store.close()
+                raise
+            self._state = "open"
+
+    def _check_schema(self) -> None:
+        found, expected = self.store.schema_versions()
+        if found is not None and found >= expected:
+            return
+        where = f"schema {self.store.schema!r} on {self.store.describe()}"
+        state = "has no stepstone tables" if found is None else f"is at version {found}"
+        raise ConfigurationError(
+            f"{where} {state}; this stepstone needs version {expected}. A Client does not "
+            "migrate: launch a worker (Runtime.launch() migrates) or run `stepstone migrate`, "
+            "or point the Client at the database and schema your workers use"
+        )
+
+    def _open_store(self) -> Store:
+        if self._state != "open":
+            self.open()
+        return self.store
+
+    def close(self) -> None:
+        """Close the connection pool; the Client cannot be used afterwards."""
+        with self._lock:
+            if self._state == "open":
+                self.store.close()
+            self._state = "closed"
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        queue: str,
+        workflow_name: str,
+        /,
+        *args: Any,
+        workflow_id: str | None = None,
+        version: str | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        delay: float | dt.timedelta | None = None,
+        partition_key: str | None = None,
+        timeout: float | dt.timedelta | None = None,
+        attributes: dict[str, Any] | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> ClientHandle:
+        """Enqueue an execution of the workflow named `workflow_name` on `queue`, with
+        these arguments, and return its handle; durable once this returns (with `conn`, a
+        psycopg connection in a transaction of yours: once you commit, and not at all if
+        you roll back). One round trip.
+
+        The version enqueued is `version` if given, else the one a worker registered most
+        recently (each worker registers its definitions at launch, so during a rolling
+        deploy that is the newest deploy's); workers claim only the versions they run.
+        Arguments must be values the serializer encodes (JSON types by default, and the
+        datetime, UUID, Decimal, bytes... it round-trips); the workers decode them by the
+        workflow's annotations. The options are those of `Workflow.with_options`, checked
+        the same way. The keywords named here are the Client's own, not the workflow's.
+
+        Nothing is written, and the error says why, when: no worker ever registered the
+        workflow (or that version) in this schema (UnregisteredWorkflow), the queue is not
+        declared (UsageError), an argument cannot be serialized (SerializationError), an
+        option is invalid (UsageError), an unfinished execution of the queue has
+        `dedup_key` (Deduplicated), or `workflow_id` belongs to another workflow
+        (WorkflowIdConflict). An id that exists for this workflow returns its handle.
+        """
+        check_queue_name(queue)
+        check_text("workflow name", workflow_name)
+        check_text("workflow version", version)
+        options = start_options(
+            workflow_id=workflow_id,
+            attributes=attributes,
+            timeout=timeout,
+            priority=priority,
+            dedup_key=dedup_key,
+            delay=delay,
+            partition_key=partition_key,
+        )
+        chosen_id = enqueued_id(options.workflow_id, workflow_name, queue)
+        inputs = _encode_inputs(self.store, workflow_name, queue, args, kwargs)
+        store = self._open_store()
+        request = EnqueueRequest(
+            chosen_id,
+            workflow_name,
+            version,
+            inputs,
+            queue,
+            self.client_id,
+            priority=options.priority,
+            dedup_key=options.dedup_key,
+            partition_key=options.partition_key,
+            delay=options.delay,
+            timeout=options.timeout,
+            trace_context=Telemetry.carrier(trace.get_current_span()),
+            attributes=options.attributes,
+        )
+        result = store.enqueue(request, conn, registered=True)
+        if result.outcome == "no_workflow":
+            raise _unregistered(store, workflow_name, version)
+        check_enqueued(result, request)
+        return ClientHandle(self, chosen_id)
+
+    # -- executions --------------------------------------------------------------------------
+
+    def handle(self, workflow_id: str) -> ClientHandle:
+        """A handle to any execution by id (whether it exists is known when it is used)."""
+        return ClientHandle(self, check_workflow_id(workflow_id))
+
+    def send(
+        self,
+        workflow_id: str,
+        message: Any,
+        *,
+        topic: str = "",
+        idempotency_key: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Send `message` to execution `workflow_id` on `topic`, for its `stepstone.recv`,
+        as `Runtime.send` does (the same idempotency key stores one message; with `conn`,
+        sent when you commit). WorkflowNotFound for an unknown id; UsageError, naming its
+        status, for an execution that has ended."""
+        check_workflow_id(workflow_id)
+        check_topic(topic)
+        check_text("idempotency key", idempotency_key)
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step and idempotency_key is None:
+            raise UsageError(
+                f"Client.send to {workflow_id!r} in a workflow body would send again on "
+                "replay: use the runtime's rt.send(), which records it, or pass an "
+                "idempotency_key"
+            )
+        store = self._open_store()
+        payload = store.encode(
+            message, lambda: f"message to workflow {workflow_id!r} on topic {topic!r}"
+        )
+        store.send(
+            workflow_id,
+            topic,
+            payload,
+            idempotency_key=idempotency_key,
+            sender=self.client_id,
+            conn=conn,
+        )
+
+    def get_state(self, workflow_id: str) -> dict[str, Any]:
+        """The latest committed state of an execution (empty if it has none)."""
+        check_workflow_id(workflow_id)
+        return self._open_store().get_state(workflow_id)
+
+    def wait_state(
+        self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None
+    ) -> Any:
+        """The value of state key `key` of execution `workflow_id` once it is committed (at
+        once if it is). StateTimeout if it did not come within `timeout` (seconds or a
+        timedelta; None: no limit), StateNotSet if the execution ended without it,
+        WorkflowNotFound if there is none."""
+        target, key, limit = check_state_wait(workflow_id, key, timeout)
+        self._open_store()
+        return self._outcomes.wait_state(target, key, limit)
+
+    def __repr__(self) -> str:
+        return f"<stepstone Client {self.client_id!r} on {self.store.describe()}>"
+
+
+class ClientHandle:
+    """An execution, by id, seen from a Client: its status and, once it ends, its result."""
+
+    def __init__(self, client: Client, workflow_id: str) -> None:
+        self._client = client
+        self.workflow_id = workflow_id
+
+    def status(self) -> str:
+        """The stored status: ENQUEUED, RUNNING, WAITING, SUCCEEDED, FAILED or CANCELLED."""
+        found = self._client._open_store().get_status(self.workflow_id)
+        if found is None:
+            raise WorkflowNotFound(f"no execution has workflow id {self.workflow_id!r}")
+        return found[0]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the execution to end and return its result (decoded without the
+        workflow's annotations: JSON types, and what the serializer tags). Raises
+        WorkflowFailed (the recorded error is its cause), WorkflowCancelled,
+        WorkflowTimedOut, or ResultTimeout after `timeout` seconds; the execution goes on
+        in every case."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._client._open_store()
+        return self._client._outcomes.wait(self.workflow_id, deadline)
+
+    def get_state(self) -> dict[str, Any]:
+        """The execution's latest committed state."""
+        return self._client.get_state(self.workflow_id)
+
+    def __repr__(self) -> str:
+        return f"<ClientHandle {self.workflow_id!r}>"
+
+
+def _encode_inputs(
+    store: Store, name: str, queue: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
+    """The serialized inputs; a SerializationError names the argument at fault."""
+    try:
+        return store.encode(
+            {"args": list(args), "kwargs": kwargs},
+            lambda: f"the inputs of workflow {name!r} enqueued on {queue!r}",
+        )
+    except SerializationError:
+        named = [(f"argument {i + 1}", value) for i, value in enumerate(args)]
+        named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+        for label, value in named:
+            store.encode(value, f"{label} of workflow {name!r} enqueued on {queue!r}")
+        raise  # no single argument is at fault (their sum is over the size limit)
+
+
+def _unregistered(store: Store, name: str, version: str | None) -> Exception:
+    """The error for a workflow (or version) no worker registered in the store's schema."""
+    where = f"schema {store.schema!r} on {store.describe()}"
+    if version is None:
+        return UnregisteredWorkflow(
+            f"no worker has registered a workflow named {name!r} in {where}, so none would "
+            "run it: check the name (the name given to @rt.workflow(), else the function's "
+            "name), and launch a worker that has it"
+        )
+    latest = store.load_workflow(name)
+    known = f"; the latest registered is {latest.version!r}" if latest else ""
+    return UnregisteredWorkflow(
+        f"no worker has registered version {version!r} of workflow {name!r} in {where}, so "
+        f"none would run it{known}: launch a worker with that version, or leave version "
+        "out to enqueue the latest"
+    )
