@@ -1,7 +1,7 @@
 """The `stepstone` command (also `python -m stepstone`).
 
-Every command works from the database alone, through the Store: it needs none of the
-application's code. Values that cannot be used are refused before anything is read or
+Every command but `worker` works from the database alone, through the Store: it needs none
+of the application's code (`worker`, in `_cli_worker`, runs the application's Runtime). Values that cannot be used are refused before anything is read or
 written, with a one-line message and exit status 2; so are errors stepstone raises
 (an unknown id, an execution in the wrong state, an unreachable database).
 """
@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from stepstone import _cli_format as fmt
+from stepstone._cli_worker import add_worker
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
 from stepstone.persistence.ids import check_topic, check_workflow_id
 from stepstone.persistence.listing import MAX_LIMIT, STATUSES, ExecutionFilter
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_operations(commands)
     _add_send(commands)
     _add_reports(commands)
+    add_worker(commands)
     return parser
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "RecvTimeout",
     "ResultTimeout",
     "SerializationError",
+    "ShuttingDown",
     "StepError",
     "StepOutsideWorkflow",
     "StepstoneError",
@@ -282,6 +283,12 @@ class OwnershipLost(HandedBack):
 class ExecutionCancelled(HandedBack):
     """The running execution itself was cancelled: it stops at its next step boundary.
     Its callers get WorkflowCancelled."""
+
+
+class ShuttingDown(HandedBack):
+    """The runtime is shutting down gracefully (`Runtime.shutdown(grace=...)`): the
+    execution stops at its next step boundary, before a new step body, and is released (no
+    owner, the next epoch; not a recovery) for any executor to resume at once."""
 
 
 class Interrupted(HandedBack):

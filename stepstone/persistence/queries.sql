@@ -94,9 +94,15 @@ SELECT ended, status, output, error
 SELECT status, stored FROM {schema}.send_v1(%(id)s, %(topic)s, %(payload)s, %(key)s, %(sender)s);
 
 -- name: release
--- Hand an interrupted execution back at once (see the release function): every hand-back
--- is an interruption, counted as a recovery. executions_pkey.
-SELECT {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s, true);
+-- Hand an execution back at once (see the release function): after an interruption
+-- (counted as a recovery), or at a graceful shutdown (not counted). A release tells the
+-- executors ('due:' || id, a hint at commit) so that one of them claims it with its next
+-- sweep at once, not at its sweep interval. executions_pkey.
+SELECT r.released
+  FROM {schema}.release_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s, %(interrupted)s)
+       AS r (released)
+  LEFT JOIN LATERAL (SELECT pg_notify('stepstone', 'due:' || %(id)s) WHERE r.released) n
+    ON true;
 
 -- name: running_owned_by
 -- executions_running_owner_idx.

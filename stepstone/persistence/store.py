@@ -717,12 +717,22 @@ class Store:
             return {}
         return {str(name): int(count) for name, count in self._sql.all("count_waiting", {})}
 
-    def release_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
-        """Hand an interrupted RUNNING execution that `owner` owns at `epoch` back at once:
-        no owner, the next epoch, one more recovery (a loop of hand-backs ends at
-        max_recoveries), an audit entry with `reason`; any executor that runs its workflow
-        claims it. False, changing nothing, if it is not `owner`'s at `epoch`."""
-        params = {"id": execution_id, "owner": owner, "epoch": epoch, "reason": reason}
+    def release_execution(
+        self, execution_id: str, owner: str, epoch: int, reason: str, *, interrupted: bool = True
+    ) -> bool:
+        """Hand a RUNNING execution that `owner` owns at `epoch` back at once: no owner, the
+        next epoch, an audit entry with `reason`, and a notification so that any executor
+        that runs its workflow claims it at once. `interrupted` (something stopped it while
+        it ran) counts one more recovery, so that a loop of hand-backs ends at
+        max_recoveries; a hand-back at a graceful shutdown passes False and counts none.
+        False, changing nothing, if it is not `owner`'s at `epoch`."""
+        params = {
+            "id": execution_id,
+            "owner": owner,
+            "epoch": epoch,
+            "reason": reason,
+            "interrupted": interrupted,
+        }
         row = self._sql.one("release", params)
         return bool(row and row[0])
 

@@ -12,6 +12,9 @@ Where a run ends, what it raised becomes what its caller sees:
 - `OwnershipLost`: the execution goes on elsewhere; callers wait for its outcome;
 - `Interrupted` (the database failed): the execution is left to this executor's sweep,
   which resumes it when the database answers; a direct caller gets the PersistenceError;
+- `ShuttingDown` (a graceful shutdown stopped it at a step boundary): the execution is
+  released at once, not counted as a recovery, for any executor to resume; a direct
+  caller gets NotLaunched;
 - any other BaseException (KeyboardInterrupt, SystemExit...): the execution is handed
   back at once (released for any executor to claim); the exception goes on in the thread
   that ran it, and other callers wait for the outcome.
@@ -38,6 +41,7 @@ from stepstone.errors import (
     PersistenceError,
     RecoveryLimitExceeded,
     ResultTimeout,
+    ShuttingDown,
     Suspended,
     UnregisteredWorkflow,
     UsageError,
@@ -93,6 +97,9 @@ class Engine:
         # Told when a run in the worker pool ended (the dispatcher's slot is free then).
         self.run_ended: Callable[[str], None] | None = None
         self.launched = False
+        # A graceful shutdown began: every execution here stops at its next step boundary
+        # and is released (see stop_runs); read by each execution before each step.
+        self.stopping = False
 
     # -- registration and lifecycle ----------------------------------------------------------
 
@@ -111,6 +118,7 @@ class Engine:
     def launch(self) -> None:
         for workflow in self.registry.workflows():
             self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
+        self.stopping = False
         self.pool.start()
         self.launched = True
 
@@ -118,6 +126,25 @@ class Engine:
         """Take no more work; let the pool finish what it runs and has queued (if `wait`)."""
         self.launched = False
         self.pool.shutdown(wait=wait)
+
+    def stop_runs(self, grace: float) -> int:
+        """A graceful stop: take no more work; every execution here stops at its next step
+        boundary and is released (not a recovery), and a queued one is released without
+        running; step bodies in flight get `grace` seconds to end. Then whatever still runs
+        is released from here: its step body is not stopped, but its result is fenced out
+        (never recorded) and the step runs again wherever the execution resumes. Returns
+        how many were released at the end of the grace period."""
+        self.launched = False
+        self.stopping = True
+        for workflow_id, run, execution in self.runs.take_queued():
+            self._release_unstarted(workflow_id, run, execution)
+        if self.pool.wait_idle(grace):
+            return 0
+        released = 0
+        for execution in self.runs.executions():
+            if self._release(execution, "the grace period ended at shutdown", interrupted=False):
+                released += 1
+        return released
 
     def check_launched(self) -> None:
         if not self.launched:
@@ -152,6 +179,12 @@ class Engine:
         except (Suspended, OwnershipLost):
             outcome: R = self.await_outcome(workflow_id)
             return outcome
+        except ShuttingDown as signal:
+            raise NotLaunched(
+                f"the runtime shut down while workflow {workflow_id!r} ran here: it was handed "
+                "back, and the executor that resumes it finishes it; read its outcome with "
+                f"rt.handle({workflow_id!r}) from a running runtime"
+            ) from signal
         except Interrupted as signal:
             cause = signal.__cause__
             if isinstance(cause, PersistenceError):
@@ -175,7 +208,8 @@ class Engine:
         if opened is None:
             found: R = self.await_outcome(workflow_id, waiter=waiter)
             return found
-        result: R = self._run_here(workflow_id, *opened)
+        run, _, job = opened
+        result: R = self._run_here(workflow_id, run, job)
         return result
 
     def start(
@@ -192,7 +226,7 @@ class Engine:
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
         opened = self._open(workflow, workflow_id, args, kwargs, None, "queued")
         if opened is not None:
-            self._submit(workflow_id, opened[1])
+            self._submit(workflow_id, opened[1], opened[2])
         return workflow_id
 
     def _open(
@@ -203,10 +237,10 @@ class Engine:
         kwargs: dict[str, Any],
         parent_id: str | None,
         state: RunState,
-    ) -> tuple[Run, Callable[[], R]] | None:
+    ) -> tuple[Run, Execution, Callable[[], R]] | None:
         """Make `workflow_id` a run of this process (running in this thread, or queued for
-        the pool) with what runs it; None when it is known here already, or is someone
-        else's to run or ended (its callers read its outcome)."""
+        the pool) with its execution and what runs it; None when it is known here already,
+        or is someone else's to run or ended (its callers read its outcome)."""
         run, mine = self.runs.begin(workflow_id, state)
         if not mine:
             return None
@@ -218,7 +252,7 @@ class Engine:
         if job is None:
             self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
             return None
-        return run, job
+        return run, *job
 
     def cancel(self, workflow_id: str, actor: str) -> None:
         """Cancel an execution (and its children) and stop it here before its next step."""
@@ -293,10 +327,10 @@ class Engine:
         operator: none of which is a recovery). `woken`: (wait kind, when it was due by
         time.perf_counter()) for a run after a wake."""
         workflow = self.registry.find(record.workflow_name, record.workflow_version)
-        if workflow is None or not self.pool.running:
+        if workflow is None or not self.pool.running or self.stopping:
             return False
         execution, body = self._resumed(workflow, record, recovered=recovered)
-        self._submit(record.id, lambda: self._execute(execution, body, woken))
+        self._submit(record.id, execution, lambda: self._execute(execution, body, woken))
         return True
 
     def wake(self, woken: WokenRecord, due: float) -> bool:
@@ -307,8 +341,8 @@ class Engine:
             self.telemetry.message_received(woken.record.workflow_name)
         return self.resume(woken.record, recovered=False, woken=(woken.wait_kind, due))
 
-    def _submit(self, workflow_id: str, job: Callable[[], Any]) -> None:
-        run = self.runs.queue(workflow_id, job)
+    def _submit(self, workflow_id: str, execution: Execution, job: Callable[[], Any]) -> None:
+        run = self.runs.queue(workflow_id, execution, job)
         if not self.pool.submit(lambda queued: self._work(workflow_id, run, queued)):
             error = NotLaunched("the runtime was shut down before the execution could run")
             self.runs.end(workflow_id, run, error=error)
@@ -319,10 +353,14 @@ class Engine:
         job = self.runs.take(workflow_id, run)
         if job is None:
             return
-        if (queued or run.cancel is not None) and self._ended_meanwhile(run, workflow_id):
-            return
-        # The outcome is in the run's future, and interruptions were logged.
+        # Whichever way it ends here, its slot is free (a queue's worker_concurrency).
         try:
+            if self.stopping and run.execution is not None:
+                self._release_unstarted(workflow_id, run, run.execution)
+                return
+            if (queued or run.cancel is not None) and self._ended_meanwhile(run, workflow_id):
+                return
+            # The outcome is in the run's future, and interruptions were logged.
             with contextlib.suppress(BaseException):
                 self._run_here(workflow_id, run, job)
         finally:
@@ -385,9 +423,9 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent_id: str | None,
-    ) -> Callable[[], R] | None:
-        """Write the execution (or find it). Returns what runs it here, or None when it is
-        someone else's to run (or ended) and its outcome has to be awaited."""
+    ) -> tuple[Execution, Callable[[], R]] | None:
+        """Write the execution (or find it). Returns it and what runs it here, or None when
+        it is someone else's to run (or ended) and its outcome has to be awaited."""
         check_workflow_id(workflow_id)
         inputs = self.store.encode(
             {"args": list(args), "kwargs": kwargs}, lambda: f"inputs of workflow {workflow.name!r}"
@@ -417,12 +455,12 @@ class Engine:
                 self.due_in(workflow.options.timeout)  # the sweep ends it at its deadline
             journal = Journal(workflow_id, self.executor_id, found.epoch)
             execution = Execution(self, workflow, journal, span=span, recovered=False)
-            return lambda: self._execute(execution, lambda: workflow.fn(*args, **kwargs))
+            return execution, lambda: self._execute(execution, lambda: workflow.fn(*args, **kwargs))
         return self._existing(workflow, workflow_id, found)
 
     def _existing(
         self, workflow: Workflow[Any, R], workflow_id: str, found: StartResult
-    ) -> Callable[[], R] | None:
+    ) -> tuple[Execution, Callable[[], R]] | None:
         if found.workflow_name != workflow.name:
             raise WorkflowIdConflict(workflow_id, found.workflow_name, workflow.name)
         if found.status == "RUNNING" and found.owner == self.executor_id:
@@ -432,7 +470,7 @@ class Engine:
             if record is not None:
                 self.telemetry.recovered("called_again", 1)
                 execution, body = self._resumed(workflow, record)
-                return lambda: self._execute(execution, body)
+                return execution, lambda: self._execute(execution, body)
         return None
 
     def _resumed(
@@ -535,6 +573,10 @@ class Engine:
                     run=signal.run,
                 )
                 raise
+            except ShuttingDown:
+                # Its own, or a child's that ran in this thread: this one stops here too.
+                self._handed_back(execution)
+                raise
             except HandedBack as signal:
                 self._interrupted(execution, signal)
                 raise
@@ -573,19 +615,48 @@ class Engine:
 
     def _hand_back(self, execution: Execution, exc: BaseException) -> None:
         """A KeyboardInterrupt, SystemExit, CancelledError... stopped the run: release the
-        execution at once so that any executor (this one included) resumes it."""
+        execution at once so that any executor (this one included) resumes it. It was
+        interrupted mid-run: a recovery is counted."""
         self._interrupted(execution, exc)
+        self._release(execution, f"{type(exc).__name__} raised while it ran", interrupted=True)
+
+    def _handed_back(self, execution: Execution) -> None:
+        """A graceful shutdown stopped the run at a step boundary: release the execution
+        (not a recovery) for any executor to resume at once."""
+        execution.span.add_event("handed_back", {"stepstone.step.seq": execution.journal.seq})
+        self.telemetry.log.info(
+            "workflow_handed_back",
+            workflow_id=execution.workflow_id,
+            workflow=execution.workflow.name,
+            epoch=execution.epoch,
+            seq=execution.journal.seq,
+        )
+        self._release(execution, "handed back at shutdown", interrupted=False)
+
+    def _release_unstarted(self, workflow_id: str, run: Run, execution: Execution) -> None:
+        """A claimed execution that had not started here when a graceful shutdown began:
+        release it without running it (not a recovery)."""
+        # Its span is dropped unended (never exported): the resumed run continues the trace.
+        self._release(execution, "handed back at shutdown before it ran", interrupted=False)
+        self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "was handed back"))
+
+    def _release(self, execution: Execution, reason: str, *, interrupted: bool) -> bool:
+        """Release `execution` (see Store.release_execution); True if it was ours to
+        release. A database error leaves it to this executor's sweep (an orphan), or to the
+        lease's end if this executor stops."""
         try:
-            self.store.release_execution(
+            return self.store.release_execution(
                 execution.workflow_id,
                 self.executor_id,
                 execution.epoch,
-                f"{type(exc).__name__} raised while it ran",
+                reason,
+                interrupted=interrupted,
             )
         except PersistenceError:
             self.runs.orphan(execution.workflow_id)  # this executor's sweep resumes it
         except HandedBack:
             pass  # not ours any more
+        return False
 
     def _ended(
         self, execution: Execution, status: str, clock: float, error: BaseException | None

@@ -8,8 +8,8 @@ What a step body raises decides what happens:
 
 - an `Exception` is the step's own failure: retried per its policy, then recorded, and
   raised in the workflow (where its code may catch it; a replay raises the same error);
-- a `HandedBack` signal (fenced out, cancelled, suspended, interrupted) unwinds the
-  workflow without recording anything;
+- a `HandedBack` signal (fenced out, cancelled, suspended, interrupted, shutting down)
+  unwinds the workflow without recording anything;
 - any other `BaseException` (KeyboardInterrupt, SystemExit, asyncio.CancelledError) is an
   interruption: nothing is recorded, and the engine hands the execution back at once.
 """
@@ -38,6 +38,7 @@ from stepstone.errors import (
     NonDeterminismError,
     OwnershipLost,
     PersistenceError,
+    ShuttingDown,
     Suspended,
     UsageError,
     WorkflowFailed,
@@ -160,8 +161,8 @@ class Execution:
         seq, recorded = self.journal.next_step(step.name, _call_site)
         if recorded is not None:
             return self._replay(recorded)
-        if self._cancel is not None:
-            self._check_cancelled()
+        if self._cancel is not None or self.engine.stopping:
+            self._check_stop()
         return self._run_new(step, seq, args, kwargs)
 
     def _check_thread(self, what: str) -> None:
@@ -195,8 +196,8 @@ class Execution:
         seq, recorded = self.journal.next_step(kind, _call_site)
         if recorded is not None:
             return self._replay(recorded)
-        if self._cancel is not None:
-            self._check_cancelled()
+        if self._cancel is not None or self.engine.stopping:
+            self._check_stop()
         changed, deleted = self._state_delta()
         request = WaitRequest(
             self.workflow_id,
@@ -326,8 +327,8 @@ class Execution:
             # The recorded run went on past this point: this code took another path.
             self.journal.doom(diverged)
             raise diverged
-        if self._cancel is not None:
-            self._check_cancelled()
+        if self._cancel is not None or self.engine.stopping:
+            self._check_stop()
         record = self._write(
             f"continuing as new (run {run})",
             self.store.continue_as_new,
@@ -346,6 +347,21 @@ class Execution:
         if recorded.error is not None:
             raise rebuild_error(recorded.error, self.store.serializer)
         return self.store.decode(recorded.output) if recorded.output is not None else None
+
+    def _check_stop(self) -> None:
+        """Before a new step body, wait or continue-as-new: stop here if the execution was
+        cancelled (ExecutionCancelled) or the runtime is shutting down (ShuttingDown: the
+        engine releases it for another executor)."""
+        if self._cancel is not None:
+            self._check_cancelled()
+        if self.engine.stopping:
+            signal = ShuttingDown(
+                f"workflow {self.workflow_id!r} stopped at step {self.journal.seq}: the runtime "
+                "is shutting down, and it is handed back for another executor to resume",
+                self.workflow_id,
+            )
+            self.journal.doom(signal)
+            raise signal
 
     def _check_cancelled(self) -> None:
         if self._cancel == "hint":
@@ -436,6 +452,8 @@ class Execution:
                 if isinstance(exc, UsageError):
                     raise  # misuse (a step called where it cannot be): nothing is recorded
                 if policy.retries(exc, attempt):
+                    if self.engine.stopping:
+                        self._check_stop()  # the next attempt is a new body: not now
                     self._retry(step, seq, attempt, exc, retries, policy.delay(attempt))
                     continue
                 self._commit(self._record(step, seq, None, exc, attempt, started, retries))

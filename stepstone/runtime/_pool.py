@@ -19,6 +19,7 @@ class WorkerPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight = 0
 
@@ -28,6 +29,17 @@ class WorkerPool:
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="stepstone-worker")
+
+    def resize(self, workers: int) -> None:
+        """Run `workers` threads (before start)."""
+        if self._executor is not None:
+            raise RuntimeError("the worker pool runs already")  # the Runtime checks first
+        self.workers = workers
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until no job runs or waits; True if none does."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     def shutdown(self, *, wait: bool) -> None:
         executor, self._executor = self._executor, None
@@ -62,3 +74,5 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.notify_all()

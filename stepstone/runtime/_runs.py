@@ -62,10 +62,10 @@ class LocalRuns:
             run = self._runs[workflow_id] = Run(state)
             return run, True
 
-    def queue(self, workflow_id: str, job: Callable[[], Any]) -> Run:
-        """Queue `job` as the run of `workflow_id`. A queued run of it (a start's, not yet
-        given its job) keeps its future; a running one is replaced (the claim that led here
-        fenced it out)."""
+    def queue(self, workflow_id: str, execution: Execution, job: Callable[[], Any]) -> Run:
+        """Queue `job`, which runs `execution`, as the run of `workflow_id`. A queued run of
+        it (a start's, not yet given its job) keeps its future; a running one is replaced
+        (the claim that led here fenced it out)."""
         with self._lock:
             current = self._runs.get(workflow_id)
             if current is not None and current.state == "queued":
@@ -73,7 +73,24 @@ class LocalRuns:
             else:
                 run = self._runs[workflow_id] = Run("queued")
             run.job = job
+            run.execution = execution
             return run
+
+    def take_queued(self) -> list[tuple[str, Run, Execution]]:
+        """Take every queued run that has its job (no worker or waiting thread will run
+        them): their ids, runs and executions, for a shutdown to hand them back."""
+        with self._lock:
+            taken = []
+            for workflow_id, run in self._runs.items():
+                if run.state == "queued" and run.job is not None and run.execution is not None:
+                    run.state, run.job = "running", None
+                    taken.append((workflow_id, run, run.execution))
+            return taken
+
+    def executions(self) -> list[Execution]:
+        """The executions running here now."""
+        with self._lock:
+            return [run.execution for run in self._runs.values() if run.execution is not None]
 
     def take(self, workflow_id: str, run: Run) -> Callable[[], Any] | None:
         """A worker starts a queued run: its job, or None if a waiting thread took it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import secrets
 import socket
@@ -40,7 +41,11 @@ if TYPE_CHECKING:
     from stepstone.persistence.listing import ExecutionFilter, ExecutionPage
     from stepstone.persistence.rows import HealthStatus
 
-__all__ = ["Runtime", "default_executor_id"]
+__all__ = ["DEFAULT_GRACE", "Runtime", "default_executor_id"]
+
+DEFAULT_GRACE = 30.0
+"""Seconds a graceful shutdown gives the step bodies in flight (`stepstone worker --grace`,
+and `with Runtime(...)` left by Ctrl-C)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -314,9 +319,25 @@ class Runtime:
             self.store.purge(older_than, self.executor_id, batch_size=batch, max_batches=1) >= batch
         )
 
-    def shutdown(self, *, wait: bool = True) -> None:
-        """Stop claiming work, wait for running workflows (if `wait`), end this executor's
-        lease (so another executor can claim anything left at once), close the pool."""
+    def shutdown(self, *, wait: bool = True, grace: float | None = None) -> None:
+        """Stop claiming work (the dispatcher and the sweep stop), wait for running
+        workflows (if `wait`), end this executor's lease (so another executor can claim
+        anything left at once), close the pool.
+
+        With `grace` (seconds), the shutdown is a hand-back instead, for deploys: each
+        running execution stops at its next step boundary (before a new step body, wait or
+        continue-as-new; one that finishes first just finishes) and is released at once,
+        with no owner and the next epoch, for any executor to resume; a release is not a
+        recovery (it does not count toward max_recoveries). Step bodies in flight get
+        `grace` seconds to end. An execution whose step body is still running then is
+        released from here: the body is not stopped (Python cannot stop a thread), but its
+        result is not recorded (the release fenced it out), so the step runs again where
+        the execution resumes. A KeyboardInterrupt during the wait stops waiting at once:
+        what is left is taken over when this executor's lease expires."""
+        if grace is not None:
+            grace = _check_grace(grace)
+            if not wait:
+                raise UsageError("shutdown(wait=False, grace=...): a grace period is a wait")
         if self._purger is not None:
             self._purger.stop()
             self._purger = None
@@ -327,7 +348,13 @@ class Runtime:
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
-        self._engine.shutdown(wait=wait)
+        if grace is not None and self._engine.launched:
+            left = self._engine.stop_runs(grace)
+            if left:
+                self.telemetry.log.warning(
+                    "shutdown_grace_ended", grace=grace, released=left, executor_id=self.executor_id
+                )
+        self._engine.shutdown(wait=wait and grace is None)
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -344,8 +371,15 @@ class Runtime:
         self.launch()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown()
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        # Ctrl-C (or SystemExit) leaves the block: hand the running executions back rather
+        # than wait for them to end.
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.shutdown(grace=DEFAULT_GRACE)
+        else:
+            self.shutdown()
 
     # -- executions --------------------------------------------------------------------------
 
@@ -394,6 +428,30 @@ class Runtime:
         queue = Queue(self._engine, name, limits)
         self._queues[name] = queue
         return queue
+
+    @property
+    def workers(self) -> int:
+        """How many threads run this runtime's executions (see `set_workers`)."""
+        return self._engine.pool.workers
+
+    def set_workers(self, workers: int) -> None:
+        """Run executions on `workers` threads instead of the number given to the
+        constructor (what `stepstone worker --workers N` calls). Call it before launch()."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
+        if self._engine.launched:
+            raise UsageError("set_workers() was called after launch(): call it before launching")
+        self._engine.pool.resize(workers)
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        """The queues declared here, by name (a copy)."""
+        return dict(self._queues)
+
+    @property
+    def served_queues(self) -> list[str]:
+        """The names of the queues this runtime serves (see `serve`), sorted."""
+        return sorted(name for name in self._queues if self._served is None or name in self._served)
 
     def serve(self, *queues: str) -> None:
         """Serve only these queues (their executions run in this process); with none, serve
@@ -569,6 +627,17 @@ def _check_timings(lease: object, heartbeat: object, sweep: object) -> None:
             f"heartbeat_interval ({heartbeat} s) must be shorter than lease_seconds ({lease} s), "
             "or every lease expires between two heartbeats; a third of the lease is usual"
         )
+
+
+def _check_grace(grace: object) -> float:
+    if (
+        isinstance(grace, bool)
+        or not isinstance(grace, int | float)
+        or not math.isfinite(grace)
+        or grace < 0
+    ):
+        raise ConfigurationError(f"grace must be a number of seconds >= 0, got {grace!r}")
+    return float(grace)
 
 
 def _default_name(func: Callable[..., Any]) -> str:

@@ -205,3 +205,25 @@ def test_release_is_fenced_by_owner_and_epoch(store: Store) -> None:
 def _step(*, epoch: int) -> StepCommit:
     now = dt.datetime.now(dt.UTC)
     return StepCommit("wf-1", "exec-a", epoch, 0, "s", "step", "1", None, 1, now, now)
+
+
+def test_a_graceful_release_counts_no_recovery_and_tells_the_executors(
+    store: Store, db: str
+) -> None:
+    """A release at a graceful shutdown (interrupted=False) hands the execution back with no
+    owner at the next epoch but counts no recovery, says so in the audit log, and notifies
+    executors at commit ('due:' and its id) so that a sweep claims it at once."""
+    _start(store)
+    with psycopg.connect(db, autocommit=True) as listener:
+        listener.execute("LISTEN stepstone")
+        assert not store.release_execution("wf-1", "exec-a", 0, "shutdown", interrupted=False)
+        assert [n.payload for n in listener.notifies(timeout=0.3)] == []
+        assert store.release_execution("wf-1", "exec-a", 1, "shutdown", interrupted=False)
+        heard = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert heard == ["due:wf-1"]
+    assert _row(store) == ("RUNNING", None, 2, 0)
+    released = store.list_logs("wf-1")[-1]
+    assert released.details is not None
+    assert (released.event, released.details["interrupted"]) == ("execution_released", False)
+    claimed = store.sweep("exec-b", [("flow", "1")], 10).claimed
+    assert [(r.id, r.epoch, r.recoveries) for r in claimed] == [("wf-1", 3, 0)]
