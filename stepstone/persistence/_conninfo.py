@@ -34,7 +34,8 @@ def resolve(dsn: str | None) -> str:
     """The connection string to use; ConfigurationError if it cannot be parsed, or is a URL
     whose user or password holds an unescaped / or @. The error quotes none of it."""
     value = dsn if dsn is not None else os.environ.get(ENV_VAR, "")
-    return _checked(value, "the dsn argument" if dsn is not None else ENV_VAR)
+    source = "the dsn argument" if dsn is not None else ENV_VAR
+    return _checked(value, source)
 
 
 def resolve_session(session_dsn: str | None) -> str | None:
