@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables)",
     )
     parser.add_argument(
+        "--session-database-url",
+        default=None,
+        help="when --database-url goes through PgBouncer in transaction pooling mode: a "
+        "direct connection string to the same database, for what needs a session (the "
+        "migrations' lock) (default: STEPSTONE_SESSION_DATABASE_URL, else none)",
+    )
+    parser.add_argument(
         "--schema",
         default="stepstone",
         help="schema holding stepstone's tables (default: stepstone)",
@@ -209,8 +216,16 @@ def _add_reports(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _store(args: argparse.Namespace, serializer: Serializer | None = None) -> Store:
     url: str | None = args.database_url
+    session_url: str | None = args.session_database_url
     schema: str = args.schema
-    return Store(url, schema=schema, min_size=0, max_size=1, serializer=serializer or _StoredText())
+    return Store(
+        url,
+        schema=schema,
+        min_size=0,
+        max_size=1,
+        serializer=serializer or _StoredText(),
+        session_conninfo=session_url,
+    )
 
 
 @contextmanager

@@ -1,4 +1,6 @@
 """Where the database is: the DSN given, else STEPSTONE_DATABASE_URL, else libpq's PG* defaults.
+Where a session of stepstone's own connects, when the DSN goes through a transaction pooler:
+the session DSN given, else STEPSTONE_SESSION_DATABASE_URL, else nowhere else (the DSN).
 
 No message says a password, by construction rather than by masking it afterwards:
 descriptions are built from the parsed host, port, database and user; a connection string
@@ -16,9 +18,10 @@ from psycopg import conninfo as pg_conninfo
 
 from stepstone.errors import ConfigurationError
 
-__all__ = ["ENV_VAR", "describe", "resolve"]
+__all__ = ["ENV_VAR", "SESSION_ENV_VAR", "describe", "resolve", "resolve_session"]
 
 ENV_VAR = "STEPSTONE_DATABASE_URL"
+SESSION_ENV_VAR = "STEPSTONE_SESSION_DATABASE_URL"
 
 _URL_PREFIXES = ("postgresql://", "postgres://")  # as libpq recognizes them: case-sensitive
 _ENCODING_HINT = (
@@ -32,6 +35,26 @@ def resolve(dsn: str | None) -> str:
     whose user or password holds an unescaped / or @. The error quotes none of it."""
     value = dsn if dsn is not None else os.environ.get(ENV_VAR, "")
     source = "the dsn argument" if dsn is not None else ENV_VAR
+    return _checked(value, source)
+
+
+def resolve_session(session_dsn: str | None) -> str | None:
+    """The direct connection string for stepstone's own sessions, if one is configured (the
+    argument, else a non-empty SESSION_ENV_VAR); checked as `resolve` checks the DSN."""
+    if session_dsn is not None:
+        if not isinstance(session_dsn, str) or not session_dsn.strip():
+            # Never quoted: it may hold a password.
+            got = "an empty string" if isinstance(session_dsn, str) else type(session_dsn).__name__
+            raise ConfigurationError(
+                "the session DSN must be a connection string that reaches PostgreSQL directly "
+                f"(not through PgBouncer), or None; got {got}"
+            )
+        return _checked(session_dsn, "the session DSN argument")
+    value = os.environ.get(SESSION_ENV_VAR, "")
+    return _checked(value, SESSION_ENV_VAR) if value.strip() else None
+
+
+def _checked(value: str, source: str) -> str:
     if _misread_url(value):
         # libpq would take part of the user or password for the host, port, database or a
         # parameter, and every message naming those would show it: say nothing of the URL.

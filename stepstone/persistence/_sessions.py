@@ -6,6 +6,15 @@ and its locks released within about a minute). An `idle_in_transaction_session_t
 a process frozen inside a transaction step (stopped, swapped out, in a debugger) cannot
 hold the user's row locks for longer than that; the fence already keeps its late commit
 out. Settings given in the connection string or PGOPTIONS win over these defaults.
+
+Through a transaction pooler (PgBouncer with `pool_mode = transaction`) a client has no
+session of its own: consecutive transactions run on whichever server connection is free,
+shared with other clients. There the pool's connections send no `options` startup
+parameter (PgBouncer 1.18 refuses it, and it would only reach one server connection), make
+no prepared statements (one would be prepared on one server connection and looked for on
+another), and a transaction step sets its idle-in-transaction timeout with `SET LOCAL`,
+which ends with its transaction. The server-side keepalives toward PgBouncer are PgBouncer's
+own (`tcp_keepalive`, `idle_transaction_timeout` in pgbouncer.ini).
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ import os
 from typing import Any
 
 from psycopg import conninfo as pg_conninfo
+from psycopg import sql
 
-__all__ = ["session_settings"]
+__all__ = ["begin_statement", "pooled_settings", "session_settings"]
 
 _KEEPALIVES = {
     "keepalives": "1",
@@ -44,3 +54,23 @@ def session_settings(dsn: str, idle_in_transaction_timeout: float) -> dict[str, 
         added = " ".join(f"-c {key}={value}" for key, value in server)
         extra["options"] = f"{options} {added}".strip()
     return extra
+
+
+def pooled_settings(dsn: str) -> dict[str, Any]:
+    """Connection parameters to add to `dsn` when it goes through a transaction pooler:
+    the client's keepalives (libpq's, sent to no server) and no prepared statements."""
+    given = pg_conninfo.conninfo_to_dict(dsn)
+    extra: dict[str, Any] = {k: v for k, v in _KEEPALIVES.items() if k not in given}
+    extra["prepare_threshold"] = None
+    return extra
+
+
+def begin_statement(idle_in_transaction_timeout: float | None) -> bytes:
+    """What starts a transaction step: BEGIN, and with a timeout (through a transaction
+    pooler) a SET LOCAL of it in the same simple-protocol message (one round trip)."""
+    if idle_in_transaction_timeout is None:
+        return b"BEGIN"
+    statement = sql.SQL("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}").format(
+        sql.Literal(round(idle_in_transaction_timeout * 1000))
+    )
+    return statement.as_bytes(None)

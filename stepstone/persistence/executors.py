@@ -3,7 +3,9 @@
 The session holds a dedicated connection for the life of the process. On it, a
 session-level advisory lock on the executor id proves that no other live process uses the
 same id (PostgreSQL releases the lock the moment the holder's connection dies), and the
-heartbeat renews the executor's single row.
+heartbeat renews the executor's single row. The connection is made to the store's session
+DSN when it has one: through a transaction pooler the lock would be taken on a server
+connection shared with other clients, and never released when this process dies.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class ExecutorSession:
             self._open(wait)
 
     def _open(self, wait: float) -> None:
-        conn = self._store.connect()
+        conn = self._store.connect_session()
         deadline = time.monotonic() + wait
         try:
             # If this process vanishes without closing the socket (a network cut), the
@@ -158,4 +160,4 @@ class ExecutorSession:
         except psycopg.Error as exc:
             conn.close()
             action = f"{name.replace('_', ' ')} of executor {self.executor_id!r}"
-            raise outage(exc, action, self._store.describe) from exc
+            raise outage(exc, action, self._store.describe_session) from exc

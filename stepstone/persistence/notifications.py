@@ -4,7 +4,9 @@ A dedicated connection LISTENs on the `stepstone` channel; the SQL functions NOT
 something an executor may care about happens elsewhere (`cancelled:<id>` when an execution
 is cancelled, `due:<id>` when a waiting one is due). A notification is a hint, never the
 truth: it may be late, lost while the connection is down, or about another schema's
-execution of the same id; whoever acts on one checks the database first.
+execution of the same id; whoever acts on one checks the database first. The connection
+is made to the store's session DSN when it has one (LISTEN needs a session of its own,
+which a transaction pooler does not give).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class Listener:
                 self._stop.wait(self._retry)
 
     def _listen(self) -> None:
-        with self._store.connect() as conn:
+        with self._store.connect_session() as conn:
             conn.execute(b"LISTEN " + CHANNEL.encode())
             self._connected.set()
             if self._listened and self._on_reconnect is not None:

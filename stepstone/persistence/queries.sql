@@ -29,6 +29,11 @@ VALUES (%(id)s, %(hostname)s, %(pid)s, %(lease)s, %(workflows)s, %(lock_key)s)
 -- is released the moment the holder's connection dies.
 SELECT pg_try_advisory_lock(%(key)s);
 
+-- name: identify_database
+-- Which database of which server a connection reaches: the pooled DSN and the session DSN
+-- must reach the same one (advisory locks are per database and server).
+SELECT current_database(), pg_postmaster_start_time();
+
 -- name: describe_executor
 SELECT hostname, pid, extract(epoch FROM now() - heartbeat_at) FROM {schema}.executors WHERE id = %(id)s;
 

@@ -31,7 +31,7 @@ from stepstone.errors import (
 from stepstone.persistence import _conninfo
 from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
 from stepstone.persistence._queries import Queries
-from stepstone.persistence._sessions import session_settings
+from stepstone.persistence._sessions import begin_statement, pooled_settings, session_settings
 from stepstone.persistence._statements import Statements
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
@@ -89,6 +89,12 @@ class Store:
 
     >>> store = Store("postgresql://localhost/app")   # doctest: +SKIP
     >>> store.open()                                   # migrates, then opens the pool
+
+    When `conninfo` goes through a transaction pooler (PgBouncer with `pool_mode =
+    transaction`), `session_conninfo` (else STEPSTONE_SESSION_DATABASE_URL) is a direct
+    connection string to the same database, for what needs a session of its own: the
+    executor's lock on its id, LISTEN, and the migrations' lock. Given one, the pool makes
+    no prepared statements and sends no session settings (see `_sessions`).
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class Store:
         max_value_size: int = DEFAULT_MAX_SIZE,
         connect_timeout: float = 10.0,
         idle_in_transaction_timeout: float = 300.0,
+        session_conninfo: str | None = None,
     ) -> None:
         check_schema_name(schema)
         if not (
@@ -119,6 +126,7 @@ class Store:
                 f"max_value_size must be a positive int, got {max_value_size!r}"
             )
         self.conninfo = _conninfo.resolve(conninfo)
+        self.session_conninfo = _conninfo.resolve_session(session_conninfo)
         self.schema = schema
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self.max_value_size = max_value_size
@@ -133,12 +141,23 @@ class Store:
             )
         self._connect_timeout = connect_timeout
         self._idle_timeout = float(idle_in_transaction_timeout)
+        self._begin = begin_statement(self._idle_timeout if self.pooled else None)
         self.queries = Queries(schema)
         self._pool_sizes = (min_size, max_size)
         self._opened = False
         # The pool lives with the statement runner (each open() makes a new one).
         self._sql = Statements(self._new_pool(), self.queries, self.describe, lambda: self._opened)
         self.operations = Operations(self._sql, schema)
+
+    @property
+    def pooled(self) -> bool:
+        """Whether `conninfo` goes through a transaction pooler (a session DSN is set)."""
+        return self.session_conninfo is not None
+
+    def _settings(self) -> dict[str, Any]:
+        if self.pooled:
+            return pooled_settings(self.conninfo)
+        return session_settings(self.conninfo, self._idle_timeout)
 
     def _new_pool(self) -> ConnectionPool[Connection]:
         # A closed pool cannot be opened again: each open() gets a new one.
@@ -147,7 +166,7 @@ class Store:
             self.conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True, **session_settings(self.conninfo, self._idle_timeout)},
+            kwargs={"autocommit": True, **self._settings()},
             open=False,
             name=f"stepstone-{self.schema}",
             timeout=self._connect_timeout,
@@ -159,22 +178,46 @@ class Store:
         """Where this store connects to (host, port, database, user; never the password)."""
         return _conninfo.describe(self.conninfo)
 
+    def describe_session(self) -> str:
+        """Where this store's own sessions connect to (the session DSN, else the DSN)."""
+        return _conninfo.describe(self.session_conninfo or self.conninfo)
+
     def connect(self) -> Connection:
-        """A new autocommit connection outside the pool; DatabaseUnreachable if none can be made."""
+        """A new autocommit connection outside the pool, made as the pool makes its own;
+        DatabaseUnreachable if none can be made."""
+        return self._connect(self.conninfo, self.describe(), _conninfo.ENV_VAR, self._settings())
+
+    def connect_session(self) -> Connection:
+        """A new autocommit connection with a session of its own, for session-level locks
+        and LISTEN: to the session DSN when one is set (directly to PostgreSQL), else to
+        the DSN. DatabaseUnreachable if none can be made."""
+        if self.session_conninfo is None:
+            return self._connect(self.conninfo, self.describe(), _conninfo.ENV_VAR, {})
+        return self._connect(
+            self.session_conninfo, self.describe_session(), _conninfo.SESSION_ENV_VAR, {}
+        )
+
+    def _connect(
+        self, conninfo: str, where: str, env_var: str, settings: dict[str, Any]
+    ) -> Connection:
         try:
             return psycopg.connect(
-                self.conninfo, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                conninfo,
+                autocommit=True,
+                connect_timeout=max(1, int(self._connect_timeout)),
+                **settings,
             )
         except psycopg.OperationalError as exc:
             reason = str(exc).strip()  # libpq's messages hold no password (see _conninfo)
             raise DatabaseUnreachable(
-                f"cannot connect to PostgreSQL at {self.describe()}: {reason}. Check that the "
-                f"server runs and the database exists, or set the DSN (or {_conninfo.ENV_VAR})"
+                f"cannot connect to PostgreSQL at {where}: {reason}. Check that the "
+                f"server runs and the database exists, or set the DSN (or {env_var})"
             ) from exc
 
     def migrate(self) -> list[int]:
-        """Apply pending migrations to this store's schema; return the versions applied."""
-        with self.connect() as conn:
+        """Apply pending migrations to this store's schema; return the versions applied.
+        Runs on a session of its own (the migrators' lock is session-level)."""
+        with self.connect_session() as conn:
             return migrations.migrate(conn, self.schema)
 
     def schema_versions(self) -> tuple[int | None, int]:
@@ -191,13 +234,15 @@ class Store:
         return (int(row[0]) if row and row[0] is not None else None), expected
 
     def open(self, *, migrate: bool = True) -> None:
-        """Check the database is reachable, migrate it (unless told not to), open the pool."""
+        """Check the database is reachable (and, with a session DSN, that both reach the
+        same database), migrate it (unless told not to), open the pool."""
         if self._opened:
             return
+        with self.connect() as conn:
+            if self.pooled:
+                self._check_same_database(conn)
         if migrate:
             self.migrate()
-        else:
-            self.connect().close()
         pool = self._new_pool()
         try:
             pool.open(wait=True, timeout=self._connect_timeout)
@@ -208,6 +253,21 @@ class Store:
             ) from exc
         self._sql.pool = pool
         self._opened = True
+
+    def _check_same_database(self, pooled: Connection) -> None:
+        """ConfigurationError unless the session DSN reaches the database the DSN does: the
+        executor locks a sweep tests are per database and per server."""
+        query = self.queries["identify_database"]
+        through_pool = pooled.execute(query).fetchone()
+        with self.connect_session() as conn:
+            direct = conn.execute(query).fetchone()
+        if through_pool != direct:
+            raise ConfigurationError(
+                f"the session DSN ({self.describe_session()}) and the DSN ({self.describe()}) "
+                "do not reach the same database: point the session DSN (or "
+                f"{_conninfo.SESSION_ENV_VAR}) directly at the PostgreSQL server and database "
+                "that the DSN reaches through the pooler"
+            )
 
     def close(self) -> None:
         """Close the pool; open() may be called again."""
@@ -427,7 +487,7 @@ class Store:
         self, conn: Connection, body: Callable[[Connection], T], record: Callable[[T], StepCommit]
     ) -> tuple[T, StepCommit]:
         try:
-            conn.execute(b"BEGIN", prepare=False)
+            conn.execute(self._begin, prepare=False)
             result = body(conn)
             status = conn.info.transaction_status
             if status == TransactionStatus.INERROR:

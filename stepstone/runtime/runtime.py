@@ -70,10 +70,14 @@ class Runtime:
     process id and a random suffix). `workers` threads run the workflows started with
     `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections,
     and the server ends a pooled session left idle inside a transaction for longer than
-    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). With
-    `notify=False` the executor holds no LISTEN session (for PgBouncer's transaction
-    pooling): it finds due work by its sweep alone, every `sweep_interval` and when a timer
-    it recorded is due. Spans, metrics and log records go to the OpenTelemetry providers
+    `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). When
+    `dsn` goes through PgBouncer in transaction pooling mode, `session_dsn` (else the
+    STEPSTONE_SESSION_DATABASE_URL environment variable) connects directly to the same
+    database for what needs a session of its own: the executor's lock on its id, LISTEN
+    and the migrations' lock; the pool then makes no prepared statements and sets no
+    session settings. With `notify=False` the executor holds no LISTEN session: it finds
+    due work by its sweep alone, every `sweep_interval` and when a timer it recorded is
+    due. Spans, metrics and log records go to the OpenTelemetry providers
     given here, else to the global ones.
     """
 
@@ -81,6 +85,7 @@ class Runtime:
         self,
         dsn: str | None = None,
         *,
+        session_dsn: str | None = None,
         schema: str = "stepstone",
         executor_id: str | None = None,
         workers: int = 8,
@@ -147,6 +152,7 @@ class Runtime:
             max_value_size=max_value_size,
             connect_timeout=connect_timeout,
             idle_in_transaction_timeout=idle_in_transaction_timeout,
+            session_conninfo=session_dsn,
         )
         self.executor_id = executor_id or default_executor_id()
         self.telemetry = Telemetry(
