@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from stepstone.errors import PersistenceError, UsageError
 from stepstone.persistence._driver_errors import Fence, classify, fenced, outage
@@ -69,6 +70,23 @@ class Statements:
             self.queries[name], params, fetch="one", action=name.replace("_", " ")
         )
         return row
+
+    def one_on(
+        self,
+        conn: psycopg.Connection[Any] | None,
+        name: str,
+        params: Mapping[str, Any],
+        action: str,
+    ) -> tuple[Any, ...] | None:
+        """One row of `name`: on a pooled connection (`conn` None), else on the caller's
+        `conn`, in its transaction (committed, or rolled back, with the caller's work)."""
+        if conn is None:
+            return self.one(name, params)
+        try:
+            cursor = conn.cursor(row_factory=tuple_row)
+            return cursor.execute(self.queries[name], params).fetchone()
+        except psycopg.Error as exc:
+            raise outage(exc, action, self._where) from exc
 
     def all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self.run(

@@ -26,34 +26,28 @@ from stepstone.errors import (
     DatabaseUnreachable,
     SerializationError,
     UsageError,
-    WorkflowNotFound,
 )
 from stepstone.persistence import _conninfo
 from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
 from stepstone.persistence._queries import Queries
 from stepstone.persistence._sessions import begin_statement, pooled_settings, session_settings
 from stepstone.persistence._statements import Statements
+from stepstone.persistence._store_queues import QueueStore, split_registered
+from stepstone.persistence._store_waits import WaitStore
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
 from stepstone.persistence.rows import (
     Checkpoint,
-    DispatchResult,
-    EnqueueRequest,
-    EnqueueResult,
     ExecutionRow,
     HealthStatus,
     LogRow,
-    ReceivedMessage,
     ResumeRecord,
     StartRequest,
     StartResult,
     StepCommit,
     StepRow,
     SweepResult,
-    UnreadMessages,
-    WaitOutcome,
-    WaitRequest,
     WokenRecord,
     WorkflowRow,
 )
@@ -84,7 +78,7 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 log = structlog.get_logger("stepstone.persistence")
 
 
-class Store:
+class Store(QueueStore, WaitStore):
     """Durable storage for definitions, executions, steps, state, checkpoints and logs.
 
     >>> store = Store("postgresql://localhost/app")   # doctest: +SKIP
@@ -354,102 +348,6 @@ class Store:
         assert row is not None  # noqa: S101 - the function returns one row in both branches
         return StartResult(*row)
 
-    # -- queues ------------------------------------------------------------------------------
-
-    def declare_queue(
-        self,
-        name: str,
-        *,
-        concurrency: int | None,
-        rate_limit: tuple[int, float] | None,
-        partition_concurrency: int | None,
-    ) -> None:
-        """Create queue `name` with these limits, or change its limits to these."""
-        count, period = rate_limit if rate_limit is not None else (None, None)
-        params = {
-            "name": name,
-            "concurrency": concurrency,
-            "rate_limit": count,
-            "rate_period": period,
-            "partition_concurrency": partition_concurrency,
-        }
-        self._sql.one("declare_queue", params)
-
-    def enqueue(
-        self,
-        request: EnqueueRequest,
-        conn: psycopg.Connection[Any] | None = None,
-        *,
-        registered: bool = False,
-    ) -> EnqueueResult:
-        """Write execution `request.id` ENQUEUED on its queue, in one round trip (see
-        EnqueueResult for what else can happen; then nothing is written). With `conn`, in
-        that connection's transaction: enqueued when the caller commits, not at all if it
-        rolls back. With `registered`, only a definition some worker registered
-        (`save_workflow`) is enqueued: `request.workflow_version`, or with None the version
-        of that name seen most recently; otherwise the outcome is "no_workflow"."""
-        if request.workflow_version is None and not registered:
-            raise UsageError(
-                f"enqueuing {request.id!r} needs a workflow version, or registered=True"
-            )
-        params = {
-            "id": request.id,
-            "name": request.workflow_name,
-            "version": request.workflow_version,
-            "inputs": request.inputs,
-            "queue": request.queue,
-            "priority": request.priority,
-            "dedup_key": request.dedup_key,
-            "partition_key": request.partition_key,
-            "delay": request.delay,
-            "timeout": request.timeout,
-            "parent": request.parent_id,
-            "trace": Jsonb(request.trace_context) if request.trace_context else None,
-            "attributes": Jsonb(request.attributes) if request.attributes else None,
-            "actor": request.actor,
-        }
-        query = "enqueue_registered" if registered else "enqueue"
-        if conn is None:
-            row = self._sql.one(query, params)
-        else:
-            try:
-                cursor = conn.cursor(row_factory=tuple_row)
-                row = cursor.execute(self.queries[query], params).fetchone()
-            except psycopg.Error as exc:
-                raise outage(exc, f"enqueuing {request.id!r}", self.describe) from exc
-        if row is None:  # only a registered-only enqueue returns no row
-            return EnqueueResult("no_workflow", None, None, None)
-        return EnqueueResult(*row)
-
-    def dispatch(
-        self,
-        owner: str,
-        capacity: Mapping[str, int],
-        total: int,
-        registered: Sequence[tuple[str, str]],
-    ) -> DispatchResult:
-        """In one statement, claim startable executions of the queues in `capacity` (up to
-        capacity[queue] of each, `total` in all) whose definitions are in `registered`,
-        within each queue's limits: they are RUNNING, owned by `owner`."""
-        names, versions = _split(registered)
-        queues = sorted(capacity)
-        rows = self._sql.all(
-            "dispatch",
-            {
-                "owner": owner,
-                "queues": queues,
-                "capacity": [capacity[q] for q in queues],
-                "total": total,
-                "names": names,
-                "versions": versions,
-            },
-        )
-        claimed = [
-            (str(row[10]), ResumeRecord.from_row(row[1:10])) for row in rows if row[0] == "claimed"
-        ]
-        next_in = next((row[11] for row in rows if row[0] == "next"), None)
-        return DispatchResult(claimed, next_in)
-
     def commit_step(self, commit: StepCommit) -> None:
         """Record a completed step in one statement and one transaction (fenced)."""
         self._sql.run(
@@ -528,112 +426,6 @@ class Store:
                 raise  # the step's own SQL failed at its COMMIT: the step's failure
             fence = (commit.execution_id, commit.owner, commit.epoch)
             self._sql.fail(exc, f"committing step {commit.seq} of {commit.execution_id!r}", fence)
-
-    def wait(self, request: WaitRequest) -> WaitOutcome:
-        """A sleep or a receive reached by a running execution, in one statement (fenced):
-        done now (its step row written, with the state changes), or the execution WAITING
-        with no owner until it is due. OwnershipLost or ExecutionCancelled if fenced out."""
-        params = {
-            "id": request.execution_id,
-            "owner": request.owner,
-            "epoch": request.epoch,
-            "seq": request.seq,
-            "name": request.name,
-            "kind": request.kind,
-            "waiting": Jsonb(request.waiting),
-            "seconds": request.seconds,
-            "until": request.until,
-            "started_at": request.started_at,
-            "state": Jsonb(request.state) if request.state else None,
-            "deleted": request.deleted or None,
-        }
-        row = self._sql.run(
-            self.queries["wait"],
-            params,
-            fetch="one",
-            action=lambda: f"recording a {request.kind} of {request.execution_id!r}",
-            fence=(request.execution_id, request.owner, request.epoch),
-        )
-        return WaitOutcome(*row)
-
-    def await_execution(
-        self,
-        execution_id: str,
-        owner: str,
-        epoch: int,
-        seq: int,
-        target: str,
-        state: tuple[dict[str, str] | None, list[str] | None],
-    ) -> tuple[str, str | None, dict[str, Any] | None] | None:
-        """Execution `execution_id` (owned by `owner` at `epoch`) waits for `target` to end,
-        in one statement (fenced): if it has ended, nothing is written and its (status,
-        output, error) is returned; otherwise the execution becomes WAITING on it, with the
-        state changes `state` (changed, deleted), and None is returned. WorkflowNotFound if
-        there is no `target`."""
-        changed, deleted = state
-        params = {
-            "id": execution_id,
-            "owner": owner,
-            "epoch": epoch,
-            "seq": seq,
-            "target": target,
-            "state": Jsonb(changed) if changed else None,
-            "deleted": deleted or None,
-        }
-        row = self._sql.run(
-            self.queries["await"],
-            params,
-            fetch="one",
-            action=lambda: f"waiting for {target!r} in {execution_id!r}",
-            fence=(execution_id, owner, epoch),
-        )
-        ended, status, output, error = row
-        if status is None:
-            raise WorkflowNotFound(f"no execution has workflow id {target!r}")
-        return (status, output, error) if ended else None
-
-    def send(
-        self,
-        execution_id: str,
-        topic: str,
-        payload: str,
-        *,
-        idempotency_key: str | None = None,
-        sender: str | None = None,
-        conn: psycopg.Connection[Any] | None = None,
-    ) -> tuple[str, bool]:
-        """Put a serialized message into the mailbox (execution_id, topic): the status the
-        execution had and whether the message was stored (once per idempotency key). With
-        `conn`, in that connection's transaction: it is sent when the caller commits, and
-        not at all if it rolls back. WorkflowNotFound for an unknown id; UsageError, naming
-        its status, for an execution that has ended (nothing is stored)."""
-        params = {
-            "id": execution_id,
-            "topic": topic,
-            "payload": payload,
-            "key": idempotency_key,
-            "sender": sender,
-        }
-        if conn is None:
-            row = self._sql.one("send", params)
-        else:
-            try:
-                cursor = conn.cursor(row_factory=tuple_row)
-                row = cursor.execute(self.queries["send"], params).fetchone()
-            except psycopg.Error as exc:
-                raise outage(exc, f"sending to {execution_id!r}", self.describe) from exc
-        assert row is not None  # noqa: S101 - the function returns one row
-        status, stored = row
-        if status is None:
-            raise WorkflowNotFound(
-                f"no execution has workflow id {execution_id!r}: the message was not sent"
-            )
-        if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            raise UsageError(
-                f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
-                "so the message was not sent"
-            )
-        return str(status), bool(stored)
 
     def finish_execution(
         self,
@@ -732,7 +524,7 @@ class Store:
     ) -> list[ResumeRecord]:
         """Take over, in one statement, every RUNNING execution `owner` owns whose definition
         is in `registered` and whose id is not in `active`."""
-        names, versions = _split(registered)
+        names, versions = split_registered(registered)
         params = {
             "owner": owner,
             "names": names,
@@ -747,7 +539,7 @@ class Store:
     ) -> list[tuple[str, str, str]]:
         """Give up `owner`'s RUNNING executions whose definition is not in `registered`, so an
         executor that has it claims them; return (id, workflow name, version) of each."""
-        names, versions = _split(registered)
+        names, versions = split_registered(registered)
         rows = self._sql.all(
             "release_unregistered_own", {"owner": owner, "names": names, "versions": versions}
         )
@@ -758,7 +550,7 @@ class Store:
         executions whose owner's lease expired (or that have no owner), of the definitions
         in `registered`; report expired ones whose definition is not, and when the next
         waiting one is due."""
-        names, versions = _split(registered)
+        names, versions = split_registered(registered)
         rows = self._sql.all(
             "sweep", {"owner": owner, "names": names, "versions": versions, "limit": limit}
         )
@@ -769,13 +561,6 @@ class Store:
         ]
         next_wake_in = next((row[10] for row in rows if row[0] == "next"), None)
         return SweepResult(claimed, unclaimable, woken, next_wake_in)
-
-    def count_waiting(self) -> dict[str, int]:
-        """How many executions are WAITING now, by workflow name, in the whole schema (one
-        index-only scan of executions_waiting_idx); empty when the store is closed."""
-        if not self._opened:
-            return {}
-        return {str(name): int(count) for name, count in self._sql.all("count_waiting", {})}
 
     def release_execution(
         self, execution_id: str, owner: str, epoch: int, reason: str, *, interrupted: bool = True
@@ -852,12 +637,6 @@ class Store:
         rows = self._sql.all("get_state", {"id": execution_id})
         return {key: self.decode(value) for key, value in rows}
 
-    def state_value(self, execution_id: str, key: str) -> tuple[str, str | None] | None:
-        """(status, the serialized value of state key `key` or None if it is not set) of an
-        execution; None if there is no such execution."""
-        row = self._sql.one("state_value", {"id": execution_id, "key": key})
-        return (str(row[0]), row[1]) if row else None
-
     # -- reads -------------------------------------------------------------------------------
 
     def get_execution(self, execution_id: str) -> ExecutionRow | None:
@@ -877,19 +656,6 @@ class Store:
     def list_logs(self, execution_id: str) -> list[LogRow]:
         """The audit log of an execution, oldest first."""
         return [LogRow(*row) for row in self._sql.all("list_logs", {"id": execution_id})]
-
-    def unread_messages(self, execution_id: str) -> list[UnreadMessages]:
-        """The mailbox of an execution: per topic (in topic order), how many messages wait
-        unread and when the oldest of them was sent."""
-        rows = self._sql.all("unread_messages", {"id": execution_id})
-        return [UnreadMessages(*row) for row in rows]
-
-    def received_messages(self, execution_id: str) -> list[ReceivedMessage]:
-        """The messages the current run of an execution received (a continue-as-new starts a
-        run afresh), in the order it received them, each with the position of the receive
-        that consumed it (payloads are that receive's step output)."""
-        rows = self._sql.all("received_messages", {"id": execution_id})
-        return [ReceivedMessage(*row) for row in rows]
 
     # -- inspecting and operating (see operations.py) ---------------------------------------
 
@@ -1051,10 +817,6 @@ class Store:
             "deleted": c.deleted or None,
             "logs": Jsonb(c.logs) if c.logs else None,
         }
-
-
-def _split(registered: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
-    return [name for name, _ in registered], [version for _, version in registered]
 
 
 def _rollback_quietly(conn: Connection) -> None:
