@@ -165,9 +165,10 @@ def test_concurrency_holds_while_workers_are_killed_and_replaced(fleet: Fleet, d
 def test_sigterm_during_a_long_step_hands_the_execution_to_another_worker(
     fleet: Fleet, db: str
 ) -> None:
-    """SIGTERM during a long step: the step finishes and is recorded, the worker releases
-    the execution (no owner, no recovery counted) and exits 0, and the other worker resumes
-    it long before the 60 s lease could have expired, without running the step again."""
+    """SIGTERM during a long step: the step finishes and is recorded, the worker hands the
+    execution back to its queue (ENQUEUED, no owner, no recovery counted) and exits 0, and
+    the other worker dequeues it long before the 60 s lease could have expired, without
+    running the step again."""
     a = fleet.worker("a", "--queues", "long", lease=60.0)
     wait_for(lambda: _launched(db, "a"), timeout=30)
     fleet.app("long")
@@ -195,11 +196,12 @@ def test_sigterm_during_a_long_step_hands_the_execution_to_another_worker(
         db,
         "SELECT event, actor, details->>'interrupted', details->>'reason' FROM stepstone.logs"
         " WHERE execution_id = 'long-1' AND event IN ('execution_released',"
-        " 'execution_resumed') ORDER BY id",
+        " 'execution_resumed', 'execution_dequeued') ORDER BY id",
     )
     assert events == [
+        ("execution_dequeued", "a", None, None),
         ("execution_released", "a", "false", "handed back at shutdown"),
-        ("execution_resumed", "b", None, "released"),
+        ("execution_dequeued", "b", None, None),
     ]
     steps = _query(db, "SELECT step FROM effects ORDER BY id")
     assert [s[0].split(" by ")[0] for s in steps] == ["long_step", "after"]

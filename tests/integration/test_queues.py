@@ -450,3 +450,41 @@ def test_resuming_a_queued_execution_queues_it_again(
     events = [log.event for log in rt.store.list_logs("f-1")]
     assert events.count("execution_dequeued") == 2
     assert "execution_resumed" in events
+
+
+def test_a_queued_execution_handed_back_goes_back_to_its_queue(
+    runtimes: Callable[..., Runtime], db: str
+) -> None:
+    """A queued execution whose step raises a BaseException is handed back ENQUEUED (not
+    RUNNING with no owner, which any executor's sweep could take past the queue's limits),
+    counted as one recovery, and a dispatcher starts it again; its recorded steps stay."""
+    rt = runtimes("handback")
+    queue = rt.queue("again", concurrency=1)
+    calls: list[str] = []
+
+    @rt.step()
+    def first() -> str:
+        calls.append("first")
+        return "one"
+
+    @rt.step()
+    def fragile() -> str:
+        calls.append("fragile")
+        if calls.count("fragile") == 1:
+            raise SystemExit(3)
+        return "two"
+
+    @rt.workflow()
+    def flow() -> list[str]:
+        return [first(), fragile()]
+
+    rt.launch()
+    handle = queue.enqueue(flow.with_options(workflow_id="hb"))
+    assert handle.result(timeout=15) == ["one", "two"]
+    assert calls == ["first", "fragile", "fragile"]
+    released = [log for log in rt.store.list_logs("hb") if log.event == "execution_released"]
+    assert [log.details.get("requeued") for log in released] == ["again"]
+    events = [log.event for log in rt.store.list_logs("hb")]
+    assert events.count("execution_dequeued") == 2
+    assert "execution_resumed" not in events
+    assert _query(db, "SELECT recoveries FROM stepstone.executions WHERE id = 'hb'") == [(1,)]
