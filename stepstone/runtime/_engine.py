@@ -279,8 +279,11 @@ class Engine:
             )
         stolen = self.runs.steal(workflow_id)
         if stolen is not None:
-            with contextlib.suppress(Suspended, OwnershipLost):  # then it goes on elsewhere
-                return self._run_here(workflow_id, *stolen)
+            try:
+                with contextlib.suppress(Suspended, OwnershipLost):  # it goes on elsewhere
+                    return self._run_here(workflow_id, *stolen)
+            finally:
+                self._slot_free(workflow_id)
         future = self.runs.future(workflow_id)
         if future is not None and (waiter is None or future.done()):
             try:
@@ -364,8 +367,13 @@ class Engine:
             with contextlib.suppress(BaseException):
                 self._run_here(workflow_id, run, job)
         finally:
-            if self.run_ended is not None:
-                self.run_ended(workflow_id)
+            self._slot_free(workflow_id)
+
+    def _slot_free(self, workflow_id: str) -> None:
+        """A queued run of `workflow_id` ended (in a worker, or in the thread that took it
+        from the queue): the dispatcher's slot for it is free."""
+        if self.run_ended is not None:
+            self.run_ended(workflow_id)
 
     def _ended_meanwhile(self, run: Run, workflow_id: str) -> bool:
         """True (and the run ended with the outcome) if the execution was cancelled or
