@@ -12,7 +12,8 @@ port and, for each engine and number of worker processes, in a fresh database:
   Throughput = workflows / (last completion - first start), both read from the engine's
   own status table (the database's clock); statements (pg_stat_statements) and commits
   (pg_stat_database) per workflow over enqueue and drain.
-- latency: one idle worker; `--latency` workflows enqueued 20 ms apart; enqueue-to-start =
+- latency: one idle worker; `--latency` workflows enqueued 200 ms apart (a light load,
+  under what either engine drains); enqueue-to-start =
   the start time the engine recorded minus the enqueue time it recorded, p50 and p99.
   stepstone with NOTIFY on, and off (polling every second, as DBOS's queues do by default).
 
@@ -162,7 +163,7 @@ class Bench:
         dsn = self.dsn(database)
         self.run(engine, dsn, "setup", params)
         procs = self.workers(engine, dsn, 1, {**params, "expect": count})
-        self.run(engine, dsn, "produce", {**params, "workflows": count, "pause": 0.02})
+        self.run(engine, dsn, "produce", {**params, "workflows": count, "pause": 0.2})
         self.wait(engine, procs)
         waits = sorted(start - enqueued for start, _end, enqueued in self.times(engine, database))
         return {
@@ -175,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workflows", type=int, default=10_000)
     parser.add_argument("--workers", default="1,2,4")
-    parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--latency", type=int, default=100)
     parser.add_argument("--engines", default="stepstone,dbos")
     args = parser.parse_args()
     cache = ROOT / ".benchmarks"

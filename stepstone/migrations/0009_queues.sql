@@ -216,7 +216,8 @@ BEGIN
                      WHERE e.queue_name = v_queue.name AND e.status = 'ENQUEUED'
                        AND (e.not_before IS NULL OR e.not_before <= now())
                      ORDER BY e.priority, e.queue_seq
-                     LIMIT greatest(1000, v_take * 10)) cand
+                     LIMIT CASE WHEN v_queue.partition_concurrency IS NULL THEN v_take
+                                ELSE greatest(1000, v_take * 10) END) cand
         )
         SELECT array_agg(ranked.id ORDER BY ranked.priority, ranked.queue_seq) INTO v_ids
           FROM ranked LEFT JOIN running ON running.partition_key = ranked.partition_key
@@ -224,11 +225,12 @@ BEGIN
             OR ranked.nth <= v_queue.partition_concurrency - coalesce(running.n, 0);
         CONTINUE WHEN v_ids IS NULL;
         WITH locked AS (
-            SELECT e.id FROM {schema}.executions e
-             WHERE e.id = ANY (v_ids) AND e.status = 'ENQUEUED'
-             ORDER BY array_position(v_ids, e.id)
+            SELECT e.id FROM unnest(v_ids) WITH ORDINALITY AS c (id, nth)
+              JOIN {schema}.executions e ON e.id = c.id
+             WHERE e.status = 'ENQUEUED'
+             ORDER BY c.nth
              LIMIT v_take
-               FOR NO KEY UPDATE SKIP LOCKED
+               FOR NO KEY UPDATE OF e SKIP LOCKED
         ), started AS (
             UPDATE {schema}.executions e
                SET status = 'RUNNING', owner = p_owner, epoch = e.epoch + 1,
