@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepstone import _cli_format as fmt
 from stepstone._cli_worker import add_worker
+from stepstone._version import __version__
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
 from stepstone.persistence.ids import check_topic, check_workflow_id
 from stepstone.persistence.listing import MAX_LIMIT, STATUSES, ExecutionFilter
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepstone", description="Durable workflows in PostgreSQL."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--database-url",
         default=None,

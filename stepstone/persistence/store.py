@@ -263,6 +263,11 @@ class Store(QueueStore, WaitStore):
                 "that the DSN reaches through the pooler"
             )
 
+    @property
+    def opened(self) -> bool:
+        """Whether the pool is open (from open() until close())."""
+        return self._opened
+
     def close(self) -> None:
         """Close the pool; open() may be called again."""
         if self._opened:

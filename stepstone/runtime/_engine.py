@@ -48,6 +48,7 @@ from stepstone.errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
+    WorkflowNotFound,
 )
 from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult, WokenRecord
@@ -149,6 +150,23 @@ class Engine:
     def check_launched(self) -> None:
         if not self.launched:
             raise NotLaunched("call rt.launch() first (or use `with Runtime(...) as rt:`)")
+
+    def check_readable(self, what: str) -> None:
+        """NotLaunched unless the runtime's pool is open: reads and operations work from
+        launch() until shutdown() closes the pool (while running executions finish too),
+        where calls need it launched (check_launched)."""
+        if not self.store.opened:
+            raise NotLaunched(
+                f"{what} was called before Runtime.launch() (or after shutdown()): call "
+                "rt.launch() first, or use `with Runtime(...) as rt:`"
+            )
+
+    def get_state(self, workflow_id: str) -> dict[str, Any]:
+        """The latest committed state of `workflow_id`; WorkflowNotFound if there is none."""
+        state = self.store.get_state(workflow_id)
+        if not state and self.store.get_status(workflow_id) is None:
+            raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
+        return state
 
     def check_registered(self, workflow: Workflow[Any, Any]) -> None:
         """UnregisteredWorkflow unless `workflow` is this runtime's; NotLaunched unless the

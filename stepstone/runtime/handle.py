@@ -26,6 +26,7 @@ class WorkflowHandle(Generic[R]):
 
     def status(self) -> str:
         """The stored status: ENQUEUED, RUNNING, WAITING, SUCCEEDED, FAILED or CANCELLED."""
+        self._engine.check_readable("handle.status()")
         found = self._engine.store.get_status(self.workflow_id)
         if found is None:
             raise WorkflowNotFound(f"no execution has workflow id {self.workflow_id!r}")
@@ -40,6 +41,7 @@ class WorkflowHandle(Generic[R]):
         the wait is durable and holds no thread: the workflow is WAITING until the execution
         ends, then resumed by replay (`timeout` does not apply there).
         """
+        self._engine.check_readable("handle.result()")
         deadline = None if timeout is None else time.monotonic() + timeout
         execution = _CURRENT.get()
         waits_durably = (
@@ -53,8 +55,9 @@ class WorkflowHandle(Generic[R]):
         return outcome
 
     def get_state(self) -> dict[str, Any]:
-        """The execution's latest committed state."""
-        return self._engine.store.get_state(self.workflow_id)
+        """The execution's latest committed state; WorkflowNotFound if there is none."""
+        self._engine.check_readable("handle.get_state()")
+        return self._engine.get_state(self.workflow_id)
 
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.workflow_id!r}>"

@@ -497,6 +497,7 @@ class Runtime:
         the message is sent when you commit, and not at all if you roll back.
         WorkflowNotFound for an unknown id; UsageError, naming its status, for an execution
         that has ended."""
+        self._engine.check_readable("rt.send()")
         check_workflow_id(workflow_id)
         check_topic(topic)
         if idempotency_key is not None:
@@ -534,6 +535,7 @@ class Runtime:
         (seconds or a timedelta; None: no limit), StateNotSet if the execution ended
         without it, WorkflowNotFound if there is none. In a workflow body it is a durable
         wait, as `stepstone.wait_state`."""
+        self._engine.check_readable("rt.wait_state()")
         target, key, limit = check_state_wait(workflow_id, key, timeout)
         execution = _CURRENT.get()
         if execution is not None and not execution.in_step:
@@ -541,12 +543,15 @@ class Runtime:
         return self._engine.outcomes.wait_state(target, key, limit)
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
-        """The latest committed state of an execution, from any process."""
+        """The latest committed state of an execution, from any process; WorkflowNotFound
+        if there is none."""
+        self._engine.check_readable("rt.get_state()")
         check_workflow_id(workflow_id)
-        return self.store.get_state(workflow_id)
+        return self._engine.get_state(workflow_id)
 
     def health_status(self) -> HealthStatus:
         """Whether the database is reachable, its latency, schema version and pool statistics."""
+        self._engine.check_readable("rt.health_status()")
         return self.store.health_status()
 
     # -- inspecting and operating ------------------------------------------------------------
@@ -561,6 +566,7 @@ class Runtime:
         cursor: str | None = None,
     ) -> ExecutionPage:
         """One page of executions (see `Store.list_executions`)."""
+        self._engine.check_readable("rt.list_executions()")
         return self.store.list_executions(
             flt, sort=sort, direction=direction, limit=limit, cursor=cursor
         )
@@ -570,6 +576,7 @@ class Runtime:
         each ends CANCELLED at once, the executor running it stops before its next step
         body, nothing wakes a waiting one any more (a message to it is refused), and its
         callers get WorkflowCancelled."""
+        self._engine.check_readable("rt.cancel()")
         check_workflow_id(workflow_id)
         self._engine.cancel(workflow_id, self.executor_id)
 
@@ -615,6 +622,7 @@ class Runtime:
     def purge(self, older_than: dt.timedelta) -> int:
         """Delete executions that ended more than `older_than` ago, with everything that
         belongs to them, in bounded batches; return how many were deleted."""
+        self._engine.check_readable("rt.purge()")
         return self.store.purge(older_than, self.executor_id)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import subprocess
 import sys
 import textwrap
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -23,6 +25,9 @@ from stepstone import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def test_calling_a_workflow_runs_it_durably_in_the_calling_thread(rt: Runtime) -> None:
@@ -208,6 +213,48 @@ def test_workflow_called_before_launch_is_refused(rt: Runtime) -> None:
     rt.shutdown()
     with pytest.raises(NotLaunched):
         early()
+
+
+def test_reads_before_launch_or_after_shutdown_are_refused(rt: Runtime) -> None:
+    """Reads and operations before launch() or after shutdown() raise NotLaunched, as calls do."""
+    reads: dict[str, Callable[[], object]] = {
+        "rt.get_state()": lambda: rt.get_state("any"),
+        "rt.wait_state()": lambda: rt.wait_state("any", "key", timeout=1),
+        "rt.list_executions()": rt.list_executions,
+        "rt.health_status()": rt.health_status,
+        "rt.send()": lambda: rt.send("any", "hello"),
+        "rt.cancel()": lambda: rt.cancel("any"),
+        "rt.purge()": lambda: rt.purge(dt.timedelta(days=1)),
+        "handle.status()": lambda: rt.handle("any").status(),
+        "handle.result()": lambda: rt.handle("any").result(timeout=1),
+        "handle.get_state()": lambda: rt.handle("any").get_state(),
+    }
+    for moment in ("before launch", "after shutdown"):
+        if moment == "after shutdown":
+            rt.launch()
+            rt.shutdown()
+        for what, read in reads.items():
+            with pytest.raises(
+                NotLaunched, match=rf"^{re.escape(what)} .*call rt\.launch\(\) first"
+            ):
+                read()
+
+
+def test_state_of_an_unknown_workflow_id_is_a_clear_error(rt: Runtime) -> None:
+    """get_state of an id no execution has raises WorkflowNotFound, not an empty state."""
+
+    @rt.workflow()
+    def stateless() -> int:
+        return 1
+
+    rt.launch()
+    stateless.with_options(workflow_id="known")()
+    assert rt.get_state("known") == {}
+    assert rt.handle("known").get_state() == {}
+    with pytest.raises(WorkflowNotFound, match="'nope'"):
+        rt.get_state("nope")
+    with pytest.raises(WorkflowNotFound, match="'nope'"):
+        rt.handle("nope").get_state()
 
 
 def test_workflow_of_another_runtime_is_refused(rt: Runtime, db: str) -> None:
