@@ -26,6 +26,7 @@ from stepstone.errors import (
     DatabaseUnreachable,
     SerializationError,
     UsageError,
+    WorkflowNotFound,
 )
 from stepstone.persistence import _conninfo
 from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
@@ -641,6 +642,14 @@ class Store(QueueStore, WaitStore):
         """The latest committed state of an execution (empty if it has none or does not exist)."""
         rows = self._sql.all("get_state", {"id": execution_id})
         return {key: self.decode(value) for key, value in rows}
+
+    def require_state(self, execution_id: str) -> dict[str, Any]:
+        """As `get_state`, but WorkflowNotFound for an id no execution has (the status is
+        read only when the state is empty)."""
+        state = self.get_state(execution_id)
+        if not state and self.get_status(execution_id) is None:
+            raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
+        return state
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -48,7 +48,6 @@ from stepstone.errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
-    WorkflowNotFound,
 )
 from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult, WokenRecord
@@ -163,10 +162,7 @@ class Engine:
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of `workflow_id`; WorkflowNotFound if there is none."""
-        state = self.store.get_state(workflow_id)
-        if not state and self.store.get_status(workflow_id) is None:
-            raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
-        return state
+        return self.store.require_state(workflow_id)
 
     def check_registered(self, workflow: Workflow[Any, Any]) -> None:
         """UnregisteredWorkflow unless `workflow` is this runtime's; NotLaunched unless the

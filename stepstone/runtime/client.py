@@ -253,9 +253,10 @@ class Client:
         )
 
     def get_state(self, workflow_id: str) -> dict[str, Any]:
-        """The latest committed state of an execution (empty if it has none)."""
+        """The latest committed state of an execution (empty if it has none);
+        WorkflowNotFound if there is no such execution."""
         check_workflow_id(workflow_id)
-        return self._open_store().get_state(workflow_id)
+        return self._open_store().require_state(workflow_id)
 
     def wait_state(
         self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None

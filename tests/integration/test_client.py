@@ -390,3 +390,23 @@ def test_in_a_workflow_body_the_client_refuses_what_a_replay_would_repeat(
     assert "idempotency_key" in problems[1]
     assert _query(db, "SELECT id FROM stepstone.executions") == [("careless-1",)]
     assert _query(db, "SELECT count(*) FROM stepstone.messages") == [(0,)]
+
+
+def test_the_state_of_an_unknown_id_is_a_clear_error(db: str) -> None:
+    """Client.get_state of an id no execution has raises WorkflowNotFound, as the Runtime's
+    does; an execution with no state reads as {}."""
+    rt = Runtime(db, executor_id="state-reader")
+
+    @rt.workflow()
+    def stateless() -> int:
+        return 1
+
+    rt.launch()
+    try:
+        stateless.with_options(workflow_id="plain")()
+        with stepstone.Client(db) as client:
+            assert client.get_state("plain") == {}
+            with pytest.raises(WorkflowNotFound, match="'nobody'"):
+                client.get_state("nobody")
+    finally:
+        rt.shutdown()
