@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -73,7 +74,8 @@ def configure(
     - `log_level`: stepstone events at or above it become OpenTelemetry log records.
     - `set_global`: install the providers as the process's global ones (which OpenTelemetry
       allows once per process); otherwise pass them to `Runtime(...)` yourself.
-    - `configure_structlog`: also configure structlog (console output with trace and span ids).
+    - `configure_structlog`: also configure structlog (console lines on stderr with trace and
+      span ids, coloured only when stderr is a terminal).
     """
     try:
         from opentelemetry import _logs, metrics, trace
@@ -162,6 +164,7 @@ def _exporters(kind: str, protocol: str) -> tuple[Any, Any, Any]:
 
 
 def _configure_structlog() -> None:
+    """Console lines on stderr (stdout is the application's), coloured only on a terminal."""
     import structlog
 
     structlog.configure(
@@ -170,6 +173,7 @@ def _configure_structlog() -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             add_trace_context,
-            structlog.dev.ConsoleRenderer(),
-        ]
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
