@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import psycopg
-import structlog
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
@@ -61,6 +60,7 @@ from stepstone.persistence.serialization import (
     describe_type,
     described,
 )
+from stepstone.telemetry import EventLog
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -76,7 +76,7 @@ T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 
-log = structlog.get_logger("stepstone.persistence")
+log = EventLog("stepstone.persistence")
 
 
 class Store(QueueStore, WaitStore):

@@ -1,15 +1,21 @@
-"""stepstone's structured events: to structlog, and with trace correlation to OpenTelemetry.
+"""stepstone's structured events: to structlog or logging, and with trace correlation to
+OpenTelemetry.
 
 Events have stable snake_case names (`workflow_started`, `step_committed`,
-`execution_recovered`, ...) and fields. Each is handed to structlog — configured by the
-application, never by the library — and, at or above the bridge level, emitted as an
-OpenTelemetry log record in the current span's context, so that it exports over OTLP with
-its trace and span ids. While the application has not configured structlog, events below
-WARNING are not printed (they would otherwise land on stdout by structlog's default).
+`execution_recovered`, ...) and fields. When the application has configured structlog
+(`structlog.is_configured()`), each is handed to structlog as an event with its fields;
+otherwise it becomes a `logging` record of the `stepstone` logger (message
+`event key=value ...`, the event and fields also as record attributes), so that handlers,
+levels and filters of the application's `logging` setup apply — and an application that set
+up neither sees warnings and errors on stderr through logging's last resort, never anything
+on stdout (structlog's default would print there). At or above the bridge level, each event
+is also emitted as an OpenTelemetry log record in the current span's context, so that it
+exports over OTLP with its trace and span ids.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -56,11 +62,39 @@ def _attribute(value: Any) -> Any:
     return value if isinstance(value, str | bool | int | float) else str(value)
 
 
+# Attributes every LogRecord has (and the two Formatter adds): `extra` may not set them.
+_RECORD_ATTRIBUTES = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
+)
+
+
+def _logfmt(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if text and not any(c.isspace() or c in '"=\\' for c in text):
+        return text
+    return json.dumps(text)
+
+
+def _message(event: str, fields: dict[str, Any]) -> str:
+    """`event key=value ...`, values quoted when they hold spaces, quotes or `=`."""
+    return " ".join([event, *(f"{key}={_logfmt(value)}" for key, value in fields.items())])
+
+
+def _extra(event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The record attributes: `event`, `fields` (all of them) and each field whose name is
+    not one a LogRecord already has (`name`, `msg`, ...)."""
+    extra = {key: value for key, value in fields.items() if key not in _RECORD_ATTRIBUTES}
+    extra["event"] = event
+    extra["fields"] = fields
+    return extra
+
+
 class EventLog:
-    """Emits stepstone's events under one logger name."""
+    """Emits stepstone's events under one logger name (`stepstone`, `stepstone.persistence`)."""
 
     def __init__(self, name: str, logger_provider: LoggerProvider | None = None) -> None:
         self._structlog = structlog.get_logger(name)
+        self._logging = logging.getLogger(name)
         self._provider = logger_provider
         self._otel = _logs.get_logger(name, logger_provider=logger_provider)
 
@@ -74,25 +108,34 @@ class EventLog:
 
     def enabled(self, level: int) -> bool:
         """Whether an event at `level` would go anywhere (check before building costly fields)."""
-        return level >= logging.WARNING or structlog.is_configured() or self._bridged(level)
+        return self._logged(level) or self._bridged(level)
+
+    def _logged(self, level: int) -> bool:
+        # structlog filters by itself; logging says whether any logger on the way takes it.
+        return structlog.is_configured() or self._logging.isEnabledFor(level)
 
     def debug(self, event: str, **fields: Any) -> None:
-        self.emit(logging.DEBUG, event, fields)
+        self._emit(logging.DEBUG, event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self.emit(logging.INFO, event, fields)
+        self._emit(logging.INFO, event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self.emit(logging.WARNING, event, fields)
+        self._emit(logging.WARNING, event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self.emit(logging.ERROR, event, fields)
+        self._emit(logging.ERROR, event, fields)
 
     def emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        """Emit `event` at `level` (a logging level: DEBUG, INFO, WARNING or ERROR)."""
+        self._emit(level, event, fields)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        # Called from debug()/info()/... or emit(): the record's location is their caller.
         severity, severity_text, method = _SEVERITY[level]
-        to_structlog = level >= logging.WARNING or structlog.is_configured()
+        to_log = self._logged(level)
         to_otel = self._bridged(level)
-        if not (to_structlog or to_otel):
+        if not (to_log or to_otel):
             return
         if to_otel:
             # The record takes its trace and span ids from the current context.
@@ -102,14 +145,27 @@ class EventLog:
                 severity_text=severity_text,
                 body=event,
                 event_name=event,
-                attributes={key: _attribute(value) for key, value in fields.items()},
+                attributes={
+                    key: _attribute(value) for key, value in fields.items() if key != "exc_info"
+                },
             )
-        if to_structlog:
-            span_context = trace.get_current_span().get_span_context()
-            if span_context.is_valid:
-                fields["trace_id"] = format(span_context.trace_id, "032x")
-                fields["span_id"] = format(span_context.span_id, "016x")
+        if not to_log:
+            return
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            fields["trace_id"] = format(span_context.trace_id, "032x")
+            fields["span_id"] = format(span_context.span_id, "016x")
+        if structlog.is_configured():
             getattr(self._structlog, method)(event, **fields)
+            return
+        exc_info = fields.pop("exc_info", None)
+        self._logging.log(
+            level,
+            _message(event, fields),
+            exc_info=exc_info,
+            extra=_extra(event, fields),
+            stacklevel=3,
+        )
 
 
 def add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

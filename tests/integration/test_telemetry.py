@@ -22,6 +22,22 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
+@pytest.fixture(autouse=True)
+def _structlog_unconfigured() -> Iterator[None]:
+    """Each test starts with structlog as an application that never configured it."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def providers_of(providers: stepstone.telemetry.Providers) -> dict[str, Any]:
+    return {
+        "tracer_provider": providers.tracer_provider,
+        "meter_provider": providers.meter_provider,
+        "logger_provider": providers.logger_provider,
+    }
+
+
 @pytest.fixture
 def recorded() -> Recorded:
     return Recorded()
@@ -464,10 +480,14 @@ def test_events_go_to_opentelemetry_logs_with_trace_correlation(
     assert (by_body["workflow_completed"].attributes or {})["status"] == "SUCCEEDED"
 
 
-def test_structlog_events_are_bound_with_ids(traced: Runtime) -> None:
+def test_structlog_events_are_bound_with_ids(
+    traced: Runtime, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     """With structlog configured by the application, events carry workflow id, step and
-    trace/span ids; the trace-context processor adds ids to the application's own events."""
+    trace/span ids (and go neither to logging nor to stdout); the trace-context processor adds
+    ids to the application's own events."""
     rt = traced
+    caplog.set_level(logging.DEBUG, logger="stepstone")
 
     @rt.step()
     def work() -> int:
@@ -489,6 +509,81 @@ def test_structlog_events_are_bound_with_ids(traced: Runtime) -> None:
     assert events["step_committed"]["step"] == "work"
     assert events["inside_step"]["trace_id"] == events["workflow_started"]["trace_id"]
     assert events["inside_step"]["span_id"] == events["step_committed"]["span_id"]
+    assert not [r for r in caplog.records if r.name.startswith("stepstone")]
+    assert capfd.readouterr().out == ""
+
+
+def test_logging_configured_app_gets_events_as_records_of_the_stepstone_logger(
+    db: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With only logging set up, a run's events are LogRecords of `stepstone` at their levels,
+    with the event and fields as attributes and in a `key=value` message; stdout gets nothing."""
+    caplog.set_level(logging.DEBUG, logger="stepstone")
+    with Runtime(db) as rt:
+
+        @rt.step()
+        def work() -> int:
+            return 1
+
+        @rt.workflow()
+        def flow() -> int:
+            return work()
+
+        assert flow.with_options(workflow_id="lg-1")() == 1
+    ours = [r for r in caplog.records if getattr(r, "workflow_id", None) == "lg-1"]
+    by_event = {r.event: r for r in ours}  # type: ignore[attr-defined]
+    assert {"workflow_started", "step_committed", "workflow_completed"} <= set(by_event)
+    assert all(r.name == "stepstone" or r.name.startswith("stepstone.") for r in ours)
+    committed = by_event["step_committed"]
+    assert committed.levelno == logging.DEBUG
+    assert by_event["workflow_started"].levelno == logging.INFO
+    assert committed.step == "work"  # type: ignore[attr-defined]
+    assert committed.fields["workflow_id"] == "lg-1"  # type: ignore[attr-defined]
+    assert committed.getMessage().startswith("step_committed workflow_id=lg-1 ")
+    assert " step=work" in committed.getMessage()
+    assert "telemetry" not in committed.pathname  # the location is the code emitting it
+    assert capfd.readouterr().out == ""
+
+
+def test_a_field_named_like_a_record_attribute_stays_in_the_fields(
+    empty_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """migration_applied's `name` field is in the message and record.fields while record.name
+    stays the logger's name."""
+    caplog.set_level(logging.INFO, logger="stepstone")
+    with Runtime(empty_db) as rt:
+        rt.launch()
+    applied = [r for r in caplog.records if getattr(r, "event", None) == "migration_applied"]
+    assert applied
+    assert applied[0].name == "stepstone"
+    assert applied[0].fields["name"]  # type: ignore[attr-defined]
+    assert f"name={applied[0].fields['name']}" in applied[0].getMessage()  # type: ignore[attr-defined]
+
+
+def test_configure_structlog_writes_to_stderr_without_colours_off_a_terminal(
+    db: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """configure(configure_structlog=True) renders the events with their fields on stderr,
+    with no ANSI escape when stderr is not a terminal, and nothing on stdout."""
+    providers = stepstone.telemetry.configure(
+        exporter="none", set_global=False, configure_structlog=True
+    )
+    try:
+        with Runtime(db, **providers_of(providers)) as rt:
+
+            @rt.workflow()
+            def shown() -> int:
+                return 1
+
+            assert shown.with_options(workflow_id="c-1")() == 1
+    finally:
+        providers.shutdown()
+        stepstone.telemetry.set_bridge_level(logging.INFO)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "workflow_started" in err
+    assert "workflow_id=c-1" in err
+    assert "\x1b[" not in err
 
 
 def test_library_installs_no_global_provider(db: str) -> None:
@@ -505,21 +600,32 @@ def test_library_installs_no_global_provider(db: str) -> None:
     assert type(before).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider")
 
 
-def test_unconfigured_structlog_prints_only_warnings(
-    db: str, capsys: pytest.CaptureFixture[str]
+class _Stop(BaseException):
+    """Stops a workflow the way KeyboardInterrupt would: it is handed back, with a warning."""
+
+
+def test_with_nothing_configured_warnings_reach_stderr_and_nothing_stdout(
+    db: str, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While the application has not configured structlog, stepstone prints nothing below
-    WARNING (it would otherwise land on stdout)."""
-    structlog.reset_defaults()
-    assert not structlog.is_configured()
+    """With neither structlog nor logging configured, a warning goes to stderr through
+    logging's last resort, INFO events are not shown, and stdout gets nothing."""
+    monkeypatch.setattr(logging.root, "handlers", [])  # no handler at all, as in a bare script
     with Runtime(db) as rt:
 
-        @rt.workflow()
-        def quiet() -> int:
-            return 1
+        @rt.step()
+        def interrupted() -> None:
+            raise _Stop
 
-        assert quiet() == 1
-    assert "workflow_started" not in capsys.readouterr().out
+        @rt.workflow()
+        def quiet() -> None:
+            interrupted()
+
+        with pytest.raises(_Stop):
+            quiet.with_options(workflow_id="q-1")()
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "workflow_interrupted workflow_id=q-1" in err
+    assert "workflow_started" not in err
 
 
 def test_configure_builds_providers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
