@@ -91,7 +91,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _say(line: str) -> None:
-    """One line of the worker's own log, on stderr (the Runtime's events go to structlog)."""
+    """One line of the worker's own log, on stderr (the Runtime's events go to logging or
+    structlog)."""
     print(f"stepstone worker: {line}", file=sys.stderr, flush=True)
 
 
