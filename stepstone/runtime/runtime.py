@@ -550,8 +550,9 @@ class Runtime:
         return self._engine.get_state(workflow_id)
 
     def health_status(self) -> HealthStatus:
-        """Whether the database is reachable, its latency, schema version and pool statistics."""
-        self._engine.check_readable("rt.health_status()")
+        """Whether the database is reachable, its latency, schema version and pool statistics.
+        Works before launch() too (on a connection of its own): it is how an operator finds
+        out why a launch fails."""
         return self.store.health_status()
 
     # -- inspecting and operating ------------------------------------------------------------
