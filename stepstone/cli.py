@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+DEFAULT_SCHEMA = "stepstone"
 SORTS = ("created", "updated", "duration", "name")
 TIME_HINT = (
     "write ISO 8601 with a time zone (2026-11-26T10:00:00+00:00, or ...Z) "
@@ -72,7 +73,8 @@ class _StoredText:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = _merge_globals(parser, parser.parse_args(argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -87,24 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="stepstone", description="Durable workflows in PostgreSQL."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="PostgreSQL connection string "
-        "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables)",
-    )
-    parser.add_argument(
-        "--session-database-url",
-        default=None,
-        help="when --database-url goes through PgBouncer in transaction pooling mode: a "
-        "direct connection string to the same database, for what needs a session (the "
-        "migrations' lock) (default: STEPSTONE_SESSION_DATABASE_URL, else none)",
-    )
-    parser.add_argument(
-        "--schema",
-        default="stepstone",
-        help="schema holding stepstone's tables (default: stepstone)",
-    )
+    _global_options(parser, "")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     migrate = commands.add_parser("migrate", help="create or upgrade stepstone's tables")
     migrate.set_defaults(handler=_migrate)
@@ -116,7 +101,85 @@ def _parser() -> argparse.ArgumentParser:
     _add_send(commands)
     _add_reports(commands)
     add_worker(commands)
+    for command in _leaves(parser):
+        _global_options(
+            command.add_argument_group("global options (also accepted before the command)"),
+            _AFTER,
+        )
     return parser
+
+
+_GLOBALS: tuple[tuple[str, str, str], ...] = (
+    (
+        "--database-url",
+        "URL",
+        (
+            "PostgreSQL connection string "
+            "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables)"
+        ),
+    ),
+    (
+        "--session-database-url",
+        "URL",
+        (
+            "when --database-url goes through PgBouncer in transaction pooling mode: a "
+            "direct connection string to the same database, for what needs a session (the "
+            "migrations' lock) (default: STEPSTONE_SESSION_DATABASE_URL, else none)"
+        ),
+    ),
+    ("--schema", "SCHEMA", f"schema holding stepstone's tables (default: {DEFAULT_SCHEMA})"),
+)
+_AFTER = "_after_command"
+# The values are not quoted: a connection string may hold a password.
+_TWICE = "{option} is given twice with different values: give it once"
+
+
+def _global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, suffix: str) -> None:
+    """The options that say where the database is, before the command (`suffix` "") or
+    after it (stored apart, so that `_merge_globals` can compare the two)."""
+    for option, metavar, help_text in _GLOBALS:
+        dest = option.removeprefix("--").replace("-", "_") + suffix
+        parser.add_argument(option, action=_Once, dest=dest, metavar=metavar, help=help_text)
+
+
+class _Once(argparse.Action):
+    """Store an option's value; a usage error if it comes again with another value."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and previous != values:
+            parser.error(_TWICE.format(option=option_string))
+        setattr(namespace, self.dest, values)
+
+
+def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser of a command that runs (`executions list`, not `executions`)."""
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        yield parser
+    for action in subcommands:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaves(child)
+
+
+def _merge_globals(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """One value per global option, wherever it was given; a usage error (exit status 2) if
+    it was given before and after the command with different values."""
+    for option, _, _ in _GLOBALS:
+        dest = option.removeprefix("--").replace("-", "_")
+        before, after = getattr(args, dest), getattr(args, dest + _AFTER, None)
+        if before is not None and after is not None and before != after:
+            parser.error(_TWICE.format(option=option))
+        setattr(args, dest, before if before is not None else after)
+    if args.schema is None:
+        args.schema = DEFAULT_SCHEMA
+    return args
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:

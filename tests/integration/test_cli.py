@@ -1012,3 +1012,49 @@ def test_the_installed_command_runs_like_the_module(populated: str) -> None:
     )
     assert script.returncode == 0, script.stderr
     assert script.stdout == _ok(populated, "executions", "list", "--json")
+
+
+# -- global options ------------------------------------------------------------------------
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stepstone", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_global_options_work_after_the_command_as_before_it(populated: str) -> None:
+    """--database-url and --schema after the (sub)command mean what they mean before it."""
+    before = _ok(populated, "executions", "list", "--json")
+    after = _run("executions", "list", "--json", "--database-url", populated)
+    assert (after.returncode, after.stderr) == (0, "")
+    assert after.stdout == before
+    mixed = _run("--schema", "stepstone", "stats", "--database-url", populated, "--json")
+    assert (mixed.returncode, mixed.stderr) == (0, "")
+    moved = _run("executions", "show", "x", "--database-url", populated, "--schema", "elsewhere")
+    assert "schema 'elsewhere'" in moved.stderr
+    again = _run(
+        "--database-url", populated, "purge", "--older-than", "1d", "--database-url", populated
+    )
+    assert (again.returncode, again.stderr) == (0, "")
+
+
+def test_a_global_option_given_twice_with_different_values_is_a_usage_error(db: str) -> None:
+    """Two different values for one global option, on either side, exit 2 naming it."""
+    other = "postgresql://someone:sekrit@127.0.0.1:1/nowhere"
+    for args in (
+        ["--database-url", db, "executions", "list", "--database-url", other],
+        ["executions", "list", "--database-url", db, "--database-url", other],
+        ["--schema", "a", "--schema", "b", "health"],
+        ["--schema", "a", "cancel", "x", "--schema", "b"],
+    ):
+        done = _run(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "is given twice with different values" in done.stderr
+        assert "usage:" in done.stderr
+        assert "sekrit" not in done.stderr
+        assert done.stdout == ""
