@@ -2,8 +2,9 @@
 
 Every command but `worker` works from the database alone, through the Store: it needs none
 of the application's code (`worker`, in `_cli_worker`, runs the application's Runtime). Values that cannot be used are refused before anything is read or
-written, with a one-line message and exit status 2; so are errors stepstone raises
-(an unknown id, an execution in the wrong state, an unreachable database).
+written, with a one-line message and exit status 2; an operation that fails (an unknown
+id, an execution in the wrong state, an unreachable database) gets one line and status 1
+(`_cli_errors` decides which).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from stepstone import _cli_format as fmt
+from stepstone._cli_errors import BadArgument, OperationFailed, exit_status
 from stepstone._cli_worker import add_worker
 from stepstone._version import __version__
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
@@ -52,10 +54,6 @@ _SWEEP_NOTE = (
 )
 
 
-class BadArgument(Exception):
-    """A command-line value that cannot be used; the message names it and says what to write."""
-
-
 class _StoredText:
     """A serializer that leaves payloads as the text stored, so that state is shown without
     the application's types. It writes no value: `send`, the one command that does, uses
@@ -78,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (BadArgument, StepstoneError) as exc:
+    except (BadArgument, OperationFailed, StepstoneError) as exc:
         message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
         print(f"stepstone: {message}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -311,7 +309,7 @@ def _check_schema(store: Store) -> None:
     if status.reachable and (found is None or found < expected):
         where = f"schema {store.schema!r} on {store.describe()}"
         state = "has no stepstone tables" if found is None else f"is at version {found}"
-        raise UsageError(
+        raise OperationFailed(
             f"{where} {state}; this stepstone needs version {expected}: run `stepstone "
             "migrate`, or point --database-url and --schema at stepstone's tables"
         )

@@ -93,15 +93,21 @@ def _ok(db: str, *args: str) -> str:
     return done.stdout
 
 
-def _refused(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit status 2 with one line on stderr, naming every fragment, and no traceback."""
-    assert done.returncode == 2, (done.stdout, done.stderr)
+def _refused(done: subprocess.CompletedProcess[str], *fragments: str, status: int = 2) -> None:
+    """Exit status 2 (a usage error) with one line on stderr, naming every fragment, and no
+    traceback."""
+    assert done.returncode == status, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("stepstone: "), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     for fragment in fragments:
         assert fragment in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def _failed(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 1 (a failed operation), otherwise as `_refused`."""
+    _refused(done, *fragments, status=1)
 
 
 def _query(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -343,9 +349,9 @@ def test_show_json_has_stored_text_payloads_and_every_part(populated: str) -> No
     assert events[-1] == "execution_succeeded"
 
 
-def test_show_of_an_unknown_id_is_refused(populated: str) -> None:
-    """An id no execution has gets exit status 2 and a message naming it."""
-    _refused(_cli(populated, "executions", "show", "no-such-id"), "'no-such-id'")
+def test_show_of_an_unknown_id_fails(populated: str) -> None:
+    """An id no execution has gets exit status 1 and a message naming it."""
+    _failed(_cli(populated, "executions", "show", "no-such-id"), "'no-such-id'")
 
 
 # -- operations ----------------------------------------------------------------------------
@@ -366,10 +372,10 @@ def test_cancel_ends_a_running_execution_and_records_who(populated: str) -> None
 
 
 def test_cancel_of_an_ended_execution_is_refused_and_changes_nothing(populated: str) -> None:
-    """cancel of a SUCCEEDED execution exits 2 and leaves the database as it was."""
+    """cancel of a SUCCEEDED execution exits 1 and leaves the database as it was."""
     before = _snapshot(populated)
-    _refused(_cli(populated, "cancel", "order-ok-1"), "'order-ok-1'", "SUCCEEDED")
-    _refused(_cli(populated, "cancel", "missing"), "'missing'")
+    _failed(_cli(populated, "cancel", "order-ok-1"), "'order-ok-1'", "SUCCEEDED")
+    _failed(_cli(populated, "cancel", "missing"), "'missing'")
     assert _snapshot(populated) == before
 
 
@@ -386,9 +392,9 @@ def test_resume_makes_a_failed_execution_running_without_an_owner(populated: str
 
 
 def test_resume_of_a_running_execution_is_refused(populated: str) -> None:
-    """resume of a RUNNING execution exits 2 and changes nothing."""
+    """resume of a RUNNING execution exits 1 and changes nothing."""
     before = _snapshot(populated)
-    _refused(_cli(populated, "resume", "order-running"), "'order-running'", "RUNNING")
+    _failed(_cli(populated, "resume", "order-running"), "'order-running'", "RUNNING")
     assert _snapshot(populated) == before
 
 
@@ -420,13 +426,14 @@ def test_fork_without_a_new_id_prints_the_generated_one(populated: str) -> None:
 
 
 def test_fork_past_the_last_step_is_refused(populated: str) -> None:
-    """fork --from-step beyond the recorded steps exits 2 and creates nothing."""
+    """fork --from-step beyond the recorded steps (or of an unknown id, or to a taken id)
+    exits 1 and creates nothing."""
     before = _snapshot(populated)
-    _refused(
+    _failed(
         _cli(populated, "fork", "order-ok-1", "--from-step", "3"), "between 0 and 2", "'order-ok-1'"
     )
-    _refused(_cli(populated, "fork", "missing", "--from-step", "0"), "'missing'")
-    _refused(
+    _failed(_cli(populated, "fork", "missing", "--from-step", "0"), "'missing'")
+    _failed(
         _cli(populated, "fork", "order-ok-1", "--from-step", "0", "--new-id", "order-ok-2"),
         "'order-ok-2'",
     )
@@ -807,11 +814,6 @@ def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_d
         (["approval-1", "1e999"], ["1e999 is too large"]),
         (["approval-1", "[" * 100_000], ["is nested too deeply"]),
         (["approval-1", '"\udcff"'], ["not valid Unicode"]),
-        (
-            ["no-such-id", "1"],
-            ["no execution has workflow id 'no-such-id'", "not sent", "stepstone executions list"],
-        ),
-        (["inbox-1", "1"], ["'inbox-1' has ended (SUCCEEDED)", "not sent"]),
         (["", "1"], ["ID is empty"]),
         (["x" * 256, "1"], ["ID: workflow_id", "over the limit of 255"]),
         (["approval-1", "1", "--topic", "t" * 256], ["--topic", "at most 255 characters"]),
@@ -823,10 +825,23 @@ def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_d
 def test_send_refuses_bad_input_and_stores_nothing(
     waits: str, args: list[str], fragments: list[str]
 ) -> None:
-    """A MESSAGE that is not JSON (or not storable), an unknown or ended execution, a bad id,
-    topic or key: one line naming it, exit status 2, nothing stored or changed."""
+    """A MESSAGE that is not JSON (or not storable), a bad id, topic or key: one line naming
+    it, exit status 2, nothing stored or changed."""
     before = _snapshot(waits)
     _refused(_cli(waits, "send", *args), *fragments)
+    assert _snapshot(waits) == before
+
+
+def test_send_to_an_unknown_or_ended_execution_fails(waits: str) -> None:
+    """send to an id no execution has, or to one that ended, exits 1; nothing is stored."""
+    before = _snapshot(waits)
+    _failed(
+        _cli(waits, "send", "no-such-id", "1"),
+        "no execution has workflow id 'no-such-id'",
+        "not sent",
+        "stepstone executions list",
+    )
+    _failed(_cli(waits, "send", "inbox-1", "1"), "'inbox-1' has ended (SUCCEEDED)", "not sent")
     assert _snapshot(waits) == before
 
 
@@ -977,23 +992,24 @@ def test_bad_values_get_one_line_and_exit_2_without_writing(
     assert _snapshot(populated) == before
 
 
-def test_usage_errors_and_an_unreachable_database_exit_2(db: str) -> None:
-    """Missing subcommands or options are argparse errors (2); no server is a one-line 2."""
+def test_usage_errors_exit_2_and_an_unreachable_database_exits_1(db: str) -> None:
+    """Missing subcommands or options are argparse errors (2); no server is a one-line 1."""
     for args in (["executions"], ["fork", "x"], ["purge"], ["executions", "list", "--limit", "x"]):
         done = _cli(db, *args)
         assert done.returncode == 2, (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert "usage:" in done.stderr
     unreachable = "postgresql://stepstone@127.0.0.1:1/nowhere?connect_timeout=2"
-    _refused(_cli(unreachable, "executions", "list"), "cannot connect to PostgreSQL")
-    _refused(_cli(unreachable, "cancel", "x"), "cannot connect to PostgreSQL")
+    for args in (["executions", "list"], ["cancel", "x"], ["migrate"], ["send", "x", "1"]):
+        _failed(_cli(unreachable, *args), "cannot connect to PostgreSQL")
+    _refused(_cli("postgresql://a@b@c/d", "executions", "list"), "percent-encode")
 
 
 def test_commands_on_a_schema_without_tables_say_to_migrate(empty_db: str, db: str) -> None:
-    """An unmigrated database or a wrong --schema is refused with a hint to migrate."""
+    """An unmigrated database or a wrong --schema fails (1) with a hint to migrate."""
     for args in (["executions", "list"], ["cancel", "x"], ["stats"]):
-        _refused(_cli(empty_db, *args), "has no stepstone tables", "stepstone migrate")
-    _refused(
+        _failed(_cli(empty_db, *args), "has no stepstone tables", "stepstone migrate")
+    _failed(
         _cli(db, "--schema", "elsewhere", "executions", "show", "x"),
         "schema 'elsewhere'",
         "stepstone migrate",
