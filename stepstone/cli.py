@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     _global_options(parser, "")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     migrate = commands.add_parser("migrate", help="create or upgrade stepstone's tables")
+    _json_flag(migrate)
     migrate.set_defaults(handler=_migrate)
     health = commands.add_parser("health", help="check the database; exit status 1 when unhealthy")
     _json_flag(health)
@@ -218,9 +219,11 @@ def _add_executions(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = commands.add_parser("cancel", help="cancel a RUNNING, WAITING or ENQUEUED execution")
     cancel.add_argument("id", help="workflow id")
+    _json_flag(cancel)
     cancel.set_defaults(handler=_cancel)
     resume = commands.add_parser("resume", help="run a FAILED or CANCELLED execution again")
     resume.add_argument("id", help="workflow id")
+    _json_flag(resume)
     resume.set_defaults(handler=_resume)
     fork = commands.add_parser(
         "fork", help="a new execution that keeps the steps before --from-step"
@@ -230,11 +233,13 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--from-step", type=int, required=True, metavar="N", help="keep steps 0..N-1, run from N"
     )
     fork.add_argument("--new-id", metavar="ID", help="id of the new execution (default: generated)")
+    _json_flag(fork)
     fork.set_defaults(handler=_fork)
     purge = commands.add_parser("purge", help="delete executions that ended long ago")
     purge.add_argument(
         "--older-than", required=True, metavar="AGE", help="ended more than AGE ago: 30d, 12h, 90m"
     )
+    _json_flag(purge)
     purge.set_defaults(handler=_purge)
 
 
@@ -256,6 +261,7 @@ def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="K",
         help="store the message once, however often it is sent with this key",
     )
+    _json_flag(send)
     send.set_defaults(handler=_send)
 
 
@@ -510,12 +516,21 @@ def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _report(args: argparse.Namespace, record: dict[str, Any], *lines: str) -> int:
+    """Print what an operation did: `record` as a JSON object with --json, else `lines`."""
+    print(fmt.to_json(record) if args.json else "\n".join(lines))
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     store = _store(args)
     applied = store.migrate()
     done = ", ".join(str(v) for v in applied) if applied else "none (already current)"
-    print(f"schema {store.schema!r} on {store.describe()}: applied {done}")
-    return 0
+    return _report(
+        args,
+        {"schema": store.schema, "database": store.describe(), "applied": applied},
+        f"schema {store.schema!r} on {store.describe()}: applied {done}",
+    )
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -570,16 +585,17 @@ def _cancel(args: argparse.Namespace) -> int:
     with _opened(args) as store:
         previous = store.cancel_execution(execution_id, _actor())
     if previous == "WAITING":
-        print(
+        line = (
             f"cancelled {execution_id!r} (it was WAITING): nothing wakes it any more, and "
             "messages to it are refused"
         )
     else:
-        print(
+        line = (
             f"cancelled {execution_id!r} (it was {previous}); an executor running it stops at "
             "its next step boundary"
         )
-    return 0
+    record = {"id": execution_id, "previous_status": previous, "status": "CANCELLED"}
+    return _report(args, record, line)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -588,9 +604,18 @@ def _resume(args: argparse.Namespace) -> int:
         previous = store.resume_execution(execution_id, _actor())
         row = store.get_execution(execution_id)
     name = row.workflow_name if row is not None else "?"
-    print(f"resumed {execution_id!r} (it was {previous}) from its last recorded step")
-    print(_SWEEP_NOTE.format(name=name))
-    return 0
+    record = {
+        "id": execution_id,
+        "previous_status": previous,
+        "status": row.status if row is not None else None,
+        "workflow": name,
+    }
+    return _report(
+        args,
+        record,
+        f"resumed {execution_id!r} (it was {previous}) from its last recorded step",
+        _SWEEP_NOTE.format(name=name),
+    )
 
 
 def _fork(args: argparse.Namespace) -> int:
@@ -604,10 +629,20 @@ def _fork(args: argparse.Namespace) -> int:
     kept = {0: "no step is kept", 1: "its step 0 is kept"}.get(
         step, f"its steps 0 to {step - 1} are kept"
     )
-    print(f"forked {source!r} from step {step} ({kept})")
-    print(f"new execution: {forked}")
-    print(_SWEEP_NOTE.format(name=name))
-    return 0
+    record = {
+        "id": forked,
+        "source_id": source,
+        "from_step": step,
+        "status": row.status if row is not None else None,
+        "workflow": name,
+    }
+    return _report(
+        args,
+        record,
+        f"forked {source!r} from step {step} ({kept})",
+        f"new execution: {forked}",
+        _SWEEP_NOTE.format(name=name),
+    )
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -628,27 +663,35 @@ def _send(args: argparse.Namespace) -> int:
         except WorkflowNotFound as exc:
             raise WorkflowNotFound(f"{exc}; find ids with `stepstone executions list`") from None
     if stored:
-        print(
+        line = (
             f"stored the message for {execution_id!r} on topic {shown} (it is {status}); "
             "its receives on that topic take messages in the order they were sent"
         )
     else:
-        print(
+        line = (
             f"already sent with that key: {execution_id!r} has a message with idempotency "
             f"key {key!r}, so nothing was stored"
         )
-    return 0
+    record = {
+        "id": execution_id,
+        "topic": topic,
+        "stored": stored,
+        "status": status,
+        "idempotency_key": key,
+    }
+    return _report(args, record, line)
 
 
 def _purge(args: argparse.Namespace) -> int:
     older_than = _duration("--older-than", args.older_than)
     with _opened(args) as store:
         deleted = store.purge(older_than, _actor())
-    print(
+    return _report(
+        args,
+        {"purged": deleted, "older_than_seconds": older_than.total_seconds()},
         f"purged {fmt.plural(deleted, 'execution')} that ended more than {args.older_than} "
-        "ago, with their steps, state, checkpoints and log"
+        "ago, with their steps, state, checkpoints and log",
     )
-    return 0
 
 
 def _stats(args: argparse.Namespace) -> int:

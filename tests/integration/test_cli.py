@@ -1074,3 +1074,48 @@ def test_a_global_option_given_twice_with_different_values_is_a_usage_error(db: 
         assert "usage:" in done.stderr
         assert "sekrit" not in done.stderr
         assert done.stdout == ""
+
+
+# -- --json on operations ------------------------------------------------------------------
+
+
+def test_operations_print_a_json_object_with_the_ids_they_touched(populated: str) -> None:
+    """cancel, resume, fork, purge and migrate --json print one object naming what changed."""
+    db = populated
+    assert json.loads(_ok(db, "cancel", "order-running", "--json")) == {
+        "id": "order-running",
+        "previous_status": "RUNNING",
+        "status": "CANCELLED",
+    }
+    assert json.loads(_ok(db, "resume", "order-failed", "--json")) == {
+        "id": "order-failed",
+        "previous_status": "FAILED",
+        "status": "RUNNING",
+        "workflow": "order",
+    }
+    forked = json.loads(_ok(db, "fork", "order-ok-1", "--from-step", "1", "--json"))
+    assert forked["source_id"] == "order-ok-1"
+    assert forked["from_step"] == 1
+    assert (forked["status"], forked["workflow"]) == ("RUNNING", "order")
+    assert _execution(db, forked["id"]) == ("RUNNING", None, 1)
+    _query(db, "UPDATE stepstone.executions SET finished_at = now() - interval '40 days'")
+    purged = json.loads(_ok(db, "purge", "--older-than", "30d", "--json"))
+    assert purged == {"purged": 4, "older_than_seconds": 30 * 86400.0}  # all but two RUNNING
+    migrated = json.loads(_ok(db, "migrate", "--json"))
+    assert migrated["applied"] == []
+    assert migrated["schema"] == "stepstone"
+    assert "dbname=" in migrated["database"]
+
+
+def test_send_json_says_whether_the_message_was_stored(waits: str) -> None:
+    """send --json prints the id, topic, whether it was stored and the execution's status."""
+    args = ("send", "approval-1", "1", "--topic", "other", "--idempotency-key", "k1", "--json")
+    first = json.loads(_ok(waits, *args))
+    assert first == {
+        "id": "approval-1",
+        "topic": "other",
+        "stored": True,
+        "status": "WAITING",
+        "idempotency_key": "k1",
+    }
+    assert json.loads(_ok(waits, *args))["stored"] is False
