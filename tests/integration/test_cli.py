@@ -327,23 +327,23 @@ def test_show_prints_the_execution_steps_state_checkpoints_and_log(populated: st
     assert steps[2].split()[:2] == ["1", "ship"]
 
 
-def test_show_json_has_stored_text_payloads_and_every_part(populated: str) -> None:
-    """show --json gives the execution (payloads as stored text), steps, state, log."""
+def test_show_json_embeds_stored_values_and_has_every_part(populated: str) -> None:
+    """show --json gives the execution, steps, state, log; stored values as JSON values."""
     shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
     assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs", "mailbox"}
     stored = _query(
         populated, "SELECT inputs, output FROM stepstone.executions WHERE id = 'order-ok-1'"
     )[0]
     execution = shown["execution"]
-    assert (execution["inputs"], execution["output"]) == stored
+    assert (execution["inputs"], execution["output"]) == (json.loads(stored[0]), "shipped a")
     assert execution["status"] == "SUCCEEDED"
     assert dt.datetime.fromisoformat(execution["created_at"]).utcoffset() is not None
     assert [(s["seq"], s["name"], s["output"]) for s in shown["steps"]] == [
-        (0, "reserve", '"reserved a"'),
-        (1, "ship", '"shipped a"'),
+        (0, "reserve", "reserved a"),
+        (1, "ship", "shipped a"),
     ]
-    assert shown["state"] == {"stage": '"reserved"'}
-    assert shown["checkpoints"][-1]["state"] == {"stage": '"reserved"'}
+    assert shown["state"] == {"stage": "reserved"}
+    assert shown["checkpoints"][-1]["state"] == {"stage": "reserved"}
     events = [entry["event"] for entry in shown["logs"]]
     assert events[0] == "execution_started"
     assert events[-1] == "execution_succeeded"
@@ -722,7 +722,7 @@ def test_show_lists_the_messages_an_execution_received(waits: str) -> None:
     for message in mailbox["received"]:
         assert message["received_at"] == steps[message["seq"]]["finished_at"]
         assert message["sent_at"] <= message["received_at"]
-    assert [steps[0]["output"], steps[1]["output"]] == ['"first"', '"second"']
+    assert [steps[0]["output"], steps[1]["output"]] == ["first", "second"]
 
 
 def test_send_wakes_a_receiving_workflow_which_completes_with_the_value(db: str) -> None:
@@ -1119,3 +1119,19 @@ def test_send_json_says_whether_the_message_was_stored(waits: str) -> None:
         "idempotency_key": "k1",
     }
     assert json.loads(_ok(waits, *args))["stored"] is False
+
+
+def test_show_json_keeps_a_stored_value_that_is_not_json_as_a_string(populated: str) -> None:
+    """A value a custom serializer stored as non-JSON text is shown as that string."""
+    _query(
+        populated,
+        "UPDATE stepstone.executions SET output = 'pickle:gASV' WHERE id = 'order-ok-1'",
+    )
+    _query(
+        populated,
+        "UPDATE stepstone.steps SET output = 'NaN' WHERE execution_id = 'order-ok-1' AND seq = 0",
+    )
+    shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
+    assert shown["execution"]["output"] == "pickle:gASV"
+    assert shown["steps"][0]["output"] == "NaN"
+    assert shown["steps"][1]["output"] == "shipped a"
