@@ -312,12 +312,19 @@ def _check_schema(store: Store) -> None:
     """Refuse a schema that is missing or behind, rather than fail on a missing table."""
     status = store.health_status()
     found, expected = status.schema_version, status.expected_schema_version
-    if status.reachable and (found is None or found < expected):
-        where = f"schema {store.schema!r} on {store.describe()}"
-        state = "has no stepstone tables" if found is None else f"is at version {found}"
+    if not status.reachable:
+        return  # the command's first query says why
+    where = f"schema {store.schema!r} on {store.describe()}"  # never the password
+    if found is None:
         raise OperationFailed(
-            f"{where} {state}; this stepstone needs version {expected}: run `stepstone "
-            "migrate`, or point --database-url and --schema at stepstone's tables"
+            f"found no stepstone tables in {where}: check that --database-url (or "
+            "STEPSTONE_DATABASE_URL) and --schema name the database you meant; if they do, "
+            f"create the tables with `stepstone migrate` (this stepstone needs version {expected})"
+        )
+    if found < expected:
+        raise OperationFailed(
+            f"{where} is at version {found}; this stepstone needs version {expected}: "
+            "upgrade it with `stepstone migrate`"
         )
 
 

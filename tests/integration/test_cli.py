@@ -1008,7 +1008,7 @@ def test_usage_errors_exit_2_and_an_unreachable_database_exits_1(db: str) -> Non
 def test_commands_on_a_schema_without_tables_say_to_migrate(empty_db: str, db: str) -> None:
     """An unmigrated database or a wrong --schema fails (1) with a hint to migrate."""
     for args in (["executions", "list"], ["cancel", "x"], ["stats"]):
-        _failed(_cli(empty_db, *args), "has no stepstone tables", "stepstone migrate")
+        _failed(_cli(empty_db, *args), "found no stepstone tables", "stepstone migrate")
     _failed(
         _cli(db, "--schema", "elsewhere", "executions", "show", "x"),
         "schema 'elsewhere'",
@@ -1135,3 +1135,20 @@ def test_show_json_keeps_a_stored_value_that_is_not_json_as_a_string(populated: 
     assert shown["execution"]["output"] == "pickle:gASV"
     assert shown["steps"][0]["output"] == "NaN"
     assert shown["steps"][1]["output"] == "shipped a"
+
+
+def test_no_tables_names_the_database_it_looked_at_without_the_password(empty_db: str) -> None:
+    """With no tables, the message names host, port, database and schema (never the
+    password) and says to check the URL before migrating."""
+    params = psycopg.conninfo.conninfo_to_dict(empty_db)
+    url = psycopg.conninfo.make_conninfo(empty_db, password="sekrit-pw")
+    done = _run("executions", "list", "--database-url", url)
+    _failed(
+        done,
+        f"host={params['host']} port={params.get('port', '5432')} dbname={params['dbname']}",
+        "schema 'stepstone'",
+        "check that --database-url",
+        "stepstone migrate",
+    )
+    assert "sekrit" not in done.stderr
+    assert done.stderr.index("--database-url") < done.stderr.index("stepstone migrate")
