@@ -263,14 +263,39 @@ _UNTIL = {"recv": "a message", "wait_state": "the key", "execution": "its end"}
 # -- executions show -----------------------------------------------------------------------
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON: the text stays a string
+
+
+def _embedded(text: str | None) -> Any:
+    """A stored value as the JSON value its text holds (the default serializer writes JSON
+    text), so that JSON output holds no JSON inside strings; text that is not JSON (a
+    custom serializer's) stays the string it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _values(values: dict[str, str]) -> dict[str, Any]:
+    return {key: _embedded(text) for key, text in values.items()}
+
+
 def details_json(d: ExecutionDetails) -> str:
-    """The execution, its steps, state, checkpoints and log as one JSON object."""
+    """The execution, its steps, state, checkpoints and log as one JSON object; stored
+    values (inputs, output, step outputs, state) embedded as JSON values."""
+    execution = _record(d.execution)
+    execution["inputs"] = _embedded(d.execution.inputs)
+    execution["output"] = _embedded(d.execution.output)
+    steps = [_record(s) | {"output": _embedded(s.output)} for s in d.steps]
     return to_json(
         {
-            "execution": _record(d.execution),
-            "steps": [_record(s) for s in d.steps],
-            "state": d.state,
-            "checkpoints": [{"seq": c.seq, "state": c.state} for c in d.checkpoints],
+            "execution": execution,
+            "steps": steps,
+            "state": _values(d.state),
+            "checkpoints": [{"seq": c.seq, "state": _values(c.state)} for c in d.checkpoints],
             "logs": [_record(entry) for entry in d.logs],
             "mailbox": {
                 "unread": [_message_record(m) for m in d.unread],

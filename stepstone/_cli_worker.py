@@ -20,11 +20,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepstone.errors import UsageError
+from stepstone._cli_errors import BadArgument
+from stepstone.errors import StepstoneError
 from stepstone.runtime.runtime import DEFAULT_GRACE, Runtime
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
     from types import FrameType, ModuleType
 
 __all__ = ["add_worker"]
@@ -64,9 +66,9 @@ def run_worker(args: argparse.Namespace) -> int:
     """The `worker` command: serve until a signal; 0 after a graceful shutdown."""
     grace: float = args.grace
     if not math.isfinite(grace) or grace < 0:
-        raise UsageError(f"--grace {grace:g} is not a number of seconds >= 0: write, e.g., 30")
+        raise BadArgument(f"--grace {grace:g} is not a number of seconds >= 0: write, e.g., 30")
     if args.database_url is not None or args.schema != "stepstone":
-        raise UsageError(
+        raise BadArgument(
             "stepstone worker uses the Runtime's own database and schema (its dsn and schema "
             "arguments, or STEPSTONE_DATABASE_URL): leave out --database-url and --schema"
         )
@@ -74,10 +76,10 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.queues is not None:
         names = [name.strip() for name in args.queues.split(",") if name.strip()]
         if not names:
-            raise UsageError("--queues is empty: name the queues to serve, e.g. emails,reports")
-        rt.serve(*names)
+            raise BadArgument("--queues is empty: name the queues to serve, e.g. emails,reports")
+        _configure(rt.serve, *names)
     if args.workers is not None:
-        rt.set_workers(args.workers)
+        _configure(rt.set_workers, args.workers)
     stop = _Signals()
     with stop.installed():
         rt.launch()
@@ -90,6 +92,14 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure(method: Callable[..., object], *values: Any) -> None:
+    """Apply an option to the Runtime; what it refuses is a bad argument (exit status 2)."""
+    try:
+        method(*values)
+    except StepstoneError as exc:
+        raise BadArgument(str(exc)) from exc
+
+
 def _say(line: str) -> None:
     """One line of the worker's own log, on stderr (the Runtime's events go to logging or
     structlog)."""
@@ -97,20 +107,20 @@ def _say(line: str) -> None:
 
 
 def load_runtime(target: str) -> Runtime:
-    """The Runtime at MODULE:ATTR; UsageError saying what is wrong otherwise."""
+    """The Runtime at MODULE:ATTR; BadArgument saying what is wrong otherwise."""
     module_name, colon, attr = target.partition(":")
     if not colon or not module_name or not attr:
-        raise UsageError(f"{target!r} is not MODULE:ATTR: {_TARGET_HINT}")
+        raise BadArgument(f"{target!r} is not MODULE:ATTR: {_TARGET_HINT}")
     module = _import(module_name)
     found: Any = module
     for part in attr.split("."):
         if not hasattr(found, part):
-            raise UsageError(
+            raise BadArgument(
                 f"module {module_name!r} has no attribute {attr!r}{_runtimes_in(module)}"
             )
         found = getattr(found, part)
     if not isinstance(found, Runtime):
-        raise UsageError(
+        raise BadArgument(
             f"{target!r} is an object of type {type(found).__name__}, not a stepstone "
             f"Runtime{_runtimes_in(module)}"
         )
@@ -126,13 +136,13 @@ def _import(module_name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(f"{missing}."):
-            raise UsageError(
+            raise BadArgument(
                 f"no module named {module_name!r} (looked in {cwd} and on sys.path): run "
                 "the worker from your project's directory, or set PYTHONPATH"
             ) from None
-        raise UsageError(f"importing {module_name!r} failed: {exc}") from exc
+        raise BadArgument(f"importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:
-        raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise BadArgument(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _runtimes_in(module: ModuleType) -> str:

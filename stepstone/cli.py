@@ -2,8 +2,9 @@
 
 Every command but `worker` works from the database alone, through the Store: it needs none
 of the application's code (`worker`, in `_cli_worker`, runs the application's Runtime). Values that cannot be used are refused before anything is read or
-written, with a one-line message and exit status 2; so are errors stepstone raises
-(an unknown id, an execution in the wrong state, an unreachable database).
+written, with a one-line message and exit status 2; an operation that fails (an unknown
+id, an execution in the wrong state, an unreachable database) gets one line and status 1
+(`_cli_errors` decides which).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from stepstone import _cli_format as fmt
+from stepstone._cli_errors import BadArgument, OperationFailed, exit_status
 from stepstone._cli_worker import add_worker
 from stepstone._version import __version__
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+DEFAULT_SCHEMA = "stepstone"
 SORTS = ("created", "updated", "duration", "name")
 TIME_HINT = (
     "write ISO 8601 with a time zone (2026-11-26T10:00:00+00:00, or ...Z) "
@@ -49,10 +52,6 @@ _SWEEP_NOTE = (
     "it is RUNNING with no owner: an executor that registers workflow {name!r} picks it up "
     "at its next sweep"
 )
-
-
-class BadArgument(Exception):
-    """A command-line value that cannot be used; the message names it and says what to write."""
 
 
 class _StoredText:
@@ -72,14 +71,15 @@ class _StoredText:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = _merge_globals(parser, parser.parse_args(argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (BadArgument, StepstoneError) as exc:
+    except (BadArgument, OperationFailed, StepstoneError) as exc:
         message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
         print(f"stepstone: {message}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,26 +87,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="stepstone", description="Durable workflows in PostgreSQL."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="PostgreSQL connection string "
-        "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables)",
-    )
-    parser.add_argument(
-        "--session-database-url",
-        default=None,
-        help="when --database-url goes through PgBouncer in transaction pooling mode: a "
-        "direct connection string to the same database, for what needs a session (the "
-        "migrations' lock) (default: STEPSTONE_SESSION_DATABASE_URL, else none)",
-    )
-    parser.add_argument(
-        "--schema",
-        default="stepstone",
-        help="schema holding stepstone's tables (default: stepstone)",
-    )
+    _global_options(parser, "")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     migrate = commands.add_parser("migrate", help="create or upgrade stepstone's tables")
+    _json_flag(migrate)
     migrate.set_defaults(handler=_migrate)
     health = commands.add_parser("health", help="check the database; exit status 1 when unhealthy")
     _json_flag(health)
@@ -116,7 +100,85 @@ def _parser() -> argparse.ArgumentParser:
     _add_send(commands)
     _add_reports(commands)
     add_worker(commands)
+    for command in _leaves(parser):
+        _global_options(
+            command.add_argument_group("global options (also accepted before the command)"),
+            _AFTER,
+        )
     return parser
+
+
+_GLOBALS: tuple[tuple[str, str, str], ...] = (
+    (
+        "--database-url",
+        "URL",
+        (
+            "PostgreSQL connection string "
+            "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables)"
+        ),
+    ),
+    (
+        "--session-database-url",
+        "URL",
+        (
+            "when --database-url goes through PgBouncer in transaction pooling mode: a "
+            "direct connection string to the same database, for what needs a session (the "
+            "migrations' lock) (default: STEPSTONE_SESSION_DATABASE_URL, else none)"
+        ),
+    ),
+    ("--schema", "SCHEMA", f"schema holding stepstone's tables (default: {DEFAULT_SCHEMA})"),
+)
+_AFTER = "_after_command"
+# The values are not quoted: a connection string may hold a password.
+_TWICE = "{option} is given twice with different values: give it once"
+
+
+def _global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, suffix: str) -> None:
+    """The options that say where the database is, before the command (`suffix` "") or
+    after it (stored apart, so that `_merge_globals` can compare the two)."""
+    for option, metavar, help_text in _GLOBALS:
+        dest = option.removeprefix("--").replace("-", "_") + suffix
+        parser.add_argument(option, action=_Once, dest=dest, metavar=metavar, help=help_text)
+
+
+class _Once(argparse.Action):
+    """Store an option's value; a usage error if it comes again with another value."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and previous != values:
+            parser.error(_TWICE.format(option=option_string))
+        setattr(namespace, self.dest, values)
+
+
+def _leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every parser of a command that runs (`executions list`, not `executions`)."""
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        yield parser
+    for action in subcommands:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaves(child)
+
+
+def _merge_globals(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """One value per global option, wherever it was given; a usage error (exit status 2) if
+    it was given before and after the command with different values."""
+    for option, _, _ in _GLOBALS:
+        dest = option.removeprefix("--").replace("-", "_")
+        before, after = getattr(args, dest), getattr(args, dest + _AFTER, None)
+        if before is not None and after is not None and before != after:
+            parser.error(_TWICE.format(option=option))
+        setattr(args, dest, before if before is not None else after)
+    if args.schema is None:
+        args.schema = DEFAULT_SCHEMA
+    return args
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -157,9 +219,11 @@ def _add_executions(commands: argparse._SubParsersAction[argparse.ArgumentParser
 def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = commands.add_parser("cancel", help="cancel a RUNNING, WAITING or ENQUEUED execution")
     cancel.add_argument("id", help="workflow id")
+    _json_flag(cancel)
     cancel.set_defaults(handler=_cancel)
     resume = commands.add_parser("resume", help="run a FAILED or CANCELLED execution again")
     resume.add_argument("id", help="workflow id")
+    _json_flag(resume)
     resume.set_defaults(handler=_resume)
     fork = commands.add_parser(
         "fork", help="a new execution that keeps the steps before --from-step"
@@ -169,11 +233,13 @@ def _add_operations(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--from-step", type=int, required=True, metavar="N", help="keep steps 0..N-1, run from N"
     )
     fork.add_argument("--new-id", metavar="ID", help="id of the new execution (default: generated)")
+    _json_flag(fork)
     fork.set_defaults(handler=_fork)
     purge = commands.add_parser("purge", help="delete executions that ended long ago")
     purge.add_argument(
         "--older-than", required=True, metavar="AGE", help="ended more than AGE ago: 30d, 12h, 90m"
     )
+    _json_flag(purge)
     purge.set_defaults(handler=_purge)
 
 
@@ -195,6 +261,7 @@ def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="K",
         help="store the message once, however often it is sent with this key",
     )
+    _json_flag(send)
     send.set_defaults(handler=_send)
 
 
@@ -245,12 +312,19 @@ def _check_schema(store: Store) -> None:
     """Refuse a schema that is missing or behind, rather than fail on a missing table."""
     status = store.health_status()
     found, expected = status.schema_version, status.expected_schema_version
-    if status.reachable and (found is None or found < expected):
-        where = f"schema {store.schema!r} on {store.describe()}"
-        state = "has no stepstone tables" if found is None else f"is at version {found}"
-        raise UsageError(
-            f"{where} {state}; this stepstone needs version {expected}: run `stepstone "
-            "migrate`, or point --database-url and --schema at stepstone's tables"
+    if not status.reachable:
+        return  # the command's first query says why
+    where = f"schema {store.schema!r} on {store.describe()}"  # never the password
+    if found is None:
+        raise OperationFailed(
+            f"found no stepstone tables in {where}: check that --database-url (or "
+            "STEPSTONE_DATABASE_URL) and --schema name the database you meant; if they do, "
+            f"create the tables with `stepstone migrate` (this stepstone needs version {expected})"
+        )
+    if found < expected:
+        raise OperationFailed(
+            f"{where} is at version {found}; this stepstone needs version {expected}: "
+            "upgrade it with `stepstone migrate`"
         )
 
 
@@ -449,12 +523,21 @@ def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _report(args: argparse.Namespace, record: dict[str, Any], *lines: str) -> int:
+    """Print what an operation did: `record` as a JSON object with --json, else `lines`."""
+    print(fmt.to_json(record) if args.json else "\n".join(lines))
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     store = _store(args)
     applied = store.migrate()
     done = ", ".join(str(v) for v in applied) if applied else "none (already current)"
-    print(f"schema {store.schema!r} on {store.describe()}: applied {done}")
-    return 0
+    return _report(
+        args,
+        {"schema": store.schema, "database": store.describe(), "applied": applied},
+        f"schema {store.schema!r} on {store.describe()}: applied {done}",
+    )
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -509,16 +592,17 @@ def _cancel(args: argparse.Namespace) -> int:
     with _opened(args) as store:
         previous = store.cancel_execution(execution_id, _actor())
     if previous == "WAITING":
-        print(
+        line = (
             f"cancelled {execution_id!r} (it was WAITING): nothing wakes it any more, and "
             "messages to it are refused"
         )
     else:
-        print(
+        line = (
             f"cancelled {execution_id!r} (it was {previous}); an executor running it stops at "
             "its next step boundary"
         )
-    return 0
+    record = {"id": execution_id, "previous_status": previous, "status": "CANCELLED"}
+    return _report(args, record, line)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -527,9 +611,18 @@ def _resume(args: argparse.Namespace) -> int:
         previous = store.resume_execution(execution_id, _actor())
         row = store.get_execution(execution_id)
     name = row.workflow_name if row is not None else "?"
-    print(f"resumed {execution_id!r} (it was {previous}) from its last recorded step")
-    print(_SWEEP_NOTE.format(name=name))
-    return 0
+    record = {
+        "id": execution_id,
+        "previous_status": previous,
+        "status": row.status if row is not None else None,
+        "workflow": name,
+    }
+    return _report(
+        args,
+        record,
+        f"resumed {execution_id!r} (it was {previous}) from its last recorded step",
+        _SWEEP_NOTE.format(name=name),
+    )
 
 
 def _fork(args: argparse.Namespace) -> int:
@@ -543,10 +636,20 @@ def _fork(args: argparse.Namespace) -> int:
     kept = {0: "no step is kept", 1: "its step 0 is kept"}.get(
         step, f"its steps 0 to {step - 1} are kept"
     )
-    print(f"forked {source!r} from step {step} ({kept})")
-    print(f"new execution: {forked}")
-    print(_SWEEP_NOTE.format(name=name))
-    return 0
+    record = {
+        "id": forked,
+        "source_id": source,
+        "from_step": step,
+        "status": row.status if row is not None else None,
+        "workflow": name,
+    }
+    return _report(
+        args,
+        record,
+        f"forked {source!r} from step {step} ({kept})",
+        f"new execution: {forked}",
+        _SWEEP_NOTE.format(name=name),
+    )
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -567,27 +670,35 @@ def _send(args: argparse.Namespace) -> int:
         except WorkflowNotFound as exc:
             raise WorkflowNotFound(f"{exc}; find ids with `stepstone executions list`") from None
     if stored:
-        print(
+        line = (
             f"stored the message for {execution_id!r} on topic {shown} (it is {status}); "
             "its receives on that topic take messages in the order they were sent"
         )
     else:
-        print(
+        line = (
             f"already sent with that key: {execution_id!r} has a message with idempotency "
             f"key {key!r}, so nothing was stored"
         )
-    return 0
+    record = {
+        "id": execution_id,
+        "topic": topic,
+        "stored": stored,
+        "status": status,
+        "idempotency_key": key,
+    }
+    return _report(args, record, line)
 
 
 def _purge(args: argparse.Namespace) -> int:
     older_than = _duration("--older-than", args.older_than)
     with _opened(args) as store:
         deleted = store.purge(older_than, _actor())
-    print(
+    return _report(
+        args,
+        {"purged": deleted, "older_than_seconds": older_than.total_seconds()},
         f"purged {fmt.plural(deleted, 'execution')} that ended more than {args.older_than} "
-        "ago, with their steps, state, checkpoints and log"
+        "ago, with their steps, state, checkpoints and log",
     )
-    return 0
 
 
 def _stats(args: argparse.Namespace) -> int:

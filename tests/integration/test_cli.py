@@ -93,15 +93,21 @@ def _ok(db: str, *args: str) -> str:
     return done.stdout
 
 
-def _refused(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit status 2 with one line on stderr, naming every fragment, and no traceback."""
-    assert done.returncode == 2, (done.stdout, done.stderr)
+def _refused(done: subprocess.CompletedProcess[str], *fragments: str, status: int = 2) -> None:
+    """Exit status 2 (a usage error) with one line on stderr, naming every fragment, and no
+    traceback."""
+    assert done.returncode == status, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("stepstone: "), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     for fragment in fragments:
         assert fragment in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def _failed(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 1 (a failed operation), otherwise as `_refused`."""
+    _refused(done, *fragments, status=1)
 
 
 def _query(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -321,31 +327,31 @@ def test_show_prints_the_execution_steps_state_checkpoints_and_log(populated: st
     assert steps[2].split()[:2] == ["1", "ship"]
 
 
-def test_show_json_has_stored_text_payloads_and_every_part(populated: str) -> None:
-    """show --json gives the execution (payloads as stored text), steps, state, log."""
+def test_show_json_embeds_stored_values_and_has_every_part(populated: str) -> None:
+    """show --json gives the execution, steps, state, log; stored values as JSON values."""
     shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
     assert set(shown) == {"execution", "steps", "state", "checkpoints", "logs", "mailbox"}
     stored = _query(
         populated, "SELECT inputs, output FROM stepstone.executions WHERE id = 'order-ok-1'"
     )[0]
     execution = shown["execution"]
-    assert (execution["inputs"], execution["output"]) == stored
+    assert (execution["inputs"], execution["output"]) == (json.loads(stored[0]), "shipped a")
     assert execution["status"] == "SUCCEEDED"
     assert dt.datetime.fromisoformat(execution["created_at"]).utcoffset() is not None
     assert [(s["seq"], s["name"], s["output"]) for s in shown["steps"]] == [
-        (0, "reserve", '"reserved a"'),
-        (1, "ship", '"shipped a"'),
+        (0, "reserve", "reserved a"),
+        (1, "ship", "shipped a"),
     ]
-    assert shown["state"] == {"stage": '"reserved"'}
-    assert shown["checkpoints"][-1]["state"] == {"stage": '"reserved"'}
+    assert shown["state"] == {"stage": "reserved"}
+    assert shown["checkpoints"][-1]["state"] == {"stage": "reserved"}
     events = [entry["event"] for entry in shown["logs"]]
     assert events[0] == "execution_started"
     assert events[-1] == "execution_succeeded"
 
 
-def test_show_of_an_unknown_id_is_refused(populated: str) -> None:
-    """An id no execution has gets exit status 2 and a message naming it."""
-    _refused(_cli(populated, "executions", "show", "no-such-id"), "'no-such-id'")
+def test_show_of_an_unknown_id_fails(populated: str) -> None:
+    """An id no execution has gets exit status 1 and a message naming it."""
+    _failed(_cli(populated, "executions", "show", "no-such-id"), "'no-such-id'")
 
 
 # -- operations ----------------------------------------------------------------------------
@@ -366,10 +372,10 @@ def test_cancel_ends_a_running_execution_and_records_who(populated: str) -> None
 
 
 def test_cancel_of_an_ended_execution_is_refused_and_changes_nothing(populated: str) -> None:
-    """cancel of a SUCCEEDED execution exits 2 and leaves the database as it was."""
+    """cancel of a SUCCEEDED execution exits 1 and leaves the database as it was."""
     before = _snapshot(populated)
-    _refused(_cli(populated, "cancel", "order-ok-1"), "'order-ok-1'", "SUCCEEDED")
-    _refused(_cli(populated, "cancel", "missing"), "'missing'")
+    _failed(_cli(populated, "cancel", "order-ok-1"), "'order-ok-1'", "SUCCEEDED")
+    _failed(_cli(populated, "cancel", "missing"), "'missing'")
     assert _snapshot(populated) == before
 
 
@@ -386,9 +392,9 @@ def test_resume_makes_a_failed_execution_running_without_an_owner(populated: str
 
 
 def test_resume_of_a_running_execution_is_refused(populated: str) -> None:
-    """resume of a RUNNING execution exits 2 and changes nothing."""
+    """resume of a RUNNING execution exits 1 and changes nothing."""
     before = _snapshot(populated)
-    _refused(_cli(populated, "resume", "order-running"), "'order-running'", "RUNNING")
+    _failed(_cli(populated, "resume", "order-running"), "'order-running'", "RUNNING")
     assert _snapshot(populated) == before
 
 
@@ -420,13 +426,14 @@ def test_fork_without_a_new_id_prints_the_generated_one(populated: str) -> None:
 
 
 def test_fork_past_the_last_step_is_refused(populated: str) -> None:
-    """fork --from-step beyond the recorded steps exits 2 and creates nothing."""
+    """fork --from-step beyond the recorded steps (or of an unknown id, or to a taken id)
+    exits 1 and creates nothing."""
     before = _snapshot(populated)
-    _refused(
+    _failed(
         _cli(populated, "fork", "order-ok-1", "--from-step", "3"), "between 0 and 2", "'order-ok-1'"
     )
-    _refused(_cli(populated, "fork", "missing", "--from-step", "0"), "'missing'")
-    _refused(
+    _failed(_cli(populated, "fork", "missing", "--from-step", "0"), "'missing'")
+    _failed(
         _cli(populated, "fork", "order-ok-1", "--from-step", "0", "--new-id", "order-ok-2"),
         "'order-ok-2'",
     )
@@ -715,7 +722,7 @@ def test_show_lists_the_messages_an_execution_received(waits: str) -> None:
     for message in mailbox["received"]:
         assert message["received_at"] == steps[message["seq"]]["finished_at"]
         assert message["sent_at"] <= message["received_at"]
-    assert [steps[0]["output"], steps[1]["output"]] == ['"first"', '"second"']
+    assert [steps[0]["output"], steps[1]["output"]] == ["first", "second"]
 
 
 def test_send_wakes_a_receiving_workflow_which_completes_with_the_value(db: str) -> None:
@@ -807,11 +814,6 @@ def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_d
         (["approval-1", "1e999"], ["1e999 is too large"]),
         (["approval-1", "[" * 100_000], ["is nested too deeply"]),
         (["approval-1", '"\udcff"'], ["not valid Unicode"]),
-        (
-            ["no-such-id", "1"],
-            ["no execution has workflow id 'no-such-id'", "not sent", "stepstone executions list"],
-        ),
-        (["inbox-1", "1"], ["'inbox-1' has ended (SUCCEEDED)", "not sent"]),
         (["", "1"], ["ID is empty"]),
         (["x" * 256, "1"], ["ID: workflow_id", "over the limit of 255"]),
         (["approval-1", "1", "--topic", "t" * 256], ["--topic", "at most 255 characters"]),
@@ -823,10 +825,23 @@ def test_send_with_an_idempotency_key_stores_one_message_and_makes_the_receive_d
 def test_send_refuses_bad_input_and_stores_nothing(
     waits: str, args: list[str], fragments: list[str]
 ) -> None:
-    """A MESSAGE that is not JSON (or not storable), an unknown or ended execution, a bad id,
-    topic or key: one line naming it, exit status 2, nothing stored or changed."""
+    """A MESSAGE that is not JSON (or not storable), a bad id, topic or key: one line naming
+    it, exit status 2, nothing stored or changed."""
     before = _snapshot(waits)
     _refused(_cli(waits, "send", *args), *fragments)
+    assert _snapshot(waits) == before
+
+
+def test_send_to_an_unknown_or_ended_execution_fails(waits: str) -> None:
+    """send to an id no execution has, or to one that ended, exits 1; nothing is stored."""
+    before = _snapshot(waits)
+    _failed(
+        _cli(waits, "send", "no-such-id", "1"),
+        "no execution has workflow id 'no-such-id'",
+        "not sent",
+        "stepstone executions list",
+    )
+    _failed(_cli(waits, "send", "inbox-1", "1"), "'inbox-1' has ended (SUCCEEDED)", "not sent")
     assert _snapshot(waits) == before
 
 
@@ -977,23 +992,24 @@ def test_bad_values_get_one_line_and_exit_2_without_writing(
     assert _snapshot(populated) == before
 
 
-def test_usage_errors_and_an_unreachable_database_exit_2(db: str) -> None:
-    """Missing subcommands or options are argparse errors (2); no server is a one-line 2."""
+def test_usage_errors_exit_2_and_an_unreachable_database_exits_1(db: str) -> None:
+    """Missing subcommands or options are argparse errors (2); no server is a one-line 1."""
     for args in (["executions"], ["fork", "x"], ["purge"], ["executions", "list", "--limit", "x"]):
         done = _cli(db, *args)
         assert done.returncode == 2, (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert "usage:" in done.stderr
     unreachable = "postgresql://stepstone@127.0.0.1:1/nowhere?connect_timeout=2"
-    _refused(_cli(unreachable, "executions", "list"), "cannot connect to PostgreSQL")
-    _refused(_cli(unreachable, "cancel", "x"), "cannot connect to PostgreSQL")
+    for args in (["executions", "list"], ["cancel", "x"], ["migrate"], ["send", "x", "1"]):
+        _failed(_cli(unreachable, *args), "cannot connect to PostgreSQL")
+    _refused(_cli("postgresql://a@b@c/d", "executions", "list"), "percent-encode")
 
 
 def test_commands_on_a_schema_without_tables_say_to_migrate(empty_db: str, db: str) -> None:
-    """An unmigrated database or a wrong --schema is refused with a hint to migrate."""
+    """An unmigrated database or a wrong --schema fails (1) with a hint to migrate."""
     for args in (["executions", "list"], ["cancel", "x"], ["stats"]):
-        _refused(_cli(empty_db, *args), "has no stepstone tables", "stepstone migrate")
-    _refused(
+        _failed(_cli(empty_db, *args), "found no stepstone tables", "stepstone migrate")
+    _failed(
         _cli(db, "--schema", "elsewhere", "executions", "show", "x"),
         "schema 'elsewhere'",
         "stepstone migrate",
@@ -1012,3 +1028,127 @@ def test_the_installed_command_runs_like_the_module(populated: str) -> None:
     )
     assert script.returncode == 0, script.stderr
     assert script.stdout == _ok(populated, "executions", "list", "--json")
+
+
+# -- global options ------------------------------------------------------------------------
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stepstone", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_global_options_work_after_the_command_as_before_it(populated: str) -> None:
+    """--database-url and --schema after the (sub)command mean what they mean before it."""
+    before = _ok(populated, "executions", "list", "--json")
+    after = _run("executions", "list", "--json", "--database-url", populated)
+    assert (after.returncode, after.stderr) == (0, "")
+    assert after.stdout == before
+    mixed = _run("--schema", "stepstone", "stats", "--database-url", populated, "--json")
+    assert (mixed.returncode, mixed.stderr) == (0, "")
+    moved = _run("executions", "show", "x", "--database-url", populated, "--schema", "elsewhere")
+    assert "schema 'elsewhere'" in moved.stderr
+    again = _run(
+        "--database-url", populated, "purge", "--older-than", "1d", "--database-url", populated
+    )
+    assert (again.returncode, again.stderr) == (0, "")
+
+
+def test_a_global_option_given_twice_with_different_values_is_a_usage_error(db: str) -> None:
+    """Two different values for one global option, on either side, exit 2 naming it."""
+    other = "postgresql://someone:sekrit@127.0.0.1:1/nowhere"
+    for args in (
+        ["--database-url", db, "executions", "list", "--database-url", other],
+        ["executions", "list", "--database-url", db, "--database-url", other],
+        ["--schema", "a", "--schema", "b", "health"],
+        ["--schema", "a", "cancel", "x", "--schema", "b"],
+    ):
+        done = _run(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "is given twice with different values" in done.stderr
+        assert "usage:" in done.stderr
+        assert "sekrit" not in done.stderr
+        assert done.stdout == ""
+
+
+# -- --json on operations ------------------------------------------------------------------
+
+
+def test_operations_print_a_json_object_with_the_ids_they_touched(populated: str) -> None:
+    """cancel, resume, fork, purge and migrate --json print one object naming what changed."""
+    db = populated
+    assert json.loads(_ok(db, "cancel", "order-running", "--json")) == {
+        "id": "order-running",
+        "previous_status": "RUNNING",
+        "status": "CANCELLED",
+    }
+    assert json.loads(_ok(db, "resume", "order-failed", "--json")) == {
+        "id": "order-failed",
+        "previous_status": "FAILED",
+        "status": "RUNNING",
+        "workflow": "order",
+    }
+    forked = json.loads(_ok(db, "fork", "order-ok-1", "--from-step", "1", "--json"))
+    assert forked["source_id"] == "order-ok-1"
+    assert forked["from_step"] == 1
+    assert (forked["status"], forked["workflow"]) == ("RUNNING", "order")
+    assert _execution(db, forked["id"]) == ("RUNNING", None, 1)
+    _query(db, "UPDATE stepstone.executions SET finished_at = now() - interval '40 days'")
+    purged = json.loads(_ok(db, "purge", "--older-than", "30d", "--json"))
+    assert purged == {"purged": 4, "older_than_seconds": 30 * 86400.0}  # all but two RUNNING
+    migrated = json.loads(_ok(db, "migrate", "--json"))
+    assert migrated["applied"] == []
+    assert migrated["schema"] == "stepstone"
+    assert "dbname=" in migrated["database"]
+
+
+def test_send_json_says_whether_the_message_was_stored(waits: str) -> None:
+    """send --json prints the id, topic, whether it was stored and the execution's status."""
+    args = ("send", "approval-1", "1", "--topic", "other", "--idempotency-key", "k1", "--json")
+    first = json.loads(_ok(waits, *args))
+    assert first == {
+        "id": "approval-1",
+        "topic": "other",
+        "stored": True,
+        "status": "WAITING",
+        "idempotency_key": "k1",
+    }
+    assert json.loads(_ok(waits, *args))["stored"] is False
+
+
+def test_show_json_keeps_a_stored_value_that_is_not_json_as_a_string(populated: str) -> None:
+    """A value a custom serializer stored as non-JSON text is shown as that string."""
+    _query(
+        populated,
+        "UPDATE stepstone.executions SET output = 'pickle:gASV' WHERE id = 'order-ok-1'",
+    )
+    _query(
+        populated,
+        "UPDATE stepstone.steps SET output = 'NaN' WHERE execution_id = 'order-ok-1' AND seq = 0",
+    )
+    shown = json.loads(_ok(populated, "executions", "show", "order-ok-1", "--json"))
+    assert shown["execution"]["output"] == "pickle:gASV"
+    assert shown["steps"][0]["output"] == "NaN"
+    assert shown["steps"][1]["output"] == "shipped a"
+
+
+def test_no_tables_names_the_database_it_looked_at_without_the_password(empty_db: str) -> None:
+    """With no tables, the message names host, port, database and schema (never the
+    password) and says to check the URL before migrating."""
+    params = psycopg.conninfo.conninfo_to_dict(empty_db)
+    url = psycopg.conninfo.make_conninfo(empty_db, password="sekrit-pw")
+    done = _run("executions", "list", "--database-url", url)
+    _failed(
+        done,
+        f"host={params['host']} port={params.get('port', '5432')} dbname={params['dbname']}",
+        "schema 'stepstone'",
+        "check that --database-url",
+        "stepstone migrate",
+    )
+    assert "sekrit" not in done.stderr
+    assert done.stderr.index("--database-url") < done.stderr.index("stepstone migrate")

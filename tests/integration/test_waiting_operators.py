@@ -458,12 +458,12 @@ def test_cli_cancel_of_a_sleeping_execution_ends_it(db: str) -> None:
 
 
 def test_cli_resume_of_a_waiting_execution_is_refused(db: str) -> None:
-    """`stepstone resume` of a WAITING execution exits 2 with one line saying it is WAITING
-    and to cancel it first; nothing changes."""
+    """`stepstone resume` of a WAITING execution fails (exit 1) with one line saying it is
+    WAITING and to cancel it first; nothing changes."""
     _parked(db, "reader", "read-5")
     before = _row(db, "read-5")
     done = _cli(db, "resume", "read-5")
-    assert done.returncode == 2, done.stdout
+    assert done.returncode == 1, done.stdout
     assert done.stderr.count("\n") == 1, done.stderr
     assert "'read-5': it is WAITING" in done.stderr
     assert "cancel it, then resume it" in done.stderr
