@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from stepstone.persistence.rows import (
         Checkpoint,
         ExecutionRow,
+        ExecutorRow,
         HealthStatus,
         LogRow,
         ReceivedMessage,
@@ -32,6 +33,8 @@ __all__ = [
     "ExecutionDetails",
     "details_json",
     "details_text",
+    "executors_json",
+    "executors_text",
     "health_fields",
     "page_json",
     "page_text",
@@ -583,3 +586,55 @@ def slowest_text(steps: list[SlowStep], since: dt.datetime, until: dt.datetime) 
 def health_fields(status: HealthStatus) -> dict[str, object]:
     """What `health` prints, in order."""
     return {name: getattr(status, name) for name in HEALTH_FIELDS}
+
+
+# -- executors -----------------------------------------------------------------------------
+
+
+def executors_text(rows: list[ExecutorRow]) -> str:
+    """The executors as a table: a heartbeat's age, and whether the executor is alive (its
+    lease current), expired (presumed dead) or stopped (it shut down)."""
+    if not rows:
+        return "no executors registered"
+    return table(
+        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "LEASE", "RUNNING", "STATE"],
+        [
+            [
+                r.id,
+                r.hostname,
+                str(r.pid),
+                moment(r.started_at),
+                NONE if r.heartbeat_age is None else f"{span(r.heartbeat_age)} ago",
+                f"{r.lease_seconds:g}s",
+                str(r.running),
+                _executor_state(r),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def executors_json(rows: list[ExecutorRow]) -> str:
+    return to_json(
+        {
+            "executors": [
+                {
+                    "id": r.id,
+                    "hostname": r.hostname,
+                    "pid": r.pid,
+                    "started_at": r.started_at,
+                    "heartbeat_age_seconds": r.heartbeat_age,
+                    "lease_seconds": r.lease_seconds,
+                    "running": r.running,
+                    "state": _executor_state(r),
+                }
+                for r in rows
+            ]
+        }
+    )
+
+
+def _executor_state(row: ExecutorRow) -> str:
+    if row.heartbeat_age is None:
+        return "stopped"
+    return "alive" if row.alive else "expired"

@@ -278,6 +278,11 @@ def _add_reports(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         _json_flag(parser)
     stats.set_defaults(handler=_stats)
     slowest.set_defaults(handler=_slowest)
+    executors = commands.add_parser(
+        "executors", help="the registered executors, with their heartbeat age and work"
+    )
+    _json_flag(executors)
+    executors.set_defaults(handler=_executors)
 
 
 # -- the database --------------------------------------------------------------------------
@@ -717,6 +722,13 @@ def _slowest(args: argparse.Namespace) -> int:
         steps = store.slowest_steps(since, until, limit=limit, workflow_name=args.workflow)
     text = fmt.slowest_json if args.json else fmt.slowest_text
     print(text(steps, since, until))
+    return 0
+
+
+def _executors(args: argparse.Namespace) -> int:
+    with _opened(args) as store:
+        rows = store.list_executors()
+    print(fmt.executors_json(rows) if args.json else fmt.executors_text(rows))
     return 0
 
 

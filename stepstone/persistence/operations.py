@@ -27,7 +27,7 @@ from stepstone.persistence.listing import (
     build_list_query,
     page_from_rows,
 )
-from stepstone.persistence.rows import Checkpoint, SlowStep, WorkflowStats
+from stepstone.persistence.rows import Checkpoint, ExecutorRow, SlowStep, WorkflowStats
 
 if TYPE_CHECKING:
     from stepstone.persistence._statements import Statements
@@ -195,7 +195,8 @@ class Operations:
     ) -> int:
         """Delete executions that ended more than `older_than` ago, with their steps, state,
         checkpoints and log, `batch_size` executions per transaction (at most `max_batches`
-        transactions); return how many."""
+        transactions), and the rows of executors whose last heartbeat is older than that
+        and that own no running execution; return how many executions."""
         if not isinstance(older_than, dt.timedelta) or older_than <= dt.timedelta(0):
             raise InvalidQuery(f"older_than must be a positive timedelta, got {older_than!r}")
         if (
@@ -213,13 +214,23 @@ class Operations:
             batches += 1
             if deleted < batch_size:
                 break
-        if total:
-            details = {"deleted": total, "ended_before": cutoff.isoformat()}
+        # Executors dead for longer than that go too (not one that still owns work).
+        pruned = [str(row[0]) for row in self._sql.all("prune_executors", {"cutoff": cutoff})]
+        if total or pruned:
+            details = {
+                "deleted": total,
+                "ended_before": cutoff.isoformat(),
+                "executors_pruned": pruned,
+            }
             self._sql.exec(
                 "log_system_event",
                 {"event": "executions_purged", "actor": actor, "details": Jsonb(details)},
             )
         return total
+
+    def list_executors(self) -> list[ExecutorRow]:
+        """Every registered executor, by id (see ExecutorRow)."""
+        return [ExecutorRow(*row) for row in self._sql.all("list_executors", {})]
 
 
 def _window(since: dt.datetime, until: dt.datetime | None) -> dict[str, Any]:

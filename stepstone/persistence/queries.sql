@@ -351,3 +351,26 @@ SELECT kind, id, workflow_name, workflow_version, inputs, epoch, recoveries, ste
        trace_context, queue, next_in
   FROM {schema}.dispatch_v1(%(owner)s, %(queues)s, %(capacity)s, %(total)s, %(names)s,
                             %(versions)s);
+
+-- name: list_executors
+-- Every registered executor, with its heartbeat's age (NULL: it shut down, ending its
+-- lease) and its running executions. executors_pkey, executions_running_owner_idx.
+SELECT x.id, x.hostname, x.pid, x.started_at,
+       CASE WHEN isfinite(x.heartbeat_at)
+            THEN extract(epoch FROM now() - x.heartbeat_at)::double precision END,
+       x.lease_seconds,
+       (SELECT count(*) FROM {schema}.executions e
+         WHERE e.status = 'RUNNING' AND e.owner = x.id)::integer,
+       isfinite(x.heartbeat_at)
+       AND x.heartbeat_at >= now() - make_interval(secs => x.lease_seconds)
+  FROM {schema}.executors x
+ ORDER BY x.id;
+
+-- name: prune_executors
+-- Executors whose last heartbeat is older than the cutoff and that own no running
+-- execution: their rows go (a purge's second part). executions_running_owner_idx.
+DELETE FROM {schema}.executors x
+ WHERE x.heartbeat_at < %(cutoff)s
+   AND NOT EXISTS (SELECT 1 FROM {schema}.executions e
+                    WHERE e.status = 'RUNNING' AND e.owner = x.id)
+RETURNING x.id;

@@ -15,6 +15,7 @@ __all__ = [
     "EnqueueRequest",
     "EnqueueResult",
     "ExecutionRow",
+    "ExecutorRow",
     "HealthStatus",
     "LogRow",
     "ReceivedMessage",
@@ -47,6 +48,22 @@ class WorkflowRow:
     fingerprint: str
     first_seen: dt.datetime
     last_seen: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorRow:
+    """A registered executor: its host and process, when it started, the age of its last
+    heartbeat in seconds (None: it shut down and ended its lease), its lease, how many
+    RUNNING executions it owns, and whether its lease is current."""
+
+    id: str
+    hostname: str
+    pid: int
+    started_at: dt.datetime
+    heartbeat_age: float | None
+    lease_seconds: float
+    running: int
+    alive: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from stepstone.persistence.operations import Operations
 from stepstone.persistence.rows import (
     Checkpoint,
     ExecutionRow,
+    ExecutorRow,
     HealthStatus,
     LogRow,
     ResumeRecord,
@@ -751,10 +752,15 @@ class Store(QueueStore, WaitStore):
     ) -> int:
         """Delete executions that ended more than `older_than` ago, with their steps, state,
         checkpoints and log, `batch_size` executions per transaction (at most `max_batches`
-        transactions); return how many."""
+        transactions), and executors dead for that long that own no running execution;
+        return how many executions."""
         return self.operations.purge(
             older_than, actor, batch_size=batch_size, max_batches=max_batches
         )
+
+    def list_executors(self) -> list[ExecutorRow]:
+        """Every registered executor: host, process, heartbeat age, lease, running count."""
+        return self.operations.list_executors()
 
     def health_status(self) -> HealthStatus:
         """Reachability, round-trip latency, schema version and pool statistics."""

@@ -1152,3 +1152,43 @@ def test_no_tables_names_the_database_it_looked_at_without_the_password(empty_db
     )
     assert "sekrit" not in done.stderr
     assert done.stderr.index("--database-url") < done.stderr.index("stepstone migrate")
+
+
+def test_executors_lists_each_with_its_heartbeat_age_and_work(db: str) -> None:
+    """`stepstone executors` lists registered executors: a live one (alive, its running
+    count), one whose lease expired, one that shut down (stopped, no heartbeat age); --json
+    has the same as values."""
+    _query(
+        db,
+        "INSERT INTO stepstone.executors (id, hostname, pid, lease_seconds, heartbeat_at) VALUES "
+        "('gone', 'h1', 11, 30, now() - interval '1 hour'), "
+        "('stopped', 'h2', 12, 30, '-infinity'), "
+        "('live', 'h3', 13, 30, now())",
+    )
+    _query(
+        db,
+        "INSERT INTO stepstone.executions (id, workflow_name, workflow_version, status, inputs, "
+        "owner) VALUES ('w-1', 'wf', '1', 'RUNNING', '{}', 'live')",
+    )
+    out = _ok(db, "executors")
+    header, *rows = out.splitlines()
+    assert re.split(r"\s{2,}", header) == [
+        "ID",
+        "HOST",
+        "PID",
+        "STARTED",
+        "HEARTBEAT",
+        "LEASE",
+        "RUNNING",
+        "STATE",
+    ]
+    cells = {re.split(r"\s{2,}", row)[0]: re.split(r"\s{2,}", row) for row in rows}
+    assert cells["live"][6:] == ["1", "alive"]
+    assert cells["gone"][4].endswith(" ago")
+    assert cells["gone"][6:] == ["0", "expired"]
+    assert cells["stopped"][4:] == ["-", "30s", "0", "stopped"]
+    listed = json.loads(_ok(db, "executors", "--json"))["executors"]
+    by_id = {e["id"]: e for e in listed}
+    assert (by_id["live"]["state"], by_id["live"]["running"]) == ("alive", 1)
+    assert by_id["gone"]["heartbeat_age_seconds"] > 3500
+    assert by_id["stopped"]["heartbeat_age_seconds"] is None

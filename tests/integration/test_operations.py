@@ -414,3 +414,29 @@ def test_statistics_are_plain_numbers(rt: Runtime) -> None:
     json.dumps([dataclasses.asdict(x) for x in rt.store.slowest_steps(since)])
     (stats,) = rt.store.workflow_stats(since)
     assert type(stats.retries) is int
+
+
+def test_purge_prunes_executors_dead_longer_than_the_retention(rt: Runtime, db: str) -> None:
+    """A purge deletes the rows of executors whose last heartbeat is older than its cutoff
+    and that own no running execution; a recent one and a long-dead one that still owns a
+    running execution stay; the purge's log names the pruned ones."""
+    rt.launch()
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO stepstone.executors (id, hostname, pid, lease_seconds, heartbeat_at) "
+            "VALUES ('old', 'h', 1, 30, now() - interval '40 days'), "
+            "('old-busy', 'h', 2, 30, now() - interval '40 days'), "
+            "('stopped', 'h', 3, 30, '-infinity'), "
+            "('recent', 'h', 4, 30, now() - interval '1 day')"
+        )
+        conn.execute(
+            "INSERT INTO stepstone.executions (id, workflow_name, workflow_version, status, "
+            "inputs, owner) VALUES ('busy-1', 'wf', '1', 'RUNNING', '{}', 'old-busy')"
+        )
+    assert rt.purge(dt.timedelta(days=30)) == 0
+    ids = {e.id for e in rt.store.list_executors()}
+    assert {"old-busy", "recent", rt.executor_id} <= ids
+    assert not ids & {"old", "stopped"}
+    purged = rt.store.list_logs("")[-1]
+    assert purged.event == "executions_purged"
+    assert sorted(purged.details["executors_pruned"]) == ["old", "stopped"]
