@@ -16,6 +16,7 @@ __all__ = [
     "SCHEMA_NAME_RULE",
     "check_schema_name",
     "check_state_key",
+    "check_storable",
     "check_topic",
     "check_workflow_id",
 ]
@@ -90,10 +91,7 @@ def check_topic(topic: object) -> str:
         raise UsageError(
             f"a topic must be a string of at most {MAX_TOPIC_LENGTH} characters, got {topic!r}"
         )
-    problem = unstorable(topic)
-    if problem is not None:
-        raise UsageError(f"the topic {topic!r} {problem}, which PostgreSQL cannot store")
-    return topic
+    return check_storable(topic, "the topic")
 
 
 def check_state_key(key: object, whose: str = "") -> str:
@@ -101,10 +99,13 @@ def check_state_key(key: object, whose: str = "") -> str:
     UsageError naming it otherwise."""
     if not isinstance(key, str):
         raise UsageError(f"state keys must be strings, got {key!r} ({type(key).__name__})")
-    problem = unstorable(key)
+    return check_storable(key, "state key", whose=whose, hint=": use a key without it")
+
+
+def check_storable(value: str, named: str, *, whose: str = "", hint: str = "") -> str:
+    """`value` if PostgreSQL can store it as text; otherwise UsageError naming it (as
+    `named`, then `value`, then `whose`) and why, followed by `hint`."""
+    problem = unstorable(value)
     if problem is not None:
-        raise UsageError(
-            f"state key {key!r}{whose} {problem}, which PostgreSQL cannot store: use a key "
-            "without it"
-        )
-    return key
+        raise UsageError(f"{named} {value!r}{whose} {problem}, which PostgreSQL cannot store{hint}")
+    return value

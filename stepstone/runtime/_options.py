@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepstone.errors import UsageError
-from stepstone.persistence.ids import check_workflow_id
+from stepstone.persistence.ids import check_storable, check_workflow_id
 from stepstone.persistence.serialization import describe_type, unstorable
 from stepstone.runtime.waits import MAX_WAIT_SECONDS
 
@@ -62,9 +62,7 @@ def check_text(what: str, value: object) -> None:
         return
     if not isinstance(value, str) or not value:
         raise UsageError(f"the {what} must be a non-empty string, got {value!r}")
-    problem = unstorable(value)
-    if problem is not None:
-        raise UsageError(f"the {what} {value!r} {problem}, which PostgreSQL cannot store")
+    check_storable(value, f"the {what}")
 
 
 def _timeout(value: object) -> float:
@@ -101,10 +99,7 @@ def _key(what: str, value: object) -> str:
         raise UsageError(
             f"{what} must be a string of 1 to {MAX_KEY_LENGTH} characters, got {value!r}"
         )
-    problem = unstorable(value)
-    if problem is not None:
-        raise UsageError(f"{what} {value!r} {problem}, which PostgreSQL cannot store")
-    return value
+    return check_storable(value, what)
 
 
 def _delay(value: object) -> float:

@@ -20,6 +20,7 @@ from stepstone.errors import (
     UsageError,
     WorkflowIdConflict,
 )
+from stepstone.persistence.ids import check_storable
 from stepstone.persistence.rows import EnqueueRequest, EnqueueResult
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.handle import WorkflowHandle
@@ -176,9 +177,7 @@ def check_queue_name(name: object) -> str:
             f"a queue name must be a string of 1 to {MAX_QUEUE_NAME_LENGTH} characters, "
             f"got {name!r}"
         )
-    if "\x00" in name or any(0xD800 <= ord(c) <= 0xDFFF for c in name):
-        raise UsageError(f"the queue name {name!r} has a character PostgreSQL cannot store")
-    return name
+    return check_storable(name, "the queue name")
 
 
 def _check_arguments(

@@ -5,6 +5,7 @@ priority order, not before its delay; dedup keys, the caller's transaction, bad 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -337,6 +338,26 @@ def test_bad_queue_limits_are_refused(
     rt = runtimes("bad")
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         rt.queue("q", **options)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "a queue name must be a string of 1 to 255 characters"),
+        (7, "a queue name must be a string"),
+        ("q" * 256, "a queue name must be a string of 1 to 255 characters"),
+        ("mail\x00", "the queue name 'mail\\x00' contains a NUL character"),
+        ("mail\udcff", "is not valid Unicode text"),
+    ],
+)
+def test_bad_queue_names_are_refused(
+    runtimes: Callable[..., Runtime], name: object, message: str
+) -> None:
+    """A queue name that is not 1 to 255 characters of storable text raises UsageError
+    naming it and why."""
+    rt = runtimes("names")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        rt.queue(name)  # type: ignore[arg-type]
 
 
 def test_bad_enqueues_write_nothing(runtimes: Callable[..., Runtime], db: str) -> None:
