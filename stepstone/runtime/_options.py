@@ -5,7 +5,6 @@ UsageError naming the value at fault and what to do, before anything is written.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 from stepstone.errors import UsageError
 from stepstone.persistence.ids import check_storable, check_workflow_id
 from stepstone.persistence.serialization import describe_type, unstorable
-from stepstone.runtime.waits import MAX_WAIT_SECONDS
+from stepstone.runtime.waits import MAX_WAIT_SECONDS, as_seconds
 
 __all__ = ["MAX_KEY_LENGTH", "StartOptions", "check_text", "start_options"]
 
@@ -66,19 +65,13 @@ def check_text(what: str, value: object) -> None:
 
 
 def _timeout(value: object) -> float:
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 < value <= MAX_WAIT_SECONDS
-    ):
+    seconds = as_seconds(value)
+    if seconds is None or not 0 < seconds <= MAX_WAIT_SECONDS:
         raise UsageError(
             f"timeout must be a number of seconds (or a timedelta) above 0 and at most "
-            f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
+            f"{MAX_WAIT_SECONDS:,} (100 years), got {value if seconds is None else seconds!r}"
         )
-    return float(value)
+    return seconds
 
 
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
@@ -103,19 +96,13 @@ def _key(what: str, value: object) -> str:
 
 
 def _delay(value: object) -> float:
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= MAX_WAIT_SECONDS
-    ):
+    seconds = as_seconds(value)
+    if seconds is None or not 0 <= seconds <= MAX_WAIT_SECONDS:
         raise UsageError(
             f"delay must be a number of seconds (or a timedelta) from 0 to "
-            f"{MAX_WAIT_SECONDS:,} (100 years), got {value!r}"
+            f"{MAX_WAIT_SECONDS:,} (100 years), got {value if seconds is None else seconds!r}"
         )
-    return float(value)
+    return seconds
 
 
 def _check_attributes(attributes: object) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from stepstone.errors import StepOutsideWorkflow, UsageError
 from stepstone.persistence.ids import check_state_key, check_topic, check_workflow_id
 from stepstone.runtime.context import _CURRENT
 
-__all__ = ["check_state_wait", "recv", "sleep", "sleep_until", "wait_state"]
+__all__ = ["as_seconds", "check_state_wait", "recv", "sleep", "sleep_until", "wait_state"]
 
 MAX_WAIT_SECONDS = 100 * 365 * 24 * 3600
 
@@ -82,14 +82,23 @@ def _execution(what: str) -> Any:
     return execution
 
 
-def _seconds(value: object, what: str) -> float:
+def as_seconds(value: object) -> float | None:
+    """`value` (a number of seconds or a timedelta) in seconds; None unless it is a finite
+    number (a bool is not)."""
     if isinstance(value, dt.timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _seconds(value: object, what: str) -> float:
+    seconds = as_seconds(value)
+    if seconds is None:
         raise UsageError(f"{what} takes a finite number of seconds or a timedelta, got {value!r}")
-    if not 0 <= value <= MAX_WAIT_SECONDS:
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
         raise UsageError(
             f"{what} takes a duration from 0 to {MAX_WAIT_SECONDS:,} seconds (100 years), "
-            f"got {value!r} seconds"
+            f"got {seconds!r} seconds"
         )
-    return float(value)
+    return seconds
