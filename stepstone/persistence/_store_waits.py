@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from stepstone.errors import UsageError, WorkflowNotFound
+from stepstone.persistence.ids import check_text, check_topic, check_workflow_id
 from stepstone.persistence.rows import (
     ReceivedMessage,
     UnreadMessages,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from stepstone.persistence._queries import Queries
     from stepstone.persistence._statements import Statements
+    from stepstone.persistence.serialization import Described
 
 __all__ = ["WaitStore"]
 
@@ -33,6 +35,7 @@ class WaitStore:
     queries: Queries
     _opened: bool
     describe: Callable[[], str]
+    encode: Callable[[Any, Described], str]
 
     def wait(self, request: WaitRequest) -> WaitOutcome:
         """A sleep or a receive reached by a running execution, in one statement (fenced):
@@ -96,6 +99,19 @@ class WaitStore:
         if status is None:
             raise WorkflowNotFound(f"no execution has workflow id {target!r}")
         return (status, output, error) if ended else None
+
+    def encode_message(
+        self, workflow_id: str, topic: str, message: Any, idempotency_key: str | None
+    ) -> str:
+        """`message` to `workflow_id` on `topic`, serialized, once the id, the topic and the
+        idempotency key are checked (InvalidWorkflowId or UsageError naming a bad one;
+        SerializationError for a message that cannot be stored)."""
+        check_workflow_id(workflow_id)
+        check_topic(topic)
+        check_text("idempotency key", idempotency_key)
+        return self.encode(
+            message, lambda: f"message to workflow {workflow_id!r} on topic {topic!r}"
+        )
 
     def send(
         self,

@@ -17,6 +17,7 @@ __all__ = [
     "check_schema_name",
     "check_state_key",
     "check_storable",
+    "check_text",
     "check_topic",
     "check_workflow_id",
 ]
@@ -109,3 +110,13 @@ def check_storable(value: str, named: str, *, whose: str = "", hint: str = "") -
     if problem is not None:
         raise UsageError(f"{named} {value!r}{whose} {problem}, which PostgreSQL cannot store{hint}")
     return value
+
+
+def check_text(what: str, value: object) -> None:
+    """UsageError naming `value` unless it is None (the default) or text PostgreSQL can
+    store."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"the {what} must be a non-empty string, got {value!r}")
+    check_storable(value, f"the {what}")

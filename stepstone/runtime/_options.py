@@ -1,7 +1,6 @@
 """Checks of what callers pass with an execution, shared by `Workflow.with_options` and
-`Client.enqueue`: its id, attributes, deadline and queue options (`start_options`), and
-names and keys that must be text PostgreSQL can store (`check_text`). Each raises
-UsageError naming the value at fault and what to do, before anything is written."""
+`Client.enqueue`: its id, attributes, deadline and queue options (`start_options`). Each
+raises UsageError naming the value at fault and what to do, before anything is written."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from stepstone.persistence.ids import check_storable, check_workflow_id
 from stepstone.persistence.serialization import describe_type, unstorable
 from stepstone.runtime.waits import MAX_WAIT_SECONDS, as_seconds
 
-__all__ = ["MAX_KEY_LENGTH", "StartOptions", "check_text", "start_options"]
+__all__ = ["MAX_KEY_LENGTH", "StartOptions", "start_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +51,6 @@ def start_options(
         delay=None if delay is None else _delay(delay),
         partition_key=None if partition_key is None else _key("partition_key", partition_key),
     )
-
-
-def check_text(what: str, value: object) -> None:
-    """UsageError naming `value` unless it is None (the default) or text PostgreSQL can
-    store."""
-    if value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"the {what} must be a non-empty string, got {value!r}")
-    check_storable(value, f"the {what}")
 
 
 def _timeout(value: object) -> float:

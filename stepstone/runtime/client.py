@@ -24,11 +24,11 @@ from stepstone.errors import (
     UsageError,
     WorkflowNotFound,
 )
-from stepstone.persistence.ids import check_topic, check_workflow_id
+from stepstone.persistence.ids import check_text, check_workflow_id
 from stepstone.persistence.rows import EnqueueRequest
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
-from stepstone.runtime._options import check_text, start_options
+from stepstone.runtime._options import start_options
 from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.queues import check_enqueued, check_queue_name, enqueued_id
@@ -229,9 +229,6 @@ class Client:
         as `Runtime.send` does (the same idempotency key stores one message; with `conn`,
         sent when you commit). WorkflowNotFound for an unknown id; UsageError, naming its
         status, for an execution that has ended."""
-        check_workflow_id(workflow_id)
-        check_topic(topic)
-        check_text("idempotency key", idempotency_key)
         execution = _CURRENT.get()
         if execution is not None and not execution.in_step and idempotency_key is None:
             raise UsageError(
@@ -240,9 +237,7 @@ class Client:
                 "idempotency_key"
             )
         store = self._open_store()
-        payload = store.encode(
-            message, lambda: f"message to workflow {workflow_id!r} on topic {topic!r}"
-        )
+        payload = store.encode_message(workflow_id, topic, message, idempotency_key)
         store.send(
             workflow_id,
             topic,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 from stepstone._background import Loop
 from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, DuplicateRegistration, UsageError
-from stepstone.persistence.ids import check_topic, check_workflow_id
+from stepstone.persistence.ids import check_text, check_workflow_id
 from stepstone.persistence.notifications import Listener
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
@@ -20,7 +20,6 @@ from stepstone.recovery.heartbeat import Heartbeat
 from stepstone.recovery.sweeper import Sweeper, recover_own
 from stepstone.runtime._dispatcher import Dispatcher
 from stepstone.runtime._engine import Engine
-from stepstone.runtime._options import check_text
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
@@ -498,13 +497,7 @@ class Runtime:
         WorkflowNotFound for an unknown id; UsageError, naming its status, for an execution
         that has ended."""
         self._engine.check_readable("rt.send()")
-        check_workflow_id(workflow_id)
-        check_topic(topic)
-        if idempotency_key is not None:
-            check_text("idempotency key", idempotency_key)
-        payload = self.store.encode(
-            message, lambda: f"message to workflow {workflow_id!r} on topic {topic!r}"
-        )
+        payload = self.store.encode_message(workflow_id, topic, message, idempotency_key)
         execution = _CURRENT.get()
         if execution is not None and conn is None and not execution.in_step:
             execution.send(
