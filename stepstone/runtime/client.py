@@ -15,8 +15,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
 
-from opentelemetry import trace
-
 from stepstone.errors import (
     ConfigurationError,
     SerializationError,
@@ -25,15 +23,18 @@ from stepstone.errors import (
     WorkflowNotFound,
 )
 from stepstone.persistence.ids import check_text, check_workflow_id
-from stepstone.persistence.rows import EnqueueRequest
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
 from stepstone.runtime._options import start_options
 from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime.context import _CURRENT
-from stepstone.runtime.queues import check_enqueued, check_queue_name, enqueued_id
+from stepstone.runtime.queues import (
+    check_enqueued,
+    check_queue_name,
+    enqueue_request,
+    enqueued_id,
+)
 from stepstone.runtime.waits import check_state_wait
-from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -189,20 +190,8 @@ class Client:
         chosen_id = enqueued_id(options.workflow_id, workflow_name, queue)
         inputs = _encode_inputs(self.store, workflow_name, queue, args, kwargs)
         store = self._open_store()
-        request = EnqueueRequest(
-            chosen_id,
-            workflow_name,
-            version,
-            inputs,
-            queue,
-            self.client_id,
-            priority=options.priority,
-            dedup_key=options.dedup_key,
-            partition_key=options.partition_key,
-            delay=options.delay,
-            timeout=options.timeout,
-            trace_context=Telemetry.carrier(trace.get_current_span()),
-            attributes=options.attributes,
+        request = enqueue_request(
+            options, chosen_id, workflow_name, version, inputs, queue, self.client_id
         )
         result = store.enqueue(request, conn, registered=True)
         if result.outcome == "no_workflow":

@@ -24,11 +24,13 @@ from stepstone.persistence.ids import check_storable
 from stepstone.persistence.rows import EnqueueRequest, EnqueueResult
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.handle import WorkflowHandle
+from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
     import psycopg
 
     from stepstone.runtime._engine import Engine
+    from stepstone.runtime._options import StartOptions
     from stepstone.runtime.definitions import Workflow
 
 __all__ = [
@@ -118,20 +120,14 @@ class Queue:
             {"args": list(args), "kwargs": kwargs},
             lambda: f"inputs of workflow {workflow.name!r} enqueued on {self.name!r}",
         )
-        request = EnqueueRequest(
+        request = enqueue_request(
+            options,
             workflow_id,
             workflow.name,
             workflow.version,
             inputs,
             self.name,
             engine.executor_id,
-            priority=options.priority,
-            dedup_key=options.dedup_key,
-            partition_key=options.partition_key,
-            delay=options.delay,
-            timeout=options.timeout,
-            trace_context=engine.telemetry.carrier(trace.get_current_span()),
-            attributes=options.attributes,
         )
         check_enqueued(engine.store.enqueue(request, conn), request)
         return WorkflowHandle(engine, workflow_id)
@@ -152,6 +148,33 @@ def enqueued_id(workflow_id: str | None, workflow_name: str, queue: str) -> str:
             "workflow_id=...) so that a replay does not enqueue it a second time"
         )
     return str(uuid.uuid4())
+
+
+def enqueue_request(
+    options: StartOptions,
+    workflow_id: str,
+    workflow_name: str,
+    version: str | None,
+    inputs: str,
+    queue: str,
+    actor: str,
+) -> EnqueueRequest:
+    """What an enqueue with these options writes, in the caller's current trace."""
+    return EnqueueRequest(
+        workflow_id,
+        workflow_name,
+        version,
+        inputs,
+        queue,
+        actor,
+        priority=options.priority,
+        dedup_key=options.dedup_key,
+        partition_key=options.partition_key,
+        delay=options.delay,
+        timeout=options.timeout,
+        trace_context=Telemetry.carrier(trace.get_current_span()),
+        attributes=options.attributes,
+    )
 
 
 def check_enqueued(result: EnqueueResult, request: EnqueueRequest) -> None:
