@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support import databases
+from tests.support.server import pytest_configure, pytest_unconfigure  # noqa: F401 - hooks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -114,7 +114,8 @@ _GLOBALS: tuple[tuple[str, str, str], ...] = (
         "URL",
         (
             "PostgreSQL connection string "
-            "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables)"
+            "(default: STEPSTONE_DATABASE_URL, else libpq's PG* variables when PGHOST, "
+            "PGDATABASE or PGSERVICE is set, else the embedded server in ./.stepstone)"
         ),
     ),
     (

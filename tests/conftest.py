@@ -8,6 +8,7 @@ import pytest
 
 from stepstone import Runtime
 from tests.support import databases
+from tests.support.server import pytest_configure, pytest_unconfigure  # noqa: F401 - hooks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

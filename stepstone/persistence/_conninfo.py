@@ -1,4 +1,6 @@
-"""Where the database is: the DSN given, else STEPSTONE_DATABASE_URL, else libpq's PG* defaults.
+"""Where the database is: the DSN given, else STEPSTONE_DATABASE_URL, else libpq's PG*
+variables when PGHOST, PGDATABASE or PGSERVICE is set, else the embedded server of
+`./.stepstone/` (see `embedded`).
 Where a session of stepstone's own connects, when the DSN goes through a transaction pooler:
 the session DSN given, else STEPSTONE_SESSION_DATABASE_URL, else nowhere else (the DSN).
 
@@ -13,15 +15,29 @@ password, so driver errors are shown as they are.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from psycopg import conninfo as pg_conninfo
 
 from stepstone.errors import ConfigurationError
+from stepstone.persistence import embedded
 
-__all__ = ["ENV_VAR", "SESSION_ENV_VAR", "describe", "resolve", "resolve_session"]
+__all__ = [
+    "ENV_VAR",
+    "LIBPQ_VARS",
+    "SESSION_ENV_VAR",
+    "Resolved",
+    "describe",
+    "parts",
+    "resolve",
+    "resolve_session",
+]
 
 ENV_VAR = "STEPSTONE_DATABASE_URL"
 SESSION_ENV_VAR = "STEPSTONE_SESSION_DATABASE_URL"
+LIBPQ_VARS = ("PGHOST", "PGDATABASE", "PGSERVICE")
+"""libpq's variables that, when set, say where the database is (PGUSER or PGPORT alone do
+not: they refine a server chosen elsewhere)."""
 
 _URL_PREFIXES = ("postgresql://", "postgres://")  # as libpq recognizes them: case-sensitive
 _ENCODING_HINT = (
@@ -30,12 +46,34 @@ _ENCODING_HINT = (
 )
 
 
-def resolve(dsn: str | None) -> str:
-    """The connection string to use; ConfigurationError if it cannot be parsed, or is a URL
-    whose user or password holds an unescaped / or @. The error quotes none of it."""
-    value = dsn if dsn is not None else os.environ.get(ENV_VAR, "")
-    source = "the dsn argument" if dsn is not None else ENV_VAR
-    return _checked(value, source)
+class Resolved(NamedTuple):
+    """A connection string and where it came from (for the log and for error messages)."""
+
+    conninfo: str
+    source: str
+
+
+def resolve(dsn: str | None) -> Resolved:
+    """The connection string to use and its source: the `dsn` argument, else ENV_VAR, else
+    libpq's own variables when one of LIBPQ_VARS is set, else the embedded server (started
+    if it is not running). ConfigurationError if the string cannot be parsed, or is a URL
+    whose user or password holds an unescaped / or @ (the error quotes none of it), or if
+    nothing is configured and the embedded server is not installed."""
+    if dsn is not None:
+        return Resolved(_checked(dsn, "the dsn argument"), "the dsn argument")
+    value = os.environ.get(ENV_VAR, "")
+    if value.strip():
+        return Resolved(_checked(value, ENV_VAR), ENV_VAR)
+    given = [name for name in LIBPQ_VARS if os.environ.get(name)]
+    if given:
+        return Resolved("", f"libpq's variables ({', '.join(given)})")
+    if embedded.bindir() is None:
+        raise ConfigurationError(
+            f"no database is configured ({ENV_VAR}, PGHOST, PGDATABASE and PGSERVICE are "
+            f"unset) and the embedded PostgreSQL is not installed: {embedded.EXTRA_HINT}"
+        )
+    server = embedded.server_for(embedded.DEFAULT_DIRECTORY)
+    return Resolved(server.attach(), f"the embedded server in {server.directory}")
 
 
 def resolve_session(session_dsn: str | None) -> str | None:
@@ -102,6 +140,11 @@ def _misread_url(value: object) -> bool:
 
 def describe(dsn: str) -> str:
     """Host, port, database and user of `dsn` with libpq's fallbacks; never the password."""
+    return " ".join(f"{key}={value}" for key, value in parts(dsn).items())
+
+
+def parts(dsn: str) -> dict[str, str]:
+    """Host, port, database and user of `dsn` with libpq's fallbacks; never the password."""
     params = pg_conninfo.conninfo_to_dict(dsn)
 
     def pick(key: str, env: str, default: str) -> str:
@@ -111,4 +154,4 @@ def describe(dsn: str) -> str:
     host = pick("host", "PGHOST", "the local socket")
     port = pick("port", "PGPORT", "5432")
     dbname = pick("dbname", "PGDATABASE", user)
-    return f"host={host} port={port} dbname={dbname} user={user}"
+    return {"host": host, "port": port, "dbname": dbname, "user": user}

@@ -121,8 +121,6 @@ class Store(QueueStore, WaitStore):
             raise ConfigurationError(
                 f"max_value_size must be a positive int, got {max_value_size!r}"
             )
-        self.conninfo = _conninfo.resolve(conninfo)
-        self.session_conninfo = _conninfo.resolve_session(session_conninfo)
         self.schema = schema
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self.max_value_size = max_value_size
@@ -135,6 +133,12 @@ class Store(QueueStore, WaitStore):
                 "idle_in_transaction_timeout must be a number of seconds >= 1, got "
                 f"{idle_in_transaction_timeout!r}"
             )
+        # Last, once every setting is known to be good: this may start the embedded server.
+        self.session_conninfo = _conninfo.resolve_session(session_conninfo)
+        self.conninfo, source = _conninfo.resolve(conninfo)
+        log.info(
+            "database_selected", source=source, schema=schema, **_conninfo.parts(self.conninfo)
+        )
         self._connect_timeout = connect_timeout
         self._idle_timeout = float(idle_in_transaction_timeout)
         self._begin = begin_statement(self._idle_timeout if self.pooled else None)

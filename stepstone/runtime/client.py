@@ -48,8 +48,8 @@ class Client:
     """Enqueues workflows by name and reads their outcomes, in a process without the
     workflow code: it needs only the database the workers use.
 
-    The database is `dsn`, else STEPSTONE_DATABASE_URL, else libpq's defaults, as for
-    Runtime; `schema` must hold stepstone's tables at this version of stepstone (a Client
+    The database is `dsn`, else STEPSTONE_DATABASE_URL, else libpq's variables, else the
+    embedded server, as for Runtime; `schema` must hold stepstone's tables at this version of stepstone (a Client
     never migrates: a worker's `launch()` or `stepstone migrate` does). It connects on
     first use (or `open()`), with a pool of up to `pool_max_size` connections; `close()`
     it, or use `with Client(...) as client:`. Arguments and messages go through

