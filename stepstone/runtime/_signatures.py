@@ -131,8 +131,8 @@ def check_arguments(
             return_annotation=signature.empty,
         )
         raise UsageError(
-            f"the arguments do not fit workflow {name!r}{bare}, which does not take them: "
-            f"{exc}; {outcome}"
+            f"the arguments do not fit workflow {name!r}{bare}: {exc} (it does not take "
+            f"them); {outcome}"
         ) from None
 
 
