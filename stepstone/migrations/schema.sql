@@ -76,7 +76,10 @@ CREATE TABLE {schema}.executions (
     partition_key    text,
     not_before       timestamptz,
     timeout_seconds  double precision,
-    dispatched_at    timestamptz
+    dispatched_at    timestamptz,
+    -- The executors that could not run it and handed it back (see
+    -- 0013_refused_executions.sql): their sweeps pass it over.
+    refused_by       text[]
 );
 -- Recovery looks up the running executions of one owner, or of expired owners.
 CREATE INDEX executions_running_owner_idx ON {schema}.executions (owner) WHERE status = 'RUNNING';
@@ -115,6 +118,8 @@ CREATE INDEX executions_queue_running_idx ON {schema}.executions (queue_name, pa
     WHERE status = 'RUNNING' AND queue_name IS NOT NULL;
 CREATE INDEX executions_dispatched_idx ON {schema}.executions (queue_name, dispatched_at)
     WHERE dispatched_at IS NOT NULL;
+-- An executor's refusals, looked up when it starts.
+CREATE INDEX executions_refused_idx ON {schema}.executions (id) WHERE refused_by IS NOT NULL;
 CREATE UNIQUE INDEX executions_dedup_idx ON {schema}.executions (queue_name, dedup_key)
     WHERE dedup_key IS NOT NULL AND status IN ('ENQUEUED', 'RUNNING', 'WAITING');
 CREATE SEQUENCE {schema}.queue_seq;
@@ -568,7 +573,8 @@ END $$;
 
 -- One sweep, one statement: claim up to p_limit running executions whose owner's lease
 -- expired (then, if there is room, ones that have no owner) and whose definition the
--- caller runs; once out of those, also list (up to 100) expired ones the caller cannot run.
+-- caller runs and has not refused (see 0013_refused_executions.sql); once out of those,
+-- also list (up to 100) expired ones the caller cannot run.
 -- The sweep never waits for a lock: per candidate, in a loop that stops at the limit, it
 -- tries the advisory lock (a candidate whose lock is taken, by a step commit in flight or
 -- a cancel, is left for a later sweep), then locks the row with SKIP LOCKED and checks
@@ -606,11 +612,13 @@ BEGIN
              WHERE e.status = 'RUNNING' AND e.owner = ANY (v_expired)
                AND (e.workflow_name, e.workflow_version) IN
                    (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))
+               AND (e.refused_by IS NULL OR p_owner <> ALL (e.refused_by))
             UNION ALL
             SELECT e.id, e.owner FROM {schema}.executions e
              WHERE e.status = 'RUNNING' AND e.owner IS NULL
                AND (e.workflow_name, e.workflow_version) IN
                    (SELECT n, v FROM unnest(p_names, p_versions) AS r (n, v))
+               AND (e.refused_by IS NULL OR p_owner <> ALL (e.refused_by))
         LOOP
             CONTINUE WHEN NOT pg_try_advisory_xact_lock(1937010533, hashtext(v_candidate.id));
             PERFORM 1 FROM {schema}.executions e
@@ -1819,4 +1827,35 @@ BEGIN
         SELECT e.status INTO v_status FROM {schema}.executions e WHERE e.id = p_id;
     END;
     RETURN QUERY SELECT v_status, v_holder;
+END $$;
+
+-- Hands back a RUNNING execution that p_owner owns at p_epoch but cannot run (its inputs
+-- cannot be decoded there), fenced like release_v1: no owner, the next epoch, p_owner added
+-- to refused_by (its sweeps pass the execution over until it restarts), an audit entry
+-- 'execution_refused' with p_reason, and a notification so that another executor claims it
+-- at once. Not an interruption: no recovery is counted. An execution of a queue stays
+-- RUNNING too (re-enqueued, the same worker's dispatcher would take it again). False,
+-- changing nothing, if it is not p_owner's at p_epoch. Locks: the advisory lock
+-- (exclusive), then the row. executions_pkey.
+CREATE FUNCTION {schema}.refuse_v1(p_id text, p_owner text, p_epoch bigint, p_reason text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_epoch bigint;
+BEGIN
+    PERFORM {schema}.lock_executions_v1(ARRAY[p_id]);
+    UPDATE {schema}.executions
+       SET owner = NULL, epoch = epoch + 1,
+           refused_by = array_append(array_remove(coalesce(refused_by, '{{}}'), p_owner), p_owner),
+           updated_at = now()
+     WHERE id = p_id AND status = 'RUNNING' AND owner = p_owner AND epoch = p_epoch
+    RETURNING epoch INTO v_epoch;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO {schema}.logs (execution_id, event, actor, details)
+    VALUES (p_id, 'execution_refused', p_owner,
+            jsonb_build_object('reason', p_reason, 'epoch', v_epoch, 'previous_epoch', p_epoch));
+    PERFORM pg_notify('stepstone', 'due:' || p_id);
+    RETURN true;
 END $$;

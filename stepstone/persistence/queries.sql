@@ -109,15 +109,28 @@ SELECT r.released
   LEFT JOIN LATERAL (SELECT pg_notify('stepstone', 'due:' || %(id)s) WHERE r.released) n
     ON true;
 
+-- name: refuse
+-- Hand back an execution this executor cannot run (see refuse_v1). executions_pkey.
+SELECT {schema}.refuse_v1(%(id)s, %(owner)s, %(epoch)s, %(reason)s);
+
+-- name: forget_refusals
+-- At launch: the executions this executor refused before it restarted are claimable by it
+-- again (its code may have changed). executions_refused_idx.
+UPDATE {schema}.executions
+   SET refused_by = nullif(array_remove(refused_by, %(owner)s), '{{}}')
+ WHERE refused_by IS NOT NULL AND %(owner)s = ANY (refused_by);
+
 -- name: running_owned_by
 -- executions_running_owner_idx.
 SELECT id FROM {schema}.executions WHERE status = 'RUNNING' AND owner = %(owner)s;
 
 -- name: health_counts
 -- executions_status_created_idx for the unfinished executions; executors_pkey for their
--- owners; the (name, version) pairs live executors run are gathered once, not per row.
+-- owners; the (name, version) pairs live executors run are gathered once, not per row. An
+-- execution no live executor can run: none runs its workflow version, or each that does
+-- refused it (its inputs cannot be decoded there).
 WITH live AS (
-    SELECT DISTINCT w->>0 AS name, w->>1 AS version
+    SELECT DISTINCT l.id, w->>0 AS name, w->>1 AS version
       FROM {schema}.executors l, jsonb_array_elements(l.workflows) w
      WHERE l.heartbeat_at >= now() - make_interval(secs => l.lease_seconds)
 )
@@ -126,11 +139,14 @@ SELECT count(*) FILTER (WHERE e.status = 'RUNNING'),
        count(*) FILTER (WHERE e.status = 'RUNNING' AND (e.owner IS NULL OR o.heartbeat_at < now() - make_interval(secs => o.lease_seconds))),
        count(*) FILTER (WHERE e.status = 'RUNNING'
                           AND (e.owner IS NULL OR o.heartbeat_at < now() - make_interval(secs => o.lease_seconds))
-                          AND live.name IS NULL),
+                          AND NOT EXISTS (
+                              SELECT 1 FROM live
+                               WHERE live.name = e.workflow_name
+                                 AND live.version = e.workflow_version
+                                 AND (e.refused_by IS NULL OR live.id <> ALL (e.refused_by)))),
        extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.status = 'RUNNING'))::float8
   FROM {schema}.executions e
   LEFT JOIN {schema}.executors o ON o.id = e.owner
-  LEFT JOIN live ON live.name = e.workflow_name AND live.version = e.workflow_version
  WHERE e.status IN ('ENQUEUED', 'RUNNING');
 
 -- name: start_execution

@@ -20,12 +20,16 @@ import base64
 import dataclasses
 import datetime as dt
 import decimal
+import enum
 import json
+import pathlib
 import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
+
+import msgspec
 
 from stepstone.errors import SerializationError
 
@@ -121,6 +125,11 @@ class JsonSerializer:
         # One decoder for all calls: json.loads with an object_hook builds a new one each time.
         return _DECODER.decode(data)
 
+    def loads_plain(self, data: str) -> Any:
+        """As `loads`, but a stored dataclass is the dict of its fields: nothing depends on
+        which classes this process imported (the function's annotations rebuild them)."""
+        return _PLAIN_DECODER.decode(data)
+
 
 def _encode(value: Any) -> Any:
     # Exact type checks first: bool and int are the overwhelmingly common leaves.
@@ -157,6 +166,35 @@ def _encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {_TAG: "dataclass", "t": f"{kind.__module__}:{kind.__qualname__}", "v": fields}
+    return _encode_other(value)
+
+
+def _encode_other(value: Any) -> Any:
+    """Values of users' types, written as the plain values they stand for (the reader's
+    annotations rebuild them)."""
+    if isinstance(value, enum.Enum):  # before str and int: IntEnum and StrEnum are both
+        return _encode(value.value)
+    if isinstance(value, str):
+        return str.__str__(value)  # the plain str, whatever the subclass's __str__ says
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, tuple):  # named tuples
+        return {_TAG: "tuple", "v": [_encode(item) for item in value]}
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, bytearray):
+        return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, msgspec.Struct):
+        return _encode(msgspec.structs.asdict(value))
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return _encode(value.model_dump())
+    if isinstance(value, dict):
+        return _encode(dict(value))
+    if isinstance(value, list):
+        return [_encode(item) for item in value]
     raise TypeError(f"values of type {describe_type(value)} cannot be serialized to JSON")
 
 
@@ -267,4 +305,12 @@ def _find_dataclass(path: str) -> Any:
     return target
 
 
+def _decode_plain(obj: dict[str, Any]) -> Any:
+    if obj.get(_TAG) == "dataclass":
+        fields: dict[str, Any] = obj["v"]
+        return fields
+    return _decode(obj)
+
+
 _DECODER = json.JSONDecoder(object_hook=_decode)
+_PLAIN_DECODER = json.JSONDecoder(object_hook=_decode_plain)

@@ -34,6 +34,7 @@ from stepstone.persistence._sessions import begin_statement, pooled_settings, se
 from stepstone.persistence._statements import Statements
 from stepstone.persistence._store_queues import QueueStore, split_registered
 from stepstone.persistence._store_waits import WaitStore
+from stepstone.persistence._typed import convert
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
@@ -123,6 +124,9 @@ class Store(QueueStore, WaitStore):
             )
         self.schema = schema
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
+        self._loads_plain: Callable[[str], Any] = getattr(
+            self.serializer, "loads_plain", self.serializer.loads
+        )
         self.max_value_size = max_value_size
         if (
             isinstance(idle_in_transaction_timeout, bool)
@@ -310,7 +314,8 @@ class Store(QueueStore, WaitStore):
             raise SerializationError(
                 f"{described(what)} cannot be serialized ({describe_type(value)}): {exc}. Pass values the "
                 "serializer supports (JSON types, datetime, date, UUID, Decimal, bytes, tuples, "
-                "sets, dataclasses) or configure another serializer"
+                "sets, enums, paths, dataclasses, named tuples, pydantic models, msgspec structs) "
+                "or configure another serializer"
             ) from exc
         check_size(text, self.max_value_size, what)
         return text
@@ -318,6 +323,19 @@ class Store(QueueStore, WaitStore):
     def decode(self, text: str) -> Any:
         """The value a serialized payload holds."""
         return self.serializer.loads(text)
+
+    def decode_plain(self, text: str) -> Any:
+        """The value a serialized payload holds, without rebuilding users' types from paths
+        stored in it (the JSON serializer's `loads_plain`; a serializer without one: `loads`)."""
+        return self._loads_plain(text)
+
+    def decode_as(self, text: str, annotation: Any, what: Described) -> Any:
+        """The value a serialized payload holds, as the type `annotation` describes (see
+        `_typed`); SerializationError names `what` if it cannot be."""
+        try:
+            return convert(self.decode_plain(text), annotation)
+        except ValueError as exc:
+            raise SerializationError(f"{described(what)} cannot be decoded: {exc}") from exc
 
     # -- definitions and executors -----------------------------------------------------------
 
@@ -591,6 +609,21 @@ class Store(QueueStore, WaitStore):
         }
         row = self._sql.one("release", params)
         return bool(row and row[0])
+
+    def refuse_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
+        """Hand back a RUNNING execution that `owner` owns at `epoch` but cannot run (its
+        inputs cannot be decoded there): no owner, the next epoch, `owner` among those that
+        refused it (its sweeps pass it over until `forget_refusals`), an audit entry with
+        `reason`, and a notification for other executors. No recovery is counted. False,
+        changing nothing, if it is not `owner`'s at `epoch`."""
+        params = {"id": execution_id, "owner": owner, "epoch": epoch, "reason": reason}
+        row = self._sql.one("refuse", params)
+        return bool(row and row[0])
+
+    def forget_refusals(self, owner: str) -> None:
+        """Let `owner` claim again the executions it refused (it restarted: its code may
+        run them now)."""
+        self._sql.exec("forget_refusals", {"owner": owner})
 
     def running_owned_by(self, owner: str) -> list[str]:
         """Ids of the RUNNING executions `owner` owns."""

@@ -1,7 +1,8 @@
 """Finding interrupted executions and handing them to the engine.
 
 `recover_own` runs once at launch: it resumes the executions this executor id owned before
-it restarted, and releases those whose definition it lacks. The `Sweeper` runs every sweep
+it restarted, releases those whose definition it lacks, and forgets the executions it
+refused (their inputs could not be decoded here) so that its sweeps may claim them again. The `Sweeper` runs every sweep
 interval: it resumes own executions that a database error stopped, and claims executions
 whose owner's lease expired, as many as the worker pool has room for.
 """
@@ -69,6 +70,7 @@ def recover_own(engine: Resumer, store: Store) -> int:
     """Resume this executor's interrupted executions; return how many were resumed."""
     registered = engine.registered()
     log = engine.log
+    store.forget_refusals(engine.executor_id)  # its code may run what it refused before
     for workflow_id, name, version in store.release_unregistered(engine.executor_id, registered):
         log.warning(
             "execution_released",

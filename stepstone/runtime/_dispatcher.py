@@ -85,7 +85,8 @@ class Dispatcher:
                 self._running[record.id] = queue
             if not self._engine.resume(record, recovered=False):
                 # Shutting down: the execution stays RUNNING and owned here; the lease's end
-                # lets another worker take it over.
+                # lets another worker take it over. Or refused (its inputs cannot be decoded
+                # here): handed back for another executor.
                 with self._lock:
                     self._running.pop(record.id, None)
         if result.claimed and len(result.claimed) >= free:

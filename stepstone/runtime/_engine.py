@@ -57,6 +57,12 @@ from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime._pool import WorkerPool
 from stepstone.runtime._registry import Registry
 from stepstone.runtime._runs import LocalRuns, Run, RunState, elsewhere
+from stepstone.runtime._signatures import (
+    check_arguments,
+    check_decodable,
+    decode_arguments,
+    function_types,
+)
 from stepstone.runtime.context import _CURRENT
 from stepstone.telemetry import Telemetry
 
@@ -191,7 +197,7 @@ class Engine:
         try:
             result: R = self.run(workflow, workflow_id, args, kwargs, parent_id=None)
         except (Suspended, OwnershipLost):
-            outcome: R = self.await_outcome(workflow_id)
+            outcome: R = self.await_outcome(workflow_id, declared=workflow.fn)
             return outcome
         except ShuttingDown as signal:
             raise NotLaunched(
@@ -220,7 +226,7 @@ class Engine:
         runs elsewhere."""
         opened = self._open(workflow, workflow_id, args, kwargs, parent_id, "running")
         if opened is None:
-            found: R = self.await_outcome(workflow_id, waiter=waiter)
+            found: R = self.await_outcome(workflow_id, waiter=waiter, declared=workflow.fn)
             return found
         run, _, job = opened
         result: R = self._run_here(workflow_id, run, job)
@@ -280,9 +286,16 @@ class Engine:
     # -- outcomes ----------------------------------------------------------------------------
 
     def await_outcome(
-        self, workflow_id: str, *, waiter: Waiter | None = None, deadline: float | None = None
+        self,
+        workflow_id: str,
+        *,
+        waiter: Waiter | None = None,
+        deadline: float | None = None,
+        declared: Callable[..., Any] | None = None,
     ) -> Any:
         """The outcome of `workflow_id`. A queued run of it is taken and run in this thread.
+        `declared`: its workflow's function, whose result annotation decodes a stored result
+        (without it, the result decodes as stored).
         With a `waiter` (a workflow waiting for it), an execution that is not done is waited
         for durably (the waiter is suspended); otherwise this blocks until it is done, or
         until `deadline`."""
@@ -309,10 +322,11 @@ class Engine:
                     f"workflow {workflow_id!r} did not finish in time; it goes on running: "
                     "call result() again to keep waiting"
                 ) from None
+        annotation = None if declared is None else function_types(declared).returns
         if waiter is None:
-            return self.outcomes.wait(workflow_id, deadline)
+            return self.outcomes.wait(workflow_id, deadline, annotation)
         status, output, error = waiter.await_execution(workflow_id)
-        return self.outcomes.outcome(workflow_id, status, output, error)
+        return self.outcomes.outcome(workflow_id, status, output, error, annotation)
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -346,9 +360,30 @@ class Engine:
         workflow = self.registry.find(record.workflow_name, record.workflow_version)
         if workflow is None or not self.pool.running or self.stopping:
             return False
-        execution, body = self._resumed(workflow, record, recovered=recovered)
+        try:
+            execution, body = self._resumed(workflow, record, recovered=recovered)
+        except Undecodable as exc:
+            self._refuse(workflow, record, str(exc))
+            return False
         self._submit(record.id, execution, lambda: self._execute(execution, body, woken))
         return True
+
+    def _refuse(self, workflow: Workflow[Any, Any], record: ResumeRecord, reason: str) -> None:
+        """A claimed execution whose inputs this process cannot decode cannot run here: it
+        is handed back, refused by this executor (whose sweeps pass it over until it
+        restarts), for another executor to claim; the audit log and health show it."""
+        self.telemetry.log.warning(
+            "execution_refused",
+            workflow_id=record.id,
+            workflow=workflow.name,
+            version=workflow.version,
+            epoch=record.epoch,
+            reason=reason,
+        )
+        try:
+            self.store.refuse_execution(record.id, self.executor_id, record.epoch, reason)
+        except PersistenceError:
+            self.runs.orphan(record.id)  # this executor's sweep claims it and tries again
 
     def wake(self, woken: WokenRecord, due: float) -> bool:
         """Run an execution a sweep woke (no recovery); its wake latency is measured from
@@ -449,8 +484,15 @@ class Engine:
         """Write the execution (or find it). Returns it and what runs it here, or None when
         it is someone else's to run (or ended) and its outcome has to be awaited."""
         check_workflow_id(workflow_id)
+        check_arguments(workflow.fn, workflow.name, args, kwargs, "nothing was started")
         inputs = self.store.encode(
             {"args": list(args), "kwargs": kwargs}, lambda: f"inputs of workflow {workflow.name!r}"
+        )
+        check_decodable(
+            workflow.fn,
+            workflow.name,
+            lambda: self.store.decode_plain(inputs),
+            "nothing was started",
         )
         # The span exists before the execution row so that its trace context is stored with
         # it (a recovered run continues that trace). If the id exists already, the span is
@@ -490,15 +532,22 @@ class Engine:
             # it): resume it here.
             record = self.store.claim_own(workflow_id, self.executor_id)
             if record is not None:
+                try:
+                    execution, body = self._resumed(workflow, record)
+                except Undecodable as exc:
+                    self._refuse(workflow, record, str(exc))
+                    return None
                 self.telemetry.recovered("called_again", 1)
-                execution, body = self._resumed(workflow, record)
                 return execution, lambda: self._execute(execution, body)
         return None
 
     def _resumed(
         self, workflow: Workflow[Any, R], record: ResumeRecord, *, recovered: bool = True
     ) -> tuple[Execution, Callable[[], R]]:
-        """The execution a claim took over, continuing its stored trace, and what runs it."""
+        """The execution a claim took over, continuing its stored trace, and what runs it.
+        Undecodable if its inputs cannot be decoded here (by the workflow's annotations)."""
+        if record.recoveries <= self.max_recoveries:
+            args, kwargs, run = self._inputs(workflow, record)
         span = self.telemetry.workflow_span(
             workflow.name,
             record.id,
@@ -515,14 +564,27 @@ class Engine:
 
             return execution, refuse
 
+        execution.run = run  # set by continue-as-new
+
         def body() -> R:
-            # Decoded here, so that inputs this process cannot read fail the execution with
-            # the reason instead of stopping the claim of the others.
-            stored = self.store.decode(record.inputs)
-            execution.run = int(stored.get("run", 1))  # set by continue-as-new
-            return workflow.fn(*tuple(stored["args"]), **stored["kwargs"])
+            return workflow.fn(*args, **kwargs)
 
         return execution, body
+
+    def _inputs(
+        self, workflow: Workflow[Any, Any], record: ResumeRecord
+    ) -> tuple[tuple[Any, ...], dict[str, Any], int]:
+        """The stored arguments of `record` as the workflow's annotations describe them,
+        and its run number; Undecodable says why they cannot be."""
+        try:
+            stored = self.store.decode_plain(record.inputs)
+            args, kwargs = decode_arguments(workflow.fn, stored["args"], stored["kwargs"])
+            return args, kwargs, int(stored.get("run", 1))
+        except Exception as exc:
+            raise Undecodable(
+                f"the inputs of workflow {workflow.name!r} cannot be decoded by this executor "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     # -- one run of an execution -------------------------------------------------------------
 
@@ -696,6 +758,11 @@ class Engine:
             status=status,
             duration=round(seconds, 6),
         )
+
+
+class Undecodable(Exception):
+    """The inputs of a claimed execution cannot be decoded in this process: it cannot run
+    here (another executor, or this one once its code is fixed, may run it)."""
 
 
 def _cancelled(workflow_id: str) -> WorkflowCancelled:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import inspect
 import logging
 import os
 import sys
@@ -47,6 +46,7 @@ from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH, check_state_key
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
 from stepstone.persistence.rows import RecordedStep, WaitKind, WaitRequest
 from stepstone.runtime._journal import now, retry_note
+from stepstone.runtime._signatures import check_arguments, check_decodable, function_types
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
 from stepstone.telemetry import Telemetry
@@ -83,9 +83,10 @@ class _ChildStep:
     kind: Literal["workflow"] = "workflow"
     retry: RetryPolicy = NO_RETRY
 
-    def __init__(self, name: str, run: Callable[..., Any]) -> None:
+    def __init__(self, name: str, run: Callable[..., Any], declared: Callable[..., Any]) -> None:
         self.name = name
         self.fn = run
+        self.declared = declared  # the child's function: its result's annotation
 
 
 class _SendStep:
@@ -160,7 +161,7 @@ class Execution:
         self._check_thread(f"{step.kind} {step.name!r}")
         seq, recorded = self.journal.next_step(step.name, _call_site)
         if recorded is not None:
-            return self._replay(recorded)
+            return self._replay(recorded, step)
         if self._cancel is not None or self.engine.stopping:
             self._check_stop()
         return self._run_new(step, seq, args, kwargs)
@@ -281,12 +282,14 @@ class Execution:
                         workflow, child_id, args, kwargs, parent_id=self.workflow_id, waiter=self
                     )
                 except (Suspended, OwnershipLost):
-                    outcome: R = self.engine.await_outcome(child_id, waiter=self)
+                    outcome: R = self.engine.await_outcome(
+                        child_id, waiter=self, declared=workflow.fn
+                    )
                     return outcome
             except PersistenceError as exc:
                 raise self._interrupted(f"starting or finding child {child_id!r}", exc) from exc
 
-        result: R = self.run_step(_ChildStep(workflow.name, run), (), {})
+        result: R = self.run_step(_ChildStep(workflow.name, run, workflow.fn), (), {})
         return result
 
     def _child_id(self, seq: int) -> str:
@@ -312,10 +315,14 @@ class Execution:
                 "call it from the workflow body (with the step's result)"
             )
         self._check_thread("stepstone.continue_as_new()")
-        _check_arguments(self.workflow, args, kwargs)
+        outcome = "it did not continue as new"
+        check_arguments(self.workflow.fn, self.workflow.name, args, kwargs, outcome)
         run = self.run + 1
         inputs = self.store.encode(
             {"args": list(args), "kwargs": kwargs, "run": run}, f"arguments of {what}"
+        )
+        check_decodable(
+            self.workflow.fn, self.workflow.name, lambda: self.store.decode_plain(inputs), outcome
         )
         seq, recorded = self.journal.next_step(CONTINUE_AS_NEW, _call_site)
         diverged = (
@@ -343,10 +350,25 @@ class Execution:
         self.journal.doom(signal)
         raise signal
 
-    def _replay(self, recorded: RecordedStep) -> Any:
+    def _replay(self, recorded: RecordedStep, step: AnyStep | None = None) -> Any:
+        """A recorded outcome: its error raised, or its value (a step's or child's by the
+        annotation of its function's result; a wait's as stored)."""
         if recorded.error is not None:
             raise rebuild_error(recorded.error, self.store.serializer)
-        return self.store.decode(recorded.output) if recorded.output is not None else None
+        if recorded.output is None:
+            return None
+        if step is None or step.kind == "send":
+            return self.store.decode(recorded.output)
+        fn = step.declared if isinstance(step, _ChildStep) else step.fn
+        name, kind = step.name, step.kind
+
+        def what() -> str:
+            return (
+                f"the recorded result of {kind} {name!r} (position {recorded.seq}) of "
+                f"workflow {self.workflow_id!r}"
+            )
+
+        return self.store.decode_as(recorded.output, function_types(fn).returns, what)
 
     def _check_stop(self) -> None:
         """Before a new step body, wait or continue-as-new: stop here if the execution was
@@ -682,23 +704,6 @@ class Execution:
 
 CONTINUE_AS_NEW = "continue_as_new"
 """The name a continue-as-new is checked under on replay (it records no step)."""
-
-
-def _check_arguments(
-    workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    """UsageError unless the workflow's function accepts `args` and `kwargs`."""
-    try:
-        signature = inspect.signature(workflow.fn)
-    except (TypeError, ValueError):
-        return  # no signature to check against (a builtin): the next run finds out
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise UsageError(
-            f"stepstone.continue_as_new() was given arguments that workflow {workflow.name!r} "
-            f"{signature} does not take ({exc}): pass what the workflow function accepts"
-        ) from None
 
 
 def _state_key(key: str, workflow_id: str) -> str:

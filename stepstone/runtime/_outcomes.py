@@ -47,8 +47,9 @@ class Outcomes:
             return False, None
         return True, lambda: self.outcome(workflow_id, status, output, error)
 
-    def wait(self, workflow_id: str, deadline: float | None) -> Any:
-        """Poll the stored status until the execution ends, then return or raise its outcome."""
+    def wait(self, workflow_id: str, deadline: float | None, annotation: Any = None) -> Any:
+        """Poll the stored status until the execution ends, then return or raise its outcome
+        (a result as `annotation` describes it)."""
         last = ["RUNNING"]
 
         def ended() -> tuple[str, str | None, dict[str, Any] | None] | None:
@@ -66,7 +67,7 @@ class Outcomes:
                 "call result() again to keep waiting"
             ),
         )
-        return self.outcome(workflow_id, status, output, error)
+        return self.outcome(workflow_id, status, output, error, annotation)
 
     def wait_state(self, workflow_id: str, key: str, seconds: float | None) -> Any:
         """Poll until execution `workflow_id` has committed state key `key`, and return its
@@ -96,11 +97,23 @@ class Outcomes:
         return self.store.decode(value)
 
     def outcome(
-        self, workflow_id: str, status: str, output: str | None, error: dict[str, Any] | None
+        self,
+        workflow_id: str,
+        status: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        annotation: Any = None,
     ) -> Any:
-        """The result of an ended execution, or its outcome error raised."""
+        """The result of an ended execution (decoded by `annotation`, the workflow's result
+        annotation, when given; as stored without one), or its outcome error raised."""
         if status == "SUCCEEDED":
-            return self.store.decode(output) if output is not None else None
+            if output is None:
+                return None
+            if annotation is None:
+                return self.store.decode(output)
+            return self.store.decode_as(
+                output, annotation, f"the result of workflow {workflow_id!r}"
+            )
         if status == "CANCELLED":
             if error and error.get("type") == "stepstone.errors:WorkflowTimedOut":
                 raise WorkflowTimedOut(str(error.get("message", "")), workflow_id)

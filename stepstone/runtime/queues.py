@@ -8,7 +8,6 @@ that claims startable executions within the queue's limits (see `_dispatcher`).
 
 from __future__ import annotations
 
-import inspect
 import math
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +21,7 @@ from stepstone.errors import (
 )
 from stepstone.persistence.ids import check_storable
 from stepstone.persistence.rows import EnqueueRequest, EnqueueResult
+from stepstone.runtime._signatures import check_arguments, check_decodable
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.telemetry import Telemetry
@@ -113,12 +113,18 @@ class Queue:
         `conn` is enqueue's own keyword: it is not passed to the workflow."""
         engine = self._engine
         engine.check_registered(workflow)
-        _check_arguments(workflow, args, kwargs)
+        check_arguments(workflow.fn, workflow.name, args, kwargs, "nothing was enqueued")
         options = workflow.options
         workflow_id = enqueued_id(options.workflow_id, workflow.name, self.name)
         inputs = engine.store.encode(
             {"args": list(args), "kwargs": kwargs},
             lambda: f"inputs of workflow {workflow.name!r} enqueued on {self.name!r}",
+        )
+        check_decodable(
+            workflow.fn,
+            workflow.name,
+            lambda: engine.store.decode_plain(inputs),
+            "nothing was enqueued",
         )
         request = enqueue_request(
             options,
@@ -201,23 +207,6 @@ def check_queue_name(name: object) -> str:
             f"got {name!r}"
         )
     return check_storable(name, "the queue name")
-
-
-def _check_arguments(
-    workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    signature = inspect.signature(workflow.fn)
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        bare = signature.replace(
-            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
-            return_annotation=signature.empty,
-        )
-        raise UsageError(
-            f"the arguments do not fit workflow {workflow.name!r}{bare}: {exc}; nothing was "
-            "enqueued"
-        ) from None
 
 
 def _count(what: str, value: object) -> int | None:

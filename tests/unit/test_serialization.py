@@ -610,7 +610,6 @@ def _function() -> None:
         (_function, "function"),
         (Plain(), f"{__name__}.Plain"),
         (Shipment, "type"),
-        (bytearray(b"x"), "bytearray"),
         ([1, {"k": Plain()}], f"{__name__}.Plain"),
     ],
     ids=[
@@ -619,7 +618,6 @@ def _function() -> None:
         "function",
         "plain instance",
         "dataclass class",
-        "bytearray",
         "nested",
     ],
 )
