@@ -10,6 +10,8 @@ from stepstone.errors import WorkflowNotFound
 from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stepstone.runtime._engine import Engine
 
 __all__ = ["WorkflowHandle"]
@@ -18,11 +20,16 @@ R = TypeVar("R")
 
 
 class WorkflowHandle(Generic[R]):
-    """An execution: its id, its status and, once it ends, its result."""
+    """An execution: its id, its status and, once it ends, its result (rebuilt by the
+    workflow's result annotation when the handle came from starting or enqueuing it; as
+    stored for `rt.handle(id)`, which knows no workflow function)."""
 
-    def __init__(self, engine: Engine, workflow_id: str) -> None:
+    def __init__(
+        self, engine: Engine, workflow_id: str, declared: Callable[..., Any] | None = None
+    ) -> None:
         self._engine = engine
         self.workflow_id = workflow_id
+        self._declared = declared
 
     def status(self) -> str:
         """The stored status: ENQUEUED, RUNNING, WAITING, SUCCEEDED, FAILED or CANCELLED."""
@@ -50,7 +57,10 @@ class WorkflowHandle(Generic[R]):
             and execution.thread == threading.get_ident()
         )
         outcome: R = self._engine.await_outcome(
-            self.workflow_id, waiter=execution if waits_durably else None, deadline=deadline
+            self.workflow_id,
+            waiter=execution if waits_durably else None,
+            deadline=deadline,
+            declared=self._declared,
         )
         return outcome
 

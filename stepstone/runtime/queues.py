@@ -136,7 +136,7 @@ class Queue:
             engine.executor_id,
         )
         check_enqueued(engine.store.enqueue(request, conn), request)
-        return WorkflowHandle(engine, workflow_id)
+        return WorkflowHandle(engine, workflow_id, workflow.fn)
 
     def __repr__(self) -> str:
         return f"<stepstone queue {self.name!r} ({self.limits!r})>"

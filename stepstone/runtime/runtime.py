@@ -399,7 +399,8 @@ class Runtime:
         workflow comes with one: `rt.start(wf.with_options(workflow_id="..."), ...)`. An id
         that exists already returns that execution's handle and runs nothing.
         """
-        return WorkflowHandle(self._engine, self._engine.start(workflow, args, kwargs))
+        workflow_id = self._engine.start(workflow, args, kwargs)
+        return WorkflowHandle(self._engine, workflow_id, workflow.fn)
 
     def queue(
         self,

@@ -11,7 +11,13 @@ import pytest
 
 import stepstone
 from stepstone import Runtime, UsageError, WorkflowFailed
-from tests.support.runtime import FAST, Crash
+from tests.support.runtime import FAST, Crash, wait_for
+
+
+def _owner(rt: Runtime, workflow_id: str) -> str | None:
+    row = rt.store.get_execution(workflow_id)
+    assert row is not None
+    return row.owner
 
 
 def _status(db: str, workflow_id: str) -> tuple[Any, ...] | None:
@@ -168,9 +174,10 @@ def test_state_cannot_be_changed_inside_a_step_body(rt: Runtime) -> None:
     assert rt.get_state("sneaky-1") == {}
 
 
-def test_unreadable_inputs_fail_that_execution_and_the_others_resume(db: str) -> None:
-    """An execution whose inputs this process cannot decode ends FAILED with the reason; the
-    other executions claimed with it still run."""
+def test_unreadable_inputs_are_refused_here_and_the_others_resume(db: str) -> None:
+    """An execution whose inputs this process cannot decode is refused (left unowned for
+    another executor, counted as unclaimable by health), not failed; the other executions
+    claimed with it still run."""
     crash = {"now": True}
     first = Runtime(db, executor_id="reader", **FAST)
 
@@ -202,8 +209,11 @@ def test_unreadable_inputs_fail_that_execution_and_the_others_resume(db: str) ->
     try:
         assert again.handle("job-0").result(timeout=10) == 0
         assert again.handle("job-2").result(timeout=10) == 2
-        with pytest.raises(WorkflowFailed, match="JSONDecodeError"):
-            again.handle("job-1").result(timeout=10)
+        wait_for(lambda: _owner(again, "job-1") is None)
+        assert again.handle("job-1").status() == "RUNNING"
+        assert again.health_status().unclaimable == 1
+        refused = [e for e in again.store.list_logs("job-1") if e.event == "execution_refused"]
+        assert "JSONDecodeError" in refused[0].details["reason"]
     finally:
         again.shutdown()
 

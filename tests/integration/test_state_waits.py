@@ -47,7 +47,7 @@ def _stager(rt: Runtime) -> Any:
     """A workflow that sets state key "stage" once told to ("go"), then waits for "done"."""
 
     @rt.workflow()
-    def stager(stage: str) -> str:
+    def stager(stage: Any) -> str:
         stepstone.recv("go")
         stepstone.current().state["stage"] = stage
         stepstone.recv("done")

@@ -169,3 +169,25 @@ def test_inputs_this_executor_cannot_decode_are_left_for_another(db: str) -> Non
 
             assert lenient.handle("count-1").result(timeout=15) == 6
         assert strict.store.health_status().unclaimable == 0
+
+
+def test_a_started_handles_result_is_rebuilt_by_the_return_annotation(rt: Runtime) -> None:
+    """The handle that rt.start returns reads a stored result as the workflow's annotated
+    type; rt.handle(id), which knows no workflow function, reads it as stored (an enum's
+    plain value)."""
+
+    @rt.workflow(name="rank")
+    def rank(name: str) -> Priority:
+        return Priority.HIGH if name == "urgent" else Priority.LOW
+
+    rt.launch()
+    started = rt.start(rank.with_options(workflow_id="rk-1"), "urgent")
+    wait_for(lambda: rt.handle("rk-1").status() == "SUCCEEDED")
+    # Once the run is over in this process, the result is read from the database.
+    wait_for(lambda: rt._engine.runs.future("rk-1") is None)
+    result = started.result(timeout=10)
+    assert type(result) is Priority
+    assert result is Priority.HIGH
+    plain = rt.handle("rk-1").result(timeout=10)
+    assert type(plain) is int
+    assert plain == 2
