@@ -1192,3 +1192,50 @@ def test_executors_lists_each_with_its_heartbeat_age_and_work(db: str) -> None:
     assert (by_id["live"]["state"], by_id["live"]["running"]) == ("alive", 1)
     assert by_id["gone"]["heartbeat_age_seconds"] > 3500
     assert by_id["stopped"]["heartbeat_age_seconds"] is None
+
+
+# -- errors under --json -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "kind"),
+    [
+        (["executions", "show", "no-such-id"], 1, "WorkflowNotFound"),
+        (["cancel", "no-such-id"], 1, "WorkflowNotFound"),
+        (["stats", "--since", "3 hours"], 2, "BadArgument"),
+        (["fork", "order-ok-1", "--from-step", "0", "--new-id", ""], 2, "BadArgument"),
+        (["executions", "list", "--limit", "x"], 2, "ArgumentError"),
+    ],
+)
+def test_errors_under_json_are_one_json_object_on_stderr_with_the_same_status(
+    populated: str, args: list[str], status: int, kind: str
+) -> None:
+    """With --json, a failed command prints {"error": {type, message, exit_status}} on
+    stderr, nothing on stdout, and exits as it does without --json."""
+    plain = _cli(populated, *args)
+    done = _cli(populated, *args, "--json")
+    assert (plain.returncode, done.returncode) == (status, status)
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["type"] == kind
+    assert error["exit_status"] == status
+    assert error["message"]
+    assert error["message"] in plain.stderr  # the same words as the line of text
+
+
+def test_an_unreachable_database_under_json_is_a_json_error_exiting_1() -> None:
+    """With --json, no server is {"error": {"type": "DatabaseUnreachable", ...}} on stderr
+    and exit status 1, for reads and operations alike."""
+    unreachable = "postgresql://stepstone@127.0.0.1:1/nowhere?connect_timeout=2"
+    for args in (["executions", "list"], ["cancel", "x"], ["executors"]):
+        done = _cli(unreachable, *args, "--json")
+        assert done.returncode == 1, done.stderr
+        assert done.stdout == ""
+        error = json.loads(done.stderr)["error"]
+        assert error == {
+            "type": "DatabaseUnreachable",
+            "message": error["message"],
+            "exit_status": 1,
+        }
+        assert "cannot connect to PostgreSQL" in error["message"]
