@@ -58,6 +58,7 @@ HEALTH_FIELDS = (
     "enqueued",
     "expired_lease",
     "unclaimable",
+    "code_changed",
     "oldest_running_seconds",
     "pool",
     "error",
@@ -292,6 +293,7 @@ def details_json(d: ExecutionDetails) -> str:
     execution = _record(d.execution)
     execution["inputs"] = _embedded(d.execution.inputs)
     execution["output"] = _embedded(d.execution.output)
+    execution["code_changed"] = d.execution.code_changed
     steps = [_record(s) | {"output": _embedded(s.output)} for s in d.steps]
     return to_json(
         {
@@ -332,6 +334,7 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
     duration = (e.finished_at - e.created_at).total_seconds() if e.finished_at else None
     fields = [
         ("workflow", f"{e.workflow_name} (version {e.workflow_version})"),
+        ("code", _code_text(e)),
         ("status", e.status),
         *(_waiting_fields(e, now) if e.status == "WAITING" else []),
         ("owner", e.owner or NONE),
@@ -357,6 +360,30 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
     if trace:
         lines += ["  recorded traceback:"] + [f"    {t}" for t in str(trace).rstrip().splitlines()]
     return "\n".join(lines)
+
+
+_UNFINISHED = ("ENQUEUED", "RUNNING", "WAITING")
+
+
+def _code_text(e: ExecutionRow) -> str:
+    """The fingerprint of the code it started with, and whether its workflow version is
+    registered with other code now."""
+    if e.fingerprint is None:
+        return "fingerprint unknown (created before fingerprints were recorded, or unregistered)"
+    if e.code_changed is None:
+        return f"fingerprint {e.fingerprint}"
+    if not e.code_changed:
+        return f"fingerprint {e.fingerprint} (the code registered now)"
+    text = (
+        f"fingerprint {e.fingerprint}, but version {e.workflow_version} is registered with "
+        f"{e.registered_fingerprint} now: its code changed since this execution started"
+    )
+    if e.status in _UNFINISHED:
+        text += (
+            ", so its replay runs other code than the one that recorded its steps and may "
+            "diverge (give changed code a new version, or let it finish on the old code)"
+        )
+    return text
 
 
 def _waiting_fields(e: ExecutionRow, now: dt.datetime) -> list[tuple[str, str]]:
