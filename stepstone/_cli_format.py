@@ -334,7 +334,6 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
     duration = (e.finished_at - e.created_at).total_seconds() if e.finished_at else None
     fields = [
         ("workflow", f"{e.workflow_name} (version {e.workflow_version})"),
-        ("code", _code_text(e)),
         ("status", e.status),
         *(_waiting_fields(e, now) if e.status == "WAITING" else []),
         ("owner", e.owner or NONE),
@@ -346,6 +345,7 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
         ),
         ("parent", e.parent_id or NONE),
         ("attributes", json.dumps(e.attributes, ensure_ascii=False) if e.attributes else NONE),
+        ("code", _code_text(e)),
         ("created", moment(e.created_at)),
         ("updated", moment(e.updated_at)),
         ("started", moment(e.started_at)),

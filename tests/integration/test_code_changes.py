@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import psycopg
 from structlog.testing import capture_logs
 
 import stepstone
@@ -130,3 +131,35 @@ def test_the_same_code_registered_again_warns_of_nothing(db: str) -> None:
         assert again.store.health_status().code_changed == 0
     finally:
         again.shutdown()
+
+
+def test_an_execution_takes_the_registered_fingerprint_at_creation_and_at_a_new_run(
+    db: str,
+) -> None:
+    """The trigger records the version's registered fingerprint on insert (none if the
+    version is unregistered), keeps it on other updates, and takes the current one when
+    `run` changes (continue-as-new)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO stepstone.workflows (name, version, fingerprint) VALUES ('wf', '1', 'aaa')"
+        )
+        conn.execute(
+            "INSERT INTO stepstone.executions (id, workflow_name, workflow_version, status, inputs)"
+            " VALUES ('e-1', 'wf', '1', 'RUNNING', '[]'), ('e-2', 'other', '1', 'RUNNING', '[]')"
+        )
+        conn.execute("UPDATE stepstone.workflows SET fingerprint = 'bbb'")
+
+        def fingerprint(workflow_id: str) -> object:
+            row = conn.execute(
+                "SELECT fingerprint FROM stepstone.executions WHERE id = %s", [workflow_id]
+            ).fetchone()
+            assert row is not None
+            return row[0]
+
+        assert (fingerprint("e-1"), fingerprint("e-2")) == ("aaa", None)
+        conn.execute(
+            "UPDATE stepstone.executions SET status = 'WAITING', run = run WHERE id = 'e-1'"
+        )
+        assert fingerprint("e-1") == "aaa"
+        conn.execute("UPDATE stepstone.executions SET run = 2 WHERE id = 'e-1'")
+        assert fingerprint("e-1") == "bbb"
