@@ -36,6 +36,7 @@ __all__ = [
     "executors_json",
     "executors_text",
     "health_fields",
+    "health_text",
     "page_json",
     "page_text",
     "plural",
@@ -50,6 +51,8 @@ NONE = "-"
 CELL_WIDTH = 60
 HEALTH_FIELDS = (
     "healthy",
+    "reasons",
+    "warnings",
     "reachable",
     "latency_ms",
     "schema_version",
@@ -611,8 +614,40 @@ def slowest_text(steps: list[SlowStep], since: dt.datetime, until: dt.datetime) 
 
 
 def health_fields(status: HealthStatus) -> dict[str, object]:
-    """What `health` prints, in order."""
+    """What `health --json` prints: every field of the status, with `healthy`, its
+    `reasons` (empty when healthy) and `warnings` first."""
     return {name: getattr(status, name) for name in HEALTH_FIELDS}
+
+
+def health_text(status: HealthStatus) -> str:
+    """`health` for reading: whether it is healthy, a line per reason and per warning, then
+    the values read (counts the database could not give are left out)."""
+    lines = [f"healthy: {_yes(status.healthy)}"]
+    lines += [f"reason: {reason}" for reason in status.reasons]
+    lines += [f"warning: {warning}" for warning in status.warnings]
+    lines.append(f"reachable: {_yes(status.reachable)}")
+    if status.latency_ms is not None:
+        lines.append(f"latency: {status.latency_ms:.1f} ms")
+    found = "none, no stepstone tables" if status.schema_version is None else status.schema_version
+    if status.reachable:
+        lines.append(f"schema version: {found} (expected {status.expected_schema_version})")
+    counts = (
+        ("running", status.running),
+        ("enqueued", status.enqueued),
+        ("expired lease", status.expired_lease),
+        ("unclaimable", status.unclaimable),
+        ("code changed", status.code_changed),
+    )
+    lines += [f"{name}: {value}" for name, value in counts if value is not None]
+    if status.running:
+        lines.append(f"oldest running: {span(status.oldest_running_seconds)}")
+    if status.pool:
+        lines.append("pool: " + ", ".join(f"{k} {v}" for k, v in status.pool.items()))
+    return "\n".join(lines)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 # -- executors -----------------------------------------------------------------------------

@@ -577,12 +577,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     status = _store(args).health_status()
-    fields = fmt.health_fields(status)
-    if args.json:
-        print(json.dumps(fields))
-    else:
-        for key, value in fields.items():
-            print(f"{key}: {value}")
+    print(fmt.to_json(fmt.health_fields(status)) if args.json else fmt.health_text(status))
     return 0 if status.healthy else 1
 
 

@@ -389,7 +389,8 @@ class HealthStatus:
     `expired_lease` (RUNNING, their owner's lease expired or no owner), `unclaimable` (of
     those, no live executor registers their workflow version), `code_changed` (unfinished
     executions that started with other code than their workflow version's registered now)
-    and the age of the oldest RUNNING one."""
+    and the age of the oldest RUNNING one. `reasons` says why it is not healthy, `warnings`
+    what deserves a look though it is."""
 
     reachable: bool
     latency_ms: float | None
@@ -414,6 +415,67 @@ class HealthStatus:
         """Reachable with a current schema, and no running execution that no live executor
         can run."""
         return self.reachable and self.schema_current and not self.unclaimable
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why it is not healthy, one sentence each, saying what to do; empty when healthy."""
+        found, expected = self.schema_version, self.expected_schema_version
+        if not self.reachable:
+            why = " ".join((self.error or "no reason given").split())
+            return [f"the database cannot be reached: {why}"]
+        reasons = []
+        if found is None:
+            reasons.append(
+                "the schema has no stepstone tables: check the database URL and schema name, "
+                f"then create them with `stepstone migrate` (version {expected})"
+            )
+        elif found < expected:
+            reasons.append(
+                f"the schema is at version {found}, behind the version {expected} this "
+                "stepstone needs: upgrade it with `stepstone migrate` (Runtime.launch() "
+                "migrates too)"
+            )
+        elif found > expected:
+            reasons.append(
+                f"the schema is at version {found}, ahead of the version {expected} this "
+                "stepstone knows: upgrade stepstone here to the version that migrated it"
+            )
+        if self.unclaimable:
+            reasons.append(
+                f"{_count(self.unclaimable, 'RUNNING execution')} without a live owner "
+                f"{_verb(self.unclaimable)} a workflow version no live executor registers: "
+                "start an executor that registers it (`stepstone executions list --status "
+                "RUNNING` shows their workflow and version)"
+            )
+        return reasons
+
+    @property
+    def warnings(self) -> list[str]:
+        """What deserves a look without making it unhealthy, one sentence each."""
+        warnings = []
+        claimable = (self.expired_lease or 0) - (self.unclaimable or 0)
+        if claimable > 0:
+            warnings.append(
+                f"{_count(claimable, 'RUNNING execution')} {_verb(claimable, 'has', 'have')} "
+                "an owner whose lease expired: a live executor that registers its workflow "
+                "takes it over at its next sweep"
+            )
+        if self.code_changed:
+            warnings.append(
+                f"{_count(self.code_changed, 'unfinished execution')} started with other code "
+                "than its workflow version is registered with now, so its replay may diverge: "
+                "`stepstone executions show ID` tells which code each started with (the "
+                "workflow_code_changed event at launch names them)"
+            )
+        return warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _verb(n: int, one: str = "runs", many: str = "run") -> str:
+    return one if n == 1 else many
 
 
 @dataclass(frozen=True, slots=True)
