@@ -36,6 +36,7 @@ __all__ = [
     "executors_json",
     "executors_text",
     "health_fields",
+    "health_text",
     "page_json",
     "page_text",
     "plural",
@@ -50,6 +51,8 @@ NONE = "-"
 CELL_WIDTH = 60
 HEALTH_FIELDS = (
     "healthy",
+    "reasons",
+    "warnings",
     "reachable",
     "latency_ms",
     "schema_version",
@@ -58,6 +61,7 @@ HEALTH_FIELDS = (
     "enqueued",
     "expired_lease",
     "unclaimable",
+    "code_changed",
     "oldest_running_seconds",
     "pool",
     "error",
@@ -292,6 +296,7 @@ def details_json(d: ExecutionDetails) -> str:
     execution = _record(d.execution)
     execution["inputs"] = _embedded(d.execution.inputs)
     execution["output"] = _embedded(d.execution.output)
+    execution["code_changed"] = d.execution.code_changed
     steps = [_record(s) | {"output": _embedded(s.output)} for s in d.steps]
     return to_json(
         {
@@ -343,6 +348,7 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
         ),
         ("parent", e.parent_id or NONE),
         ("attributes", json.dumps(e.attributes, ensure_ascii=False) if e.attributes else NONE),
+        ("code", _code_text(e)),
         ("created", moment(e.created_at)),
         ("updated", moment(e.updated_at)),
         ("started", moment(e.started_at)),
@@ -357,6 +363,30 @@ def _execution_text(e: ExecutionRow, now: dt.datetime) -> str:
     if trace:
         lines += ["  recorded traceback:"] + [f"    {t}" for t in str(trace).rstrip().splitlines()]
     return "\n".join(lines)
+
+
+_UNFINISHED = ("ENQUEUED", "RUNNING", "WAITING")
+
+
+def _code_text(e: ExecutionRow) -> str:
+    """The fingerprint of the code it started with, and whether its workflow version is
+    registered with other code now."""
+    if e.fingerprint is None:
+        return "fingerprint unknown (created before fingerprints were recorded, or unregistered)"
+    if e.code_changed is None:
+        return f"fingerprint {e.fingerprint}"
+    if not e.code_changed:
+        return f"fingerprint {e.fingerprint} (the code registered now)"
+    text = (
+        f"fingerprint {e.fingerprint}, but version {e.workflow_version} is registered with "
+        f"{e.registered_fingerprint} now: its code changed since this execution started"
+    )
+    if e.status in _UNFINISHED:
+        text += (
+            ", so its replay runs other code than the one that recorded its steps and may "
+            "diverge (give changed code a new version, or let it finish on the old code)"
+        )
+    return text
 
 
 def _waiting_fields(e: ExecutionRow, now: dt.datetime) -> list[tuple[str, str]]:
@@ -584,8 +614,40 @@ def slowest_text(steps: list[SlowStep], since: dt.datetime, until: dt.datetime) 
 
 
 def health_fields(status: HealthStatus) -> dict[str, object]:
-    """What `health` prints, in order."""
+    """What `health --json` prints: every field of the status, with `healthy`, its
+    `reasons` (empty when healthy) and `warnings` first."""
     return {name: getattr(status, name) for name in HEALTH_FIELDS}
+
+
+def health_text(status: HealthStatus) -> str:
+    """`health` for reading: whether it is healthy, a line per reason and per warning, then
+    the values read (counts the database could not give are left out)."""
+    lines = [f"healthy: {_yes(status.healthy)}"]
+    lines += [f"reason: {reason}" for reason in status.reasons]
+    lines += [f"warning: {warning}" for warning in status.warnings]
+    lines.append(f"reachable: {_yes(status.reachable)}")
+    if status.latency_ms is not None:
+        lines.append(f"latency: {status.latency_ms:.1f} ms")
+    found = "none, no stepstone tables" if status.schema_version is None else status.schema_version
+    if status.reachable:
+        lines.append(f"schema version: {found} (expected {status.expected_schema_version})")
+    counts = (
+        ("running", status.running),
+        ("enqueued", status.enqueued),
+        ("expired lease", status.expired_lease),
+        ("unclaimable", status.unclaimable),
+        ("code changed", status.code_changed),
+    )
+    lines += [f"{name}: {value}" for name, value in counts if value is not None]
+    if status.running:
+        lines.append(f"oldest running: {span(status.oldest_running_seconds)}")
+    if status.pool:
+        lines.append("pool: " + ", ".join(f"{k} {v}" for k, v in status.pool.items()))
+    return "\n".join(lines)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 # -- executors -----------------------------------------------------------------------------

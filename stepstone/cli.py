@@ -18,10 +18,17 @@ import re
 import socket
 import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from stepstone import _cli_format as fmt
-from stepstone._cli_errors import BadArgument, OperationFailed, exit_status
+from stepstone._cli_errors import (
+    USAGE,
+    ArgumentError,
+    BadArgument,
+    OperationFailed,
+    error_json,
+    exit_status,
+)
 from stepstone._cli_worker import add_worker
 from stepstone._version import __version__
 from stepstone.errors import InvalidWorkflowId, StepstoneError, UsageError, WorkflowNotFound
@@ -70,20 +77,43 @@ class _StoredText:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status. With --json, an error is one JSON
+    object on stderr (see `_cli_errors.error_json`) instead of a line of text."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in words[: words.index("--")] if "--" in words else "--json" in words
     parser = _parser()
-    args = _merge_globals(parser, parser.parse_args(argv))
+    try:
+        args = _merge_globals(parser, parser.parse_args(words))
+    except ArgumentError as exc:
+        if as_json:
+            print(error_json(exc, str(exc), USAGE), file=sys.stderr)
+        else:
+            exc.parser.print_usage(sys.stderr)
+            print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        return USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except (BadArgument, OperationFailed, StepstoneError) as exc:
         message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
-        print(f"stepstone: {message}", file=sys.stderr)
-        return exit_status(exc)
+        status = exit_status(exc)
+        if args.json:
+            print(error_json(exc, message, status), file=sys.stderr)
+        else:
+            print(f"stepstone: {message}", file=sys.stderr)
+        return status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is raised (for `main` to print as text or JSON)
+    instead of printed and exited on; subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentError(self, message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="stepstone", description="Durable workflows in PostgreSQL."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -548,12 +578,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     status = _store(args).health_status()
-    fields = fmt.health_fields(status)
-    if args.json:
-        print(json.dumps(fields))
-    else:
-        for key, value in fields.items():
-            print(f"{key}: {value}")
+    print(fmt.to_json(fmt.health_fields(status)) if args.json else fmt.health_text(status))
     return 0 if status.healthy else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
 from stepstone import Runtime
 from tests.support import databases
@@ -12,6 +13,15 @@ from tests.support.server import pytest_configure, pytest_unconfigure  # noqa: F
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+@pytest.fixture(autouse=True)
+def _structlog_unconfigured() -> Iterator[None]:
+    """Each test starts with structlog as an application that never configured it (a test
+    using structlog.testing.capture_logs leaves it configured, printing to stdout)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

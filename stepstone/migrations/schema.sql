@@ -79,7 +79,10 @@ CREATE TABLE {schema}.executions (
     dispatched_at    timestamptz,
     -- The executors that could not run it and handed it back (see
     -- 0013_refused_executions.sql): their sweeps pass it over.
-    refused_by       text[]
+    refused_by       text[],
+    -- The fingerprint of its workflow version's registered code when it was created, or
+    -- when it last continued as new (see 0014_execution_fingerprints.sql); NULL: unknown.
+    fingerprint      text
 );
 -- Recovery looks up the running executions of one owner, or of expired owners.
 CREATE INDEX executions_running_owner_idx ON {schema}.executions (owner) WHERE status = 'RUNNING';
@@ -1859,3 +1862,24 @@ BEGIN
     PERFORM pg_notify('stepstone', 'due:' || p_id);
     RETURN true;
 END $$;
+
+-- The code an execution runs with (see 0014_execution_fingerprints.sql).
+-- Sets NEW.fingerprint, on insert (unless given) and when `run` changes (continue-as-new),
+-- to the registered fingerprint of the execution's workflow version. workflows_pkey.
+CREATE FUNCTION {schema}.execution_fingerprint_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' AND NEW.fingerprint IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.run IS NOT DISTINCT FROM OLD.run THEN
+        RETURN NEW;
+    END IF;
+    NEW.fingerprint := (SELECT w.fingerprint FROM {schema}.workflows w
+                         WHERE w.name = NEW.workflow_name AND w.version = NEW.workflow_version);
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER executions_fingerprint
+    BEFORE INSERT OR UPDATE OF run ON {schema}.executions
+    FOR EACH ROW EXECUTE FUNCTION {schema}.execution_fingerprint_v1();

@@ -22,6 +22,7 @@ from stepstone.persistence.rows import (
     StepCommit,
     StepRow,
     UnreadMessages,
+    WorkflowRegistration,
     WorkflowRow,
     WorkflowStats,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "StepRow",
     "Store",
     "UnreadMessages",
+    "WorkflowRegistration",
     "WorkflowRow",
     "WorkflowStats",
 ]

@@ -8,6 +8,36 @@ VALUES (%(name)s, %(version)s, %(fingerprint)s)
    SET fingerprint = EXCLUDED.fingerprint, last_seen = now()
 RETURNING w.name, w.version, w.fingerprint, w.first_seen, w.last_seen;
 
+-- name: register_workflow
+-- save_workflow, and what the registration meets: the fingerprint registered before it, and
+-- the unfinished executions of the version that started with another fingerprint (how many,
+-- their fingerprints, the ten oldest ids). The CTEs see the rows as they were before the
+-- upsert. workflows_pkey; executions_waiting_idx and executions_status_created_idx for the
+-- unfinished executions (as health_counts).
+WITH previous AS (
+    SELECT fingerprint FROM {schema}.workflows
+     WHERE name = %(name)s AND version = %(version)s
+), saved AS (
+    INSERT INTO {schema}.workflows AS w (name, version, fingerprint)
+    VALUES (%(name)s, %(version)s, %(fingerprint)s)
+        ON CONFLICT (name, version) DO UPDATE
+       SET fingerprint = EXCLUDED.fingerprint, last_seen = now()
+    RETURNING w.name, w.version, w.fingerprint, w.first_seen, w.last_seen
+), changed AS (
+    SELECT e.id, e.fingerprint, e.created_at
+      FROM {schema}.executions e
+     WHERE e.status IN ('ENQUEUED', 'RUNNING', 'WAITING')
+       AND e.workflow_name = %(name)s AND e.workflow_version = %(version)s
+       AND e.fingerprint <> %(fingerprint)s
+)
+SELECT saved.name, saved.version, saved.fingerprint, saved.first_seen, saved.last_seen,
+       (SELECT fingerprint FROM previous),
+       (SELECT count(*) FROM changed),
+       (SELECT coalesce(array_agg(DISTINCT fingerprint ORDER BY fingerprint), '{{}}') FROM changed),
+       (SELECT coalesce(array_agg(id ORDER BY created_at, id), '{{}}')
+          FROM (SELECT id, created_at FROM changed ORDER BY created_at, id LIMIT 10) oldest)
+  FROM saved;
+
 -- name: load_workflow
 SELECT name, version, fingerprint, first_seen, last_seen
   FROM {schema}.workflows
@@ -126,9 +156,10 @@ SELECT id FROM {schema}.executions WHERE status = 'RUNNING' AND owner = %(owner)
 
 -- name: health_counts
 -- executions_status_created_idx for the unfinished executions; executors_pkey for their
--- owners; the (name, version) pairs live executors run are gathered once, not per row. An
--- execution no live executor can run: none runs its workflow version, or each that does
--- refused it (its inputs cannot be decoded there).
+-- owners; workflows_pkey for the registered fingerprints; the (name, version) pairs live
+-- executors run are gathered once, not per row. An execution no live executor can run:
+-- none runs its workflow version, or each that does refused it (its inputs cannot be
+-- decoded there).
 WITH live AS (
     SELECT DISTINCT l.id, w->>0 AS name, w->>1 AS version
       FROM {schema}.executors l, jsonb_array_elements(l.workflows) w
@@ -144,10 +175,12 @@ SELECT count(*) FILTER (WHERE e.status = 'RUNNING'),
                                WHERE live.name = e.workflow_name
                                  AND live.version = e.workflow_version
                                  AND (e.refused_by IS NULL OR live.id <> ALL (e.refused_by)))),
-       extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.status = 'RUNNING'))::float8
+       extract(epoch FROM now() - min(e.created_at) FILTER (WHERE e.status = 'RUNNING'))::float8,
+       count(*) FILTER (WHERE e.fingerprint <> w.fingerprint)
   FROM {schema}.executions e
   LEFT JOIN {schema}.executors o ON o.id = e.owner
- WHERE e.status IN ('ENQUEUED', 'RUNNING');
+  LEFT JOIN {schema}.workflows w ON w.name = e.workflow_name AND w.version = e.workflow_version
+ WHERE e.status IN ('ENQUEUED', 'RUNNING', 'WAITING');
 
 -- name: start_execution
 -- Hot (one per start). executions_pkey.
@@ -206,12 +239,13 @@ SELECT id, workflow_name, workflow_version, inputs, epoch, recoveries, steps, st
           WHERE e.status = 'RUNNING' AND e.owner = %(owner)s), %(reason)s, true);
 
 -- name: get_execution
--- executions_pkey.
-SELECT id, workflow_name, workflow_version, status, inputs, output, error, owner, epoch,
-       parent_id, attributes, created_at, updated_at, started_at, finished_at, wake_at, waiting,
-       run
-  FROM {schema}.executions
- WHERE id = %(id)s;
+-- executions_pkey; workflows_pkey for the fingerprint registered now.
+SELECT e.id, e.workflow_name, e.workflow_version, e.status, e.inputs, e.output, e.error,
+       e.owner, e.epoch, e.parent_id, e.attributes, e.created_at, e.updated_at, e.started_at,
+       e.finished_at, e.wake_at, e.waiting, e.run, e.fingerprint, w.fingerprint
+  FROM {schema}.executions e
+  LEFT JOIN {schema}.workflows w ON w.name = e.workflow_name AND w.version = e.workflow_version
+ WHERE e.id = %(id)s;
 
 -- name: get_status
 -- executions_pkey.

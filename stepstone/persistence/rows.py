@@ -31,6 +31,7 @@ __all__ = [
     "WaitOutcome",
     "WaitRequest",
     "WokenRecord",
+    "WorkflowRegistration",
     "WorkflowRow",
     "WorkflowStats",
 ]
@@ -48,6 +49,20 @@ class WorkflowRow:
     fingerprint: str
     first_seen: dt.datetime
     last_seen: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRegistration:
+    """What registering a workflow definition met (`Store.register_workflow`): the row as
+    saved, the fingerprint registered before (None: the version is new), and the unfinished
+    (ENQUEUED, RUNNING, WAITING) executions of the version that started with another
+    fingerprint: how many, their fingerprints, and the ids of the ten oldest."""
+
+    workflow: WorkflowRow
+    previous_fingerprint: str | None
+    changed_executions: int
+    changed_fingerprints: list[str]
+    oldest_changed_ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +88,10 @@ class ExecutionRow:
     or "execution", the wait's position `seq` and `name`, the `topic` of a receive, the
     `target` execution and the state `key` waited for, `timeout` in seconds, `timeout_at`
     and `started_at`) and `wake_at`, when it is due (None: when something happens). `run`
-    is which run of the execution this is: 1, then one more at each continue-as-new."""
+    is which run of the execution this is: 1, then one more at each continue-as-new.
+    `fingerprint` is the fingerprint of its workflow version's code registered when it was
+    created (or last continued as new), `registered_fingerprint` the one registered now;
+    either is None where unknown (see `code_changed`)."""
 
     id: str
     workflow_name: str
@@ -93,6 +111,17 @@ class ExecutionRow:
     wake_at: dt.datetime | None = None
     waiting: dict[str, Any] | None = None
     run: int = 1
+    fingerprint: str | None = None
+    registered_fingerprint: str | None = None
+
+    @property
+    def code_changed(self) -> bool | None:
+        """Whether its workflow version's registered code differs from the code it started
+        with: its replay runs other code than the one that recorded its steps. None when
+        either fingerprint is unknown."""
+        if self.fingerprint is None or self.registered_fingerprint is None:
+            return None
+        return self.fingerprint != self.registered_fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +384,13 @@ class StepCommit:
 
 @dataclass(frozen=True, slots=True)
 class HealthStatus:
-    """What `Store.health_status()` found."""
+    """What `Store.health_status()` found. The execution counts are read only from a
+    reachable database with a current schema (None otherwise): `running`, `enqueued`,
+    `expired_lease` (RUNNING, their owner's lease expired or no owner), `unclaimable` (of
+    those, no live executor registers their workflow version), `code_changed` (unfinished
+    executions that started with other code than their workflow version's registered now)
+    and the age of the oldest RUNNING one. `reasons` says why it is not healthy, `warnings`
+    what deserves a look though it is."""
 
     reachable: bool
     latency_ms: float | None
@@ -368,6 +403,7 @@ class HealthStatus:
     expired_lease: int | None = None
     unclaimable: int | None = None
     oldest_running_seconds: float | None = None
+    code_changed: int | None = None
 
     @property
     def schema_current(self) -> bool:
@@ -379,6 +415,67 @@ class HealthStatus:
         """Reachable with a current schema, and no running execution that no live executor
         can run."""
         return self.reachable and self.schema_current and not self.unclaimable
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why it is not healthy, one sentence each, saying what to do; empty when healthy."""
+        found, expected = self.schema_version, self.expected_schema_version
+        if not self.reachable:
+            why = " ".join((self.error or "no reason given").split())
+            return [f"the database cannot be reached: {why}"]
+        reasons = []
+        if found is None:
+            reasons.append(
+                "the schema has no stepstone tables: check the database URL and schema name, "
+                f"then create them with `stepstone migrate` (version {expected})"
+            )
+        elif found < expected:
+            reasons.append(
+                f"the schema is at version {found}, behind the version {expected} this "
+                "stepstone needs: upgrade it with `stepstone migrate` (Runtime.launch() "
+                "migrates too)"
+            )
+        elif found > expected:
+            reasons.append(
+                f"the schema is at version {found}, ahead of the version {expected} this "
+                "stepstone knows: upgrade stepstone here to the version that migrated it"
+            )
+        if self.unclaimable:
+            reasons.append(
+                f"{_count(self.unclaimable, 'RUNNING execution')} without a live owner "
+                f"{_verb(self.unclaimable)} a workflow version no live executor registers: "
+                "start an executor that registers it (`stepstone executions list --status "
+                "RUNNING` shows their workflow and version)"
+            )
+        return reasons
+
+    @property
+    def warnings(self) -> list[str]:
+        """What deserves a look without making it unhealthy, one sentence each."""
+        warnings = []
+        claimable = (self.expired_lease or 0) - (self.unclaimable or 0)
+        if claimable > 0:
+            warnings.append(
+                f"{_count(claimable, 'RUNNING execution')} {_verb(claimable, 'has', 'have')} "
+                "an owner whose lease expired: a live executor that registers its workflow "
+                "takes it over at its next sweep"
+            )
+        if self.code_changed:
+            warnings.append(
+                f"{_count(self.code_changed, 'unfinished execution')} started with other code "
+                "than its workflow version is registered with now, so its replay may diverge: "
+                "`stepstone executions show ID` tells which code each started with (the "
+                "workflow_code_changed event at launch names them)"
+            )
+        return warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _verb(n: int, one: str = "runs", many: str = "run") -> str:
+    return one if n == 1 else many
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from stepstone.persistence.rows import (
     StepRow,
     SweepResult,
     WokenRecord,
+    WorkflowRegistration,
     WorkflowRow,
 )
 from stepstone.persistence.serialization import (
@@ -346,6 +347,22 @@ class Store(QueueStore, WaitStore):
         )
         assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
         return WorkflowRow(*row)
+
+    def register_workflow(self, name: str, version: str, fingerprint: str) -> WorkflowRegistration:
+        """`save_workflow`, in the same round trip telling what the registration met: the
+        fingerprint registered before, and the unfinished executions of this version that
+        started with another fingerprint (their code changed under them)."""
+        row = self._sql.one(
+            "register_workflow", {"name": name, "version": version, "fingerprint": fingerprint}
+        )
+        assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
+        return WorkflowRegistration(
+            workflow=WorkflowRow(*row[:5]),
+            previous_fingerprint=row[5],
+            changed_executions=int(row[6]),
+            changed_fingerprints=list(row[7]),
+            oldest_changed_ids=list(row[8]),
+        )
 
     def load_workflow(self, name: str, version: str | None = None) -> WorkflowRow | None:
         """A registered definition: the given version, or the most recently seen one."""
@@ -826,7 +843,7 @@ class Store(QueueStore, WaitStore):
                 pool=stats,
                 error=error,
             )
-        running, enqueued, expired, unclaimable, oldest = counts or (None,) * 5
+        running, enqueued, expired, unclaimable, oldest, changed = counts or (None,) * 6
         return HealthStatus(
             reachable=True,
             latency_ms=round(latency, 3),
@@ -838,6 +855,7 @@ class Store(QueueStore, WaitStore):
             expired_lease=expired,
             unclaimable=unclaimable,
             oldest_running_seconds=float(oldest) if oldest is not None else None,
+            code_changed=changed,
         )
 
     # -- helpers -----------------------------------------------------------------------------

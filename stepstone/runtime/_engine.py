@@ -116,17 +116,39 @@ class Engine:
     def register_workflow(self, workflow: Workflow[Any, Any]) -> None:
         self.registry.add_workflow(workflow)
         if self.launched:
-            self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
+            self._save_definition(workflow)
 
     def register_step(self, name: str) -> None:
         self.registry.add_step(name)
 
     def launch(self) -> None:
         for workflow in self.registry.workflows():
-            self.store.save_workflow(workflow.name, workflow.version, workflow.fingerprint)
+            self._save_definition(workflow)
         self.stopping = False
         self.pool.start()
         self.launched = True
+
+    def _save_definition(self, workflow: Workflow[Any, Any]) -> None:
+        """Register the definition; warn (`workflow_code_changed`) when unfinished executions
+        of its name and version started with other code: their replay runs this code, which
+        may take another path than the one that recorded their steps."""
+        found = self.store.register_workflow(workflow.name, workflow.version, workflow.fingerprint)
+        if found.changed_executions:
+            self.log.warning(
+                "workflow_code_changed",
+                workflow=workflow.name,
+                version=workflow.version,
+                fingerprint=workflow.fingerprint,
+                previous_fingerprint=found.previous_fingerprint,
+                started_with=",".join(found.changed_fingerprints),
+                executions=found.changed_executions,
+                oldest_ids=",".join(found.oldest_changed_ids),
+                hint=(
+                    "give the workflow a new version for changed code, or let these "
+                    "executions finish on the old code; `stepstone executions show ID` "
+                    "says which code each started with"
+                ),
+            )
 
     def shutdown(self, *, wait: bool) -> None:
         """Take no more work; let the pool finish what it runs and has queued (if `wait`)."""

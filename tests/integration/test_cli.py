@@ -938,13 +938,110 @@ def test_slowest_steps_lists_the_slowest_first(populated: str) -> None:
 def test_health_exits_0_when_healthy_and_1_on_an_empty_database(db: str, empty_db: str) -> None:
     """health exits 0 on a migrated database and 1 (with healthy false) on an empty one."""
     out = _ok(db, "health")
-    assert "healthy: True" in out
-    assert json.loads(_ok(db, "health", "--json"))["healthy"] is True
+    assert out.splitlines()[0] == "healthy: yes"
+    report = json.loads(_ok(db, "health", "--json"))
+    assert (report["healthy"], report["reasons"], report["warnings"]) == (True, [], [])
     empty = _cli(empty_db, "health", "--json")
     assert empty.returncode == 1, empty.stderr
     status = json.loads(empty.stdout)
     assert status["healthy"] is False
     assert status["schema_version"] is None
+    assert len(status["reasons"]) == 1
+    assert "no stepstone tables" in status["reasons"][0]
+    assert "stepstone migrate" in status["reasons"][0]
+
+
+def _health_lines(db: str) -> dict[str, list[str]]:
+    """`health`'s text as label -> values (a label such as `reason` may repeat)."""
+    done = _cli(db, "health")
+    lines: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines():
+        label, _, value = line.partition(": ")
+        lines.setdefault(label, []).append(value)
+    return lines
+
+
+def test_health_prints_plain_values_one_per_line(db: str) -> None:
+    """Healthy: `label: value` lines with plain values (yes/no, `1.2 ms`, `13 (expected 13)`,
+    counts as numbers), no Python reprs (True, None, {...})."""
+    done = _cli(db, "health")
+    assert done.returncode == 0, done.stderr
+    lines = _health_lines(db)
+    assert lines["healthy"] == ["yes"]
+    assert lines["reachable"] == ["yes"]
+    assert re.fullmatch(r"[0-9]+\.[0-9] ms", lines["latency"][0]), lines
+    assert re.fullmatch(r"([0-9]+) \(expected \1\)", lines["schema version"][0]), lines
+    for label in ("running", "enqueued", "expired lease", "unclaimable", "code changed"):
+        assert lines[label] == ["0"], (label, lines)
+    assert "reason" not in lines
+    assert "warning" not in lines
+    for repr_ in ("True", "False", "None", "{", "'"):
+        assert repr_ not in done.stdout, done.stdout
+
+
+def test_health_says_why_it_is_unhealthy_one_reason_a_line(db: str) -> None:
+    """An unclaimable execution and a schema behind or ahead each get a `reason:` line
+    saying what to do, and exit 1; an expired lease a live executor can take is a warning
+    only; --json has the same in `reasons` and `warnings`."""
+    _query(
+        db,
+        "INSERT INTO stepstone.executors (id, hostname, pid, lease_seconds, heartbeat_at, workflows)"
+        " VALUES ('dead', 'h1', 11, 30, now() - interval '1 hour', '[]'),"
+        " ('live', 'h2', 12, 30, now(), '[[\"order\", \"1\"]]')",
+    )
+    _query(
+        db,
+        "INSERT INTO stepstone.executions (id, workflow_name, workflow_version, status, inputs,"
+        " owner) VALUES ('lost-1', 'report', '1', 'RUNNING', '{}', 'dead'),"
+        " ('taken-1', 'order', '1', 'RUNNING', '{}', 'dead')",
+    )
+    lines = _health_lines(db)
+    assert lines["healthy"] == ["no"]
+    assert lines["unclaimable"] == ["1"]
+    assert lines["expired lease"] == ["2"]
+    [reason] = lines["reason"]
+    assert "1 RUNNING execution without a live owner runs a workflow version no live" in reason
+    assert "start an executor that registers it" in reason
+    [warning] = lines["warning"]
+    assert warning.startswith("1 RUNNING execution has an owner whose lease expired")
+    assert _cli(db, "health").returncode == 1
+    report = json.loads(_cli(db, "health", "--json").stdout)
+    assert report["reasons"] == [reason]
+    assert report["warnings"] == [warning]
+
+    _query(db, "DELETE FROM stepstone.executions")
+    latest = _query(db, "SELECT max(version) FROM stepstone.schema_migrations")[0][0]
+    _query(db, "DELETE FROM stepstone.schema_migrations WHERE version = %s", (latest,))
+    behind = _cli(db, "health")
+    assert behind.returncode == 1
+    assert f"schema version: {latest - 1} (expected {latest})" in behind.stdout
+    [reason] = _health_lines(db)["reason"]
+    assert f"at version {latest - 1}, behind the version {latest}" in reason
+    assert "stepstone migrate" in reason
+    _query(
+        db,
+        "INSERT INTO stepstone.schema_migrations (version, name, checksum) "
+        "VALUES (%s, 'later', 'x'), (%s, 'later still', 'y')",
+        (latest, latest + 1),
+    )
+    [reason] = _health_lines(db)["reason"]
+    assert f"at version {latest + 1}, ahead of the version {latest}" in reason
+    assert "upgrade stepstone" in reason
+
+
+def test_health_of_an_unreachable_database_says_why_and_exits_1() -> None:
+    """No server: `healthy: no`, a reason naming the connection failure, exit 1; --json
+    has healthy false and the same reason."""
+    unreachable = "postgresql://stepstone@127.0.0.1:1/nowhere?connect_timeout=2"
+    done = _cli(unreachable, "health")
+    assert done.returncode == 1
+    healthy, reason, *rest = done.stdout.splitlines()
+    assert healthy == "healthy: no"
+    assert reason.startswith("reason: the database cannot be reached: cannot connect to PostgreSQL")
+    assert rest == ["reachable: no"]
+    report = json.loads(_cli(unreachable, "health", "--json").stdout)
+    assert (report["healthy"], report["reachable"]) == (False, False)
+    assert report["reasons"][0].startswith("the database cannot be reached")
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -1192,3 +1289,50 @@ def test_executors_lists_each_with_its_heartbeat_age_and_work(db: str) -> None:
     assert (by_id["live"]["state"], by_id["live"]["running"]) == ("alive", 1)
     assert by_id["gone"]["heartbeat_age_seconds"] > 3500
     assert by_id["stopped"]["heartbeat_age_seconds"] is None
+
+
+# -- errors under --json -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "kind"),
+    [
+        (["executions", "show", "no-such-id"], 1, "WorkflowNotFound"),
+        (["cancel", "no-such-id"], 1, "WorkflowNotFound"),
+        (["stats", "--since", "3 hours"], 2, "BadArgument"),
+        (["fork", "order-ok-1", "--from-step", "0", "--new-id", ""], 2, "BadArgument"),
+        (["executions", "list", "--limit", "x"], 2, "ArgumentError"),
+    ],
+)
+def test_errors_under_json_are_one_json_object_on_stderr_with_the_same_status(
+    populated: str, args: list[str], status: int, kind: str
+) -> None:
+    """With --json, a failed command prints {"error": {type, message, exit_status}} on
+    stderr, nothing on stdout, and exits as it does without --json."""
+    plain = _cli(populated, *args)
+    done = _cli(populated, *args, "--json")
+    assert (plain.returncode, done.returncode) == (status, status)
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["type"] == kind
+    assert error["exit_status"] == status
+    assert error["message"]
+    assert error["message"] in plain.stderr  # the same words as the line of text
+
+
+def test_an_unreachable_database_under_json_is_a_json_error_exiting_1() -> None:
+    """With --json, no server is {"error": {"type": "DatabaseUnreachable", ...}} on stderr
+    and exit status 1, for reads and operations alike."""
+    unreachable = "postgresql://stepstone@127.0.0.1:1/nowhere?connect_timeout=2"
+    for args in (["executions", "list"], ["cancel", "x"], ["executors"]):
+        done = _cli(unreachable, *args, "--json")
+        assert done.returncode == 1, done.stderr
+        assert done.stdout == ""
+        error = json.loads(done.stderr)["error"]
+        assert error == {
+            "type": "DatabaseUnreachable",
+            "message": error["message"],
+            "exit_status": 1,
+        }
+        assert "cannot connect to PostgreSQL" in error["message"]

@@ -22,14 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-@pytest.fixture(autouse=True)
-def _structlog_unconfigured() -> Iterator[None]:
-    """Each test starts with structlog as an application that never configured it."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
-
-
 def providers_of(providers: stepstone.telemetry.Providers) -> dict[str, Any]:
     return {
         "tracer_provider": providers.tracer_provider,
