@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadArgument, OperationFailed, StepstoneError) as exc:
         message = re.sub(r"\s*\n\s*", " ", str(exc).strip())
         status = exit_status(exc)
-        if args.json:
+        if getattr(args, "json", False):  # `worker` has no --json
             print(error_json(exc, message, status), file=sys.stderr)
         else:
             print(f"stepstone: {message}", file=sys.stderr)
