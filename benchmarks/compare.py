@@ -22,7 +22,7 @@ Workloads
 - W3: throughput of 2000 one-step workflows started by 16 threads that each start one and
   wait for it.
 - W4: statements (pg_stat_statements), transactions (pg_stat_database) and WAL syncs
-  (pg_stat_wal) per workflow and per step, over 200 workflows of 0 and of 10 steps.
+  (pg_stat_wal, or pg_stat_io from PostgreSQL 18) per workflow and per step, over 200 workflows of 0 and of 10 steps.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ from psycopg import sql  # noqa: E402 - after the path is set
 from tests.support.cluster import Cluster  # noqa: E402
 
 ENGINES = ("floor", "stepstone", "dbos")
+# WAL syncs so far: pg_stat_wal up to PostgreSQL 17, pg_stat_io's WAL rows from 18 on.
+WAL_SYNCS = {
+    False: "SELECT wal_sync FROM pg_stat_wal",
+    True: "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'",
+}
 DBOS_VERSION = "3.4.0"
 WORKER = ROOT / "benchmarks" / "engines.py"
 
@@ -159,7 +164,7 @@ class Runner:
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
             [database],
         ).fetchone()
-        syncs = self.admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+        syncs = self.admin.execute(WAL_SYNCS[self.admin.info.server_version >= 180000]).fetchone()
         assert statements is not None
         assert transactions is not None
         assert syncs is not None
