@@ -1751,8 +1751,8 @@ BEGIN
         ), started AS (
             UPDATE {schema}.executions e
                SET status = 'RUNNING', owner = p_owner, epoch = e.epoch + 1,
-                   started_at = coalesce(e.started_at, now()),
-                   dispatched_at = coalesce(e.dispatched_at, now()),
+                   started_at = coalesce(e.started_at, clock_timestamp()),
+                   dispatched_at = coalesce(e.dispatched_at, clock_timestamp()),
                    deadline_at = coalesce(e.deadline_at,
                                           now() + make_interval(secs => e.timeout_seconds)),
                    updated_at = now()

@@ -23,6 +23,8 @@ from stepstone import (
     UsageError,
     WorkflowIdConflict,
 )
+from stepstone.persistence import Store
+from stepstone.persistence.rows import EnqueueRequest
 from tests.support.runtime import FAST, wait_for
 
 if TYPE_CHECKING:
@@ -509,3 +511,53 @@ def test_a_queued_execution_handed_back_goes_back_to_its_queue(
     assert events.count("execution_dequeued") == 2
     assert "execution_resumed" not in events
     assert _query(db, "SELECT recoveries FROM stepstone.executions WHERE id = 'hb'") == [(1,)]
+
+
+def test_a_dispatch_that_waited_for_the_queue_lock_is_dated_after_the_run_it_replaced(
+    db: str,
+) -> None:
+    """A dispatcher that waits for the queue's row lock while a run ends records its start
+    after that end (clock time at the claim, not its transaction's start), so the stored
+    intervals of a queue never overlap beyond its concurrency."""
+    store = Store(db)
+    store.open()
+    try:
+        store.declare_queue("one", concurrency=1, rate_limit=None, partition_concurrency=None)
+        for n in (1, 2):
+            request = EnqueueRequest(f"q-{n}", "job", "1", '{"args":[],"kwargs":{}}', "one", "t")
+            assert store.enqueue(request).outcome == "enqueued"
+        first = store.dispatch("w1", {"one": 1}, 1, [("job", "1")]).claimed
+        assert [record.id for _, record in first] == ["q-1"]
+        epoch = first[0][1].epoch
+        later: list[Any] = []
+        with psycopg.connect(db) as holder:
+            holder.execute("SELECT 1 FROM stepstone.queues WHERE name = 'one' FOR UPDATE")
+            waiting = threading.Thread(
+                target=lambda: later.append(
+                    store.dispatch("w2", {"one": 1}, 1, [("job", "1")]).claimed
+                )
+            )
+            waiting.start()
+            wait_for(lambda: _blocked_on(db, holder.info.backend_pid))
+            store.finish_execution(
+                "q-1", "w1", epoch, status="SUCCEEDED", output="1", error=None, seq=0
+            )
+        waiting.join(timeout=30)
+        assert [record.id for _, record in later[0]] == ["q-2"]
+        rows = dict(
+            _query(
+                db,
+                "SELECT id, CASE id WHEN 'q-1' THEN finished_at ELSE dispatched_at END "
+                "FROM stepstone.executions",
+            )
+        )
+        assert rows["q-2"] >= rows["q-1"]
+    finally:
+        store.close()
+
+
+def _blocked_on(db: str, pid: int) -> bool:
+    rows = _query(
+        db, "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))", (pid,)
+    )
+    return bool(rows[0][0])
