@@ -24,6 +24,7 @@ import pytest
 import stepstone
 from stepstone import Runtime, WorkflowFailed
 from stepstone.cli import main
+from tests.support.cli import run_cli as _cli
 from tests.support.runtime import Crash, wait_for
 
 ALL_IDS = {"order-ok-1", "order-ok-2", "report-acme", "order-failed", "order-running"}
@@ -74,16 +75,6 @@ def populated(db: str, rt: Runtime) -> str:
     """The test's database with the five executions described above."""
     _populate(rt)
     return db
-
-
-def _cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stepstone", "--database-url", db, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def _ok(db: str, *args: str) -> str:

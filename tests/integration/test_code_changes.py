@@ -4,8 +4,6 @@ a warning event at registration, a field of `executions show`, a health counter.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -13,6 +11,7 @@ from structlog.testing import capture_logs
 
 import stepstone
 from stepstone import Runtime
+from tests.support.cli import run_cli as _cli
 from tests.support.runtime import wait_for
 
 if TYPE_CHECKING:
@@ -53,16 +52,6 @@ def _launched(
     with capture_logs() as events:
         rt.launch()
     return rt, workflow, events
-
-
-def _cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stepstone", "--database-url", db, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def test_changed_code_is_a_warning_a_show_field_and_a_health_count(db: str) -> None:

@@ -13,8 +13,6 @@ replays the copied steps and reaches the wait itself, with its own mailbox.
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -22,6 +20,7 @@ import pytest
 
 import stepstone
 from stepstone import Runtime, UsageError, WorkflowCancelled
+from tests.support.cli import run_cli as _cli
 from tests.support.runtime import wait_for
 
 if TYPE_CHECKING:
@@ -422,16 +421,6 @@ def test_fork_past_a_pending_wait_is_refused(worker: Runtime, db: str) -> None:
 
 
 # -- the command line -------------------------------------------------------------------------
-
-
-def _cli(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stepstone", "--database-url", db, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def _parked(db: str, workflow: str, workflow_id: str, *args: Any) -> None:
