@@ -1,6 +1,7 @@
 """`Statements`: how the store runs its SQL. One statement on one pooled autocommit
 connection per call, with the driver's errors mapped to stepstone's in one place
-(`_driver_errors`), named by what was being done."""
+(`_driver_errors`), named by what was being done. `AsyncStatements` does the same on
+psycopg's async pool, for the async driver of the hot path (see `plans`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from psycopg import sql
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
     from stepstone.persistence._queries import Queries
 
-__all__ = ["Statements"]
+__all__ = ["AsyncStatements", "Statements"]
 
 
 class Statements:
@@ -36,7 +37,7 @@ class Statements:
     ) -> None:
         self.pool = pool  # the store replaces it when it opens a new one
         self.queries = queries
-        self._where = where
+        self.where = where
         self._is_open = is_open
 
     def run(
@@ -86,7 +87,7 @@ class Statements:
             cursor = conn.cursor(row_factory=tuple_row)
             return cursor.execute(self.queries[name], params).fetchone()
         except psycopg.Error as exc:
-            raise outage(exc, action, self._where) from exc
+            raise outage(exc, action, self.where) from exc
 
     def all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self.run(
@@ -108,4 +109,50 @@ class Statements:
                 f"{described(action)} failed: the store is closed (call open(); "
                 "Runtime.launch() does)"
             ) from exc
-        raise outage(exc, described(action), self._where) from exc
+        raise outage(exc, described(action), self.where) from exc
+
+
+class AsyncStatements:
+    """Runs statements for a store on psycopg's async pool (the async driver's runner)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], sync: Statements) -> None:
+        self.pool = pool
+        self.opened = False
+        self._sync = sync  # its error mapping
+
+    async def run(
+        self,
+        query: bytes | sql.Composed,
+        params: Mapping[str, Any],
+        *,
+        fetch: Literal["one", "all"] | None,
+        action: Described,
+        fence: Fence | None = None,
+    ) -> Any:
+        """`Statements.run`, awaited on the async pool."""
+        try:
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(query, params)
+                if fetch == "one":
+                    return await cursor.fetchone()
+                return (await cursor.fetchall()) if fetch == "all" else None
+        except psycopg.Error as exc:
+            self.fail(exc, action, fence)
+        except UnicodeEncodeError as exc:
+            raise UsageError(
+                f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
+                "which PostgreSQL cannot store: pass valid text"
+            ) from None
+
+    def fail(self, exc: psycopg.Error, action: Described, fence: Fence | None) -> NoReturn:
+        """Raise what `exc` means to stepstone (as `Statements.fail`)."""
+        if fence is not None:
+            kind = classify(exc, user_sql=False)
+            if kind in ("fenced", "cancelled"):
+                raise fenced(kind, exc, fence) from exc
+        if not self.opened:
+            raise PersistenceError(
+                f"{described(action)} failed: the store's async pool is closed (call "
+                "open_async(); Runtime.launch_async() does)"
+            ) from exc
+        raise outage(exc, described(action), self._sync.where) from exc

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from stepstone import migrations
 from stepstone.errors import (
@@ -31,13 +31,23 @@ from stepstone.persistence import _conninfo
 from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
 from stepstone.persistence._queries import Queries
 from stepstone.persistence._sessions import begin_statement, pooled_settings, session_settings
-from stepstone.persistence._statements import Statements
+from stepstone.persistence._statements import AsyncStatements, Statements
 from stepstone.persistence._store_queues import QueueStore, split_registered
 from stepstone.persistence._store_waits import WaitStore
 from stepstone.persistence._typed import convert
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
+from stepstone.persistence.plans import (
+    CommitWith,
+    Execute,
+    GiveBack,
+    Plan,
+    Request,
+    Statement,
+    TakeConnection,
+    drive,
+)
 from stepstone.persistence.rows import (
     Checkpoint,
     ExecutionRow,
@@ -153,6 +163,7 @@ class Store(QueueStore, WaitStore):
         # The pool lives with the statement runner (each open() makes a new one).
         self._sql = Statements(self._new_pool(), self.queries, self.describe, lambda: self._opened)
         self.operations = Operations(self._sql, schema)
+        self._aio: AsyncStatements | None = None
 
     @property
     def pooled(self) -> bool:
@@ -285,6 +296,50 @@ class Store(QueueStore, WaitStore):
             self._sql.pool.close()
             self._opened = False
 
+    async def open_async(self) -> None:
+        """Open psycopg's async pool, for async workflows (after open(), which migrates and
+        opens the sync pool). Connections are made as the sync pool makes its own."""
+        if self._aio is not None:
+            return
+        min_size, max_size = self._pool_sizes
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, **self._settings()},
+            open=False,
+            name=f"stepstone-{self.schema}-async",
+            timeout=self._connect_timeout,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise DatabaseUnreachable(
+                f"cannot open an async connection pool to PostgreSQL at {self.describe()}: {exc}"
+            ) from exc
+        aio = AsyncStatements(pool, self._sql)
+        aio.opened = True
+        self._aio = aio
+
+    async def close_async(self) -> None:
+        """Close the async pool; open_async() may be called again."""
+        aio, self._aio = self._aio, None
+        if aio is not None:
+            aio.opened = False
+            await aio.pool.close()
+
+    @property
+    def io(self) -> Statements:
+        """The statement runner of the sync pool (for the sync driver, `plans.drive`)."""
+        return self._sql
+
+    @property
+    def aio(self) -> AsyncStatements | None:
+        """The statement runner of the async pool (for `plans.adrive`); None until
+        open_async()."""
+        return self._aio
+
     def pool_stats(self) -> dict[str, int]:
         """The connection pool's statistics (psycopg-pool's get_stats()); empty when closed."""
         return dict(self._sql.pool.get_stats()) if self._opened else {}
@@ -377,8 +432,13 @@ class Store(QueueStore, WaitStore):
         Idempotent by id: if the id exists, nothing is written and the existing execution
         is returned with `created=False`.
         """
-        row = self._sql.one(
-            "start_execution",
+        result: StartResult = self.start_statement(request).run(self._sql)
+        return result
+
+    def start_statement(self, request: StartRequest) -> Statement:
+        """`start_execution` as a request (its result: a StartResult)."""
+        return Statement(
+            self.queries["start_execution"],
             {
                 "id": request.id,
                 "name": request.workflow_name,
@@ -390,18 +450,23 @@ class Store(QueueStore, WaitStore):
                 "attributes": Jsonb(request.attributes) if request.attributes else None,
                 "timeout": request.timeout,
             },
+            "one",
+            "start execution",
+            convert=_start_result,
         )
-        assert row is not None  # noqa: S101 - the function returns one row in both branches
-        return StartResult(*row)
 
     def commit_step(self, commit: StepCommit) -> None:
         """Record a completed step in one statement and one transaction (fenced)."""
-        self._sql.run(
+        self.commit_statement(commit).run(self._sql)
+
+    def commit_statement(self, commit: StepCommit) -> Statement:
+        """`commit_step` as a request."""
+        return Statement(
             self.queries["commit_step"],
             self._commit_params(commit),
-            fetch=None,
-            action=lambda: f"committing step {commit.seq} of {commit.execution_id!r}",
-            fence=(commit.execution_id, commit.owner, commit.epoch),
+            None,
+            lambda: f"committing step {commit.seq} of {commit.execution_id!r}",
+            (commit.execution_id, commit.owner, commit.epoch),
         )
 
     def run_transaction_step(
@@ -416,57 +481,67 @@ class Store(QueueStore, WaitStore):
         after the rollback: they are the step's own. A lost connection or an exhausted pool
         is a PersistenceError; a fenced-out record is OwnershipLost or ExecutionCancelled.
         """
+        ok, value = drive(self.transaction_step_plan(_CallWith(body), record), self._sql)
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def transaction_step_plan(
+        self, body: Callable[[Any], Request], record: Callable[[Any], StepCommit]
+    ) -> Plan[tuple[bool, Any]]:
+        """`run_transaction_step` written once for both drivers: `body(conn)` is the request
+        that runs the step's body on the taken connection, and answers (True, its result)
+        or (False, what it raised). Returns (True, the result) once committed, or (False,
+        the body's exception) after the rollback; raises what is not the body's."""
         try:
-            conn = self._sql.pool.getconn()
+            conn = yield TakeConnection()
         except psycopg.Error as exc:  # PoolTimeout, PoolClosed: not the step's doing
             raise outage(exc, "taking a connection for a transaction step", self.describe) from exc
         try:
-            result, commit = self._transaction_body(conn, body, record)
-            self._commit_transaction_step(conn, commit)
+            outcome = yield from self._transaction_body(conn, body, record)
+            if outcome[0]:
+                yield from self._commit_transaction_step(conn, outcome[2])
         finally:
-            self._sql.pool.putconn(conn)
-        return result
+            yield GiveBack(conn)
+        return outcome[0], outcome[1]
 
     def _transaction_body(
-        self, conn: Connection, body: Callable[[Connection], T], record: Callable[[T], StepCommit]
-    ) -> tuple[T, StepCommit]:
+        self, conn: Any, body: Callable[[Any], Request], record: Callable[[Any], StepCommit]
+    ) -> Plan[tuple[bool, Any, Any]]:
         try:
-            conn.execute(self._begin, prepare=False)
-            result = body(conn)
-            status = conn.info.transaction_status
-            if status == TransactionStatus.INERROR:
-                raise UsageError(
-                    "a statement of the transaction step failed and its error was caught "
-                    "inside the step, so the transaction is aborted; it was rolled back"
-                )
-            if status != TransactionStatus.INTRANS:
-                raise UsageError(
-                    "the transaction step ended its transaction itself (commit() or "
-                    "rollback() on the injected connection): stepstone commits it together "
-                    "with the step record, so remove that call"
-                )
-            return result, record(result)
-        except Exception as exc:
-            if conn.broken or conn.closed:
-                # The server went away under the step: not the step's failure.
-                raise outage(exc, "a transaction step", self.describe) from exc
-            _rollback_quietly(conn)
-            raise
-        except BaseException:
-            _rollback_quietly(conn)
-            raise
+            try:
+                yield Execute(conn, self._begin)
+                ok, value = yield body(conn)
+                if ok:
+                    _check_still_open(conn)
+                    return True, value, record(value)
+            except Exception as exc:
+                if conn.broken or conn.closed:
+                    # The server went away under the step: not the step's failure.
+                    raise outage(exc, "a transaction step", self.describe) from exc
+                yield from _rollback_quietly(conn)
+                raise
+            except BaseException:
+                yield from _rollback_quietly(conn)
+                raise
+            # The body raised `value`.
+            if isinstance(value, Exception) and (conn.broken or conn.closed):
+                raise outage(value, "a transaction step", self.describe) from value
+            yield from _rollback_quietly(conn)
+            return False, value, None
         finally:
             conn.row_factory = tuple_row  # undo any row factory the step set
 
-    def _commit_transaction_step(self, conn: Connection, commit: StepCommit) -> None:
+    def _commit_transaction_step(self, conn: Any, commit: StepCommit) -> Plan[None]:
         try:
-            with conn.pipeline():
-                conn.execute(self.queries["commit_transaction_step"], self._commit_params(commit))
-                conn.execute(b"COMMIT", prepare=False)
+            yield CommitWith(
+                conn, self.queries["commit_transaction_step"], self._commit_params(commit)
+            )
         except psycopg.Error as exc:
             broken = conn.broken or conn.closed
             if not broken:
-                _rollback_quietly(conn)
+                yield from _rollback_quietly(conn)
             kind = classify(exc, user_sql=True, broken=broken)
             if kind == "step":
                 raise  # the step's own SQL failed at its COMMIT: the step's failure
@@ -488,6 +563,34 @@ class Store(QueueStore, WaitStore):
         details: dict[str, Any] | None = None,
     ) -> None:
         """Record the outcome (fenced), with the last state changes, in one round trip."""
+        self.finish_statement(
+            execution_id,
+            owner,
+            epoch,
+            status=status,
+            output=output,
+            error=error,
+            seq=seq,
+            state=state,
+            deleted=deleted,
+            details=details,
+        ).run(self._sql)
+
+    def finish_statement(
+        self,
+        execution_id: str,
+        owner: str,
+        epoch: int,
+        *,
+        status: str,
+        output: str | None,
+        error: dict[str, Any] | None,
+        seq: int,
+        state: dict[str, str] | None = None,
+        deleted: list[str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Statement:
+        """`finish_execution` as a request."""
         params = {
             "id": execution_id,
             "owner": owner,
@@ -500,12 +603,12 @@ class Store(QueueStore, WaitStore):
             "deleted": deleted or None,
             "details": Jsonb(details) if details else None,
         }
-        self._sql.run(
+        return Statement(
             self.queries["finish_execution"],
             params,
-            fetch=None,
-            action=lambda: f"finishing {execution_id!r}",
-            fence=(execution_id, owner, epoch),
+            None,
+            lambda: f"finishing {execution_id!r}",
+            (execution_id, owner, epoch),
         )
 
     def continue_as_new(
@@ -562,8 +665,22 @@ class Store(QueueStore, WaitStore):
         """Take over a RUNNING execution that `owner` already owns, with a new epoch, and load
         its inputs, recorded steps and committed state, in one statement. None if there is
         no such execution."""
-        row = self._sql.one("claim_own", {"id": execution_id, "owner": owner, "reason": reason})
-        return ResumeRecord.from_row(row) if row else None
+        found: ResumeRecord | None = self.claim_own_statement(execution_id, owner, reason).run(
+            self._sql
+        )
+        return found
+
+    def claim_own_statement(
+        self, execution_id: str, owner: str, reason: str = "called_again"
+    ) -> Statement:
+        """`claim_own` as a request."""
+        return Statement(
+            self.queries["claim_own"],
+            {"id": execution_id, "owner": owner, "reason": reason},
+            "one",
+            "claim own",
+            convert=_resume_record,
+        )
 
     def claim_all_own(
         self, owner: str, registered: Sequence[tuple[str, str]], active: Collection[str]
@@ -617,6 +734,15 @@ class Store(QueueStore, WaitStore):
         it ran) counts one more recovery, so that a loop of hand-backs ends at
         max_recoveries; a hand-back at a graceful shutdown passes False and counts none.
         False, changing nothing, if it is not `owner`'s at `epoch`."""
+        released: bool = self.release_statement(
+            execution_id, owner, epoch, reason, interrupted=interrupted
+        ).run(self._sql)
+        return released
+
+    def release_statement(
+        self, execution_id: str, owner: str, epoch: int, reason: str, *, interrupted: bool = True
+    ) -> Statement:
+        """`release_execution` as a request."""
         params = {
             "id": execution_id,
             "owner": owner,
@@ -624,8 +750,7 @@ class Store(QueueStore, WaitStore):
             "reason": reason,
             "interrupted": interrupted,
         }
-        row = self._sql.one("release", params)
-        return bool(row and row[0])
+        return Statement(self.queries["release"], params, "one", "release", convert=_first_true)
 
     def refuse_execution(self, execution_id: str, owner: str, epoch: int, reason: str) -> bool:
         """Hand back a RUNNING execution that `owner` owns at `epoch` but cannot run (its
@@ -715,8 +840,16 @@ class Store(QueueStore, WaitStore):
 
     def get_status(self, execution_id: str) -> tuple[str, str | None, dict[str, Any] | None] | None:
         """(status, output, error) of one execution, the cheapest poll."""
-        row = self._sql.one("get_status", {"id": execution_id})
-        return (row[0], row[1], row[2]) if row else None
+        found: tuple[str, str | None, dict[str, Any] | None] | None = self.status_statement(
+            execution_id
+        ).run(self._sql)
+        return found
+
+    def status_statement(self, execution_id: str) -> Statement:
+        """`get_status` as a request."""
+        return Statement(
+            self.queries["get_status"], {"id": execution_id}, "one", "get status", convert=_status
+        )
 
     def list_steps(self, execution_id: str) -> list[StepRow]:
         """The completed steps of an execution, in order."""
@@ -894,9 +1027,71 @@ class Store(QueueStore, WaitStore):
         }
 
 
-def _rollback_quietly(conn: Connection) -> None:
+def _check_still_open(conn: Any) -> None:
+    """UsageError unless the step's transaction is open and not aborted."""
+    status = conn.info.transaction_status
+    if status == TransactionStatus.INERROR:
+        raise UsageError(
+            "a statement of the transaction step failed and its error was caught "
+            "inside the step, so the transaction is aborted; it was rolled back"
+        )
+    if status != TransactionStatus.INTRANS:
+        raise UsageError(
+            "the transaction step ended its transaction itself (commit() or "
+            "rollback() on the injected connection): stepstone commits it together "
+            "with the step record, so remove that call"
+        )
+
+
+def _rollback_quietly(conn: Any) -> Plan[None]:
     if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         try:
-            conn.execute(b"ROLLBACK", prepare=False)
+            yield Execute(conn, b"ROLLBACK")
         except psycopg.Error:
             log.warning("rollback_failed", exc_info=True)
+
+
+class _CallWith:
+    """The request that runs a sync transaction step's body on the taken connection."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: Callable[[Any], Any]) -> None:
+        self.body = body
+
+    def __call__(self, conn: Any) -> Request:
+        return _Call(self.body, conn)
+
+
+class _Call:
+    __slots__ = ("arg", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn = fn
+        self.arg = arg
+
+    def run(self, io: Statements) -> tuple[bool, Any]:  # noqa: ARG002 - the sync driver's
+        try:
+            return True, self.fn(self.arg)
+        except BaseException as exc:  # noqa: BLE001 - answered to the plan
+            return False, exc
+
+    async def arun(self, aio: AsyncStatements) -> tuple[bool, Any]:
+        raise NotImplementedError  # only driven by the sync driver
+
+
+def _start_result(row: Any) -> StartResult:
+    assert row is not None  # noqa: S101 - the function returns one row in both branches
+    return StartResult(*row)
+
+
+def _resume_record(row: Any) -> ResumeRecord | None:
+    return ResumeRecord.from_row(row) if row else None
+
+
+def _first_true(row: Any) -> bool:
+    return bool(row and row[0])
+
+
+def _status(row: Any) -> tuple[str, str | None, dict[str, Any] | None] | None:
+    return (row[0], row[1], row[2]) if row else None

@@ -22,12 +22,12 @@ Where a run ends, what it raised becomes what its caller sees:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
-import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from opentelemetry import trace
 
@@ -50,12 +50,14 @@ from stepstone.errors import (
     WorkflowIdConflict,
 )
 from stepstone.persistence.ids import check_workflow_id
+from stepstone.persistence.plans import adrive, drive
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult, WokenRecord
 from stepstone.runtime._execution import Execution
 from stepstone.runtime._journal import Journal
 from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime._pool import WorkerPool
 from stepstone.runtime._registry import Registry
+from stepstone.runtime._requests import Call
 from stepstone.runtime._runs import LocalRuns, Run, RunState, elsewhere
 from stepstone.runtime._signatures import (
     check_arguments,
@@ -67,8 +69,11 @@ from stepstone.runtime.context import _CURRENT
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
+    from opentelemetry.trace import Span
+
+    from stepstone.persistence.plans import AsyncStatements, Plan
     from stepstone.persistence.store import Store
     from stepstone.runtime._execution import Execution as Waiter
     from stepstone.runtime.definitions import Workflow
@@ -98,6 +103,7 @@ class Engine:
         self.runs = LocalRuns()
         self.pool = WorkerPool(workers)
         self.outcomes = Outcomes(store)
+        self.io = store.io
         # Told how soon a wait or a deadline this engine recorded is due (the sweep acts then).
         self.due_in: Callable[[float], None] | None = None
         # Told when a run in the worker pool ended (the dispatcher's slot is free then).
@@ -110,8 +116,9 @@ class Engine:
     # -- registration and lifecycle ----------------------------------------------------------
 
     def registered(self) -> list[tuple[str, str]]:
-        """(name, version) of every registered workflow."""
-        return self.registry.registered()
+        """(name, version) of every registered workflow that this executor's sweeps and
+        dispatcher can run (async workflows run only where they are awaited, for now)."""
+        return [(w.name, w.version) for w in self.registry.workflows() if not w.is_async]
 
     def register_workflow(self, workflow: Workflow[Any, Any]) -> None:
         self.registry.add_workflow(workflow)
@@ -221,17 +228,8 @@ class Engine:
         except (Suspended, OwnershipLost):
             outcome: R = self.await_outcome(workflow_id, declared=workflow.fn)
             return outcome
-        except ShuttingDown as signal:
-            raise NotLaunched(
-                f"the runtime shut down while workflow {workflow_id!r} ran here: it was handed "
-                "back, and the executor that resumes it finishes it; read its outcome with "
-                f"rt.handle({workflow_id!r}) from a running runtime"
-            ) from signal
-        except Interrupted as signal:
-            cause = signal.__cause__
-            if isinstance(cause, PersistenceError):
-                raise cause from signal
-            raise PersistenceError(str(signal)) from signal
+        except (ShuttingDown, Interrupted) as signal:
+            raise _for_caller(workflow_id, signal) from signal
         return result
 
     def run(
@@ -265,6 +263,7 @@ class Engine:
                 "execution; or call the workflow directly to run it as a child"
             )
         self.check_registered(workflow)
+        check_sync(workflow, "Runtime.start()")
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
         opened = self._open(workflow, workflow_id, args, kwargs, None, "queued")
         if opened is not None:
@@ -279,7 +278,7 @@ class Engine:
         kwargs: dict[str, Any],
         parent_id: str | None,
         state: RunState,
-    ) -> tuple[Run, Execution, Callable[[], R]] | None:
+    ) -> tuple[Run, Execution, Callable[[], Any]] | None:
         """Make `workflow_id` a run of this process (running in this thread, or queued for
         the pool) with its execution and what runs it; None when it is known here already,
         or is someone else's to run or ended (its callers read its outcome)."""
@@ -287,14 +286,17 @@ class Engine:
         if not mine:
             return None
         try:
-            job = self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
+            job = drive(
+                self._start_or_find(workflow, workflow_id, args, kwargs, parent_id), self.io
+            )
         except BaseException as exc:
             self.runs.end(workflow_id, run, error=exc)
             raise
         if job is None:
             self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
             return None
-        return run, *job
+        execution, body = job
+        return run, execution, lambda: drive(self._execute(execution, body), self.io)
 
     def cancel(self, workflow_id: str, actor: str) -> None:
         """Cancel an execution (and its children) and stop it here before its next step."""
@@ -380,14 +382,16 @@ class Engine:
         operator: none of which is a recovery). `woken`: (wait kind, when it was due by
         time.perf_counter()) for a run after a wake."""
         workflow = self.registry.find(record.workflow_name, record.workflow_version)
-        if workflow is None or not self.pool.running or self.stopping:
+        if workflow is None or workflow.is_async or not self.pool.running or self.stopping:
             return False
         try:
             execution, body = self._resumed(workflow, record, recovered=recovered)
         except Undecodable as exc:
             self._refuse(workflow, record, str(exc))
             return False
-        self._submit(record.id, execution, lambda: self._execute(execution, body, woken))
+        self._submit(
+            record.id, execution, lambda: drive(self._execute(execution, body, woken), self.io)
+        )
         return True
 
     def _refuse(self, workflow: Workflow[Any, Any], record: ResumeRecord, reason: str) -> None:
@@ -470,28 +474,97 @@ class Engine:
         """Run `job` (an execution of `workflow_id`) in this thread and settle its run."""
         try:
             result = job()
-        except Suspended as signal:
-            # WAITING in the database, no owner: whichever executor wakes it runs it.
-            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is waiting"))
-            if signal.wake_in is not None and self.due_in is not None:
-                self.due_in(signal.wake_in)
-            raise
-        except Interrupted as signal:
-            self.runs.orphan(workflow_id)
-            self.runs.end(workflow_id, run, error=signal)
-            raise
-        except HandedBack as signal:
-            self.runs.end(workflow_id, run, error=signal)
-            raise
-        except Exception as exc:
-            self.runs.end(workflow_id, run, error=exc)
-            raise
         except BaseException as exc:
-            handed = elsewhere(workflow_id, f"was handed back after {type(exc).__name__}")
-            self.runs.end(workflow_id, run, error=handed)
+            self._settle(workflow_id, run, exc)
             raise
         self.runs.end(workflow_id, run, result=result)
         return result
+
+    def _settle(self, workflow_id: str, run: Run, exc: BaseException) -> None:
+        """The run of `workflow_id` here ended with `exc`: what its other callers get."""
+        if isinstance(exc, Suspended):
+            # WAITING in the database, no owner: whichever executor wakes it runs it.
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is waiting"))
+            if exc.wake_in is not None and self.due_in is not None:
+                self.due_in(exc.wake_in)
+        elif isinstance(exc, Interrupted):
+            self.runs.orphan(workflow_id)
+            self.runs.end(workflow_id, run, error=exc)
+        elif isinstance(exc, HandedBack | Exception):
+            self.runs.end(workflow_id, run, error=exc)
+        else:
+            handed = elsewhere(workflow_id, f"was handed back after {type(exc).__name__}")
+            self.runs.end(workflow_id, run, error=handed)
+
+    # -- async calls -------------------------------------------------------------------------
+
+    def call_async(
+        self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """An async workflow called: checked now, run durably in the awaiting task."""
+        parent = _CURRENT.get()
+        if parent is not None:
+            raise UsageError(
+                f"async workflow {workflow.name!r} was called from workflow "
+                f"{parent.workflow.name!r} ({parent.workflow_id!r}): child workflows are not "
+                "supported for async workflows yet; start it from outside a workflow"
+            )
+        self.check_registered(workflow)
+        aio = self.store.aio
+        if aio is None:
+            raise NotLaunched(
+                f"async workflow {workflow.name!r} was called before `await rt.launch_async()` "
+                "(which opens the async pool; or use `async with rt:`)"
+            )
+        return self._call_async(workflow, args, kwargs, aio)
+
+    async def _call_async(
+        self,
+        workflow: Workflow[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        aio: AsyncStatements,
+    ) -> Any:
+        workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
+        run, mine = self.runs.begin(workflow_id, "running")
+        if not mine:
+            return await self._outcome_async(workflow_id, workflow, aio)
+        try:
+            job = await adrive(self._start_or_find(workflow, workflow_id, args, kwargs, None), aio)
+        except BaseException as exc:
+            self.runs.end(workflow_id, run, error=exc)
+            raise
+        if job is None:
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
+            return await self._outcome_async(workflow_id, workflow, aio)
+        execution, body = job
+        try:
+            result = await adrive(self._execute(execution, body), aio)
+        except (Suspended, OwnershipLost) as exc:
+            self._settle(workflow_id, run, exc)
+            return await self._outcome_async(workflow_id, workflow, aio)
+        except (ShuttingDown, Interrupted) as signal:
+            self._settle(workflow_id, run, signal)
+            raise _for_caller(workflow_id, signal) from signal
+        except BaseException as exc:
+            self._settle(workflow_id, run, exc)
+            raise
+        self.runs.end(workflow_id, run, result=result)
+        return result
+
+    async def _outcome_async(
+        self, workflow_id: str, workflow: Workflow[Any, Any], aio: AsyncStatements
+    ) -> Any:
+        """The outcome of `workflow_id`, run elsewhere (or ended): from its run in this
+        process if it has one, else from the database, polled with `asyncio.sleep`."""
+        future = self.runs.future(workflow_id)
+        if future is not None:
+            try:
+                return await asyncio.wrap_future(future)
+            except HandedBack:
+                pass  # it goes on elsewhere, or waits: its outcome is in the database
+        annotation = function_types(workflow.fn).returns
+        return await adrive(self.outcomes.wait_plan(workflow_id, None, annotation), aio)
 
     # -- starting and finding ----------------------------------------------------------------
 
@@ -502,9 +575,10 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         parent_id: str | None,
-    ) -> tuple[Execution, Callable[[], R]] | None:
-        """Write the execution (or find it). Returns it and what runs it here, or None when
-        it is someone else's to run (or ended) and its outcome has to be awaited."""
+    ) -> Plan[tuple[Execution, Call] | None]:
+        """Write the execution (or find it). Returns it and the request that runs its body
+        here, or None when it is someone else's to run (or ended) and its outcome has to
+        be awaited."""
         check_workflow_id(workflow_id)
         check_arguments(workflow.fn, workflow.name, args, kwargs, "nothing was started")
         inputs = self.store.encode(
@@ -522,7 +596,7 @@ class Engine:
         span = self.telemetry.workflow_span(
             workflow.name, workflow_id, parent=None, recovered=False
         )
-        found = self.store.start_execution(
+        found: StartResult = yield self.store.start_statement(
             StartRequest(
                 workflow_id,
                 workflow.name,
@@ -540,19 +614,29 @@ class Engine:
             if workflow.options.timeout is not None and self.due_in is not None:
                 self.due_in(workflow.options.timeout)  # the sweep ends it at its deadline
             journal = Journal(workflow_id, self.executor_id, found.epoch)
-            execution = Execution(self, workflow, journal, span=span, recovered=False)
-            return execution, lambda: self._execute(execution, lambda: workflow.fn(*args, **kwargs))
-        return self._existing(workflow, workflow_id, found)
+            execution = self._execution(workflow, journal, span, recovered=False)
+            return execution, Call(workflow.fn, args, kwargs)
+        return (yield from self._existing(workflow, workflow_id, found))
+
+    def _execution(
+        self, workflow: Workflow[Any, Any], journal: Journal, span: Span, *, recovered: bool
+    ) -> Execution:
+        """The driver of `journal` for `workflow`: the sync one, or the async one."""
+        if workflow.is_async:
+            from stepstone.runtime._async_execution import AsyncExecution
+
+            return AsyncExecution(self, workflow, journal, span=span, recovered=recovered)
+        return Execution(self, workflow, journal, span=span, recovered=recovered)
 
     def _existing(
         self, workflow: Workflow[Any, R], workflow_id: str, found: StartResult
-    ) -> tuple[Execution, Callable[[], R]] | None:
+    ) -> Plan[tuple[Execution, Call] | None]:
         if found.workflow_name != workflow.name:
             raise WorkflowIdConflict(workflow_id, found.workflow_name, workflow.name)
         if found.status == "RUNNING" and found.owner == self.executor_id:
             # Ours, and not running in this process (a restart or a database error stopped
             # it): resume it here.
-            record = self.store.claim_own(workflow_id, self.executor_id)
+            record = yield self.store.claim_own_statement(workflow_id, self.executor_id)
             if record is not None:
                 try:
                     execution, body = self._resumed(workflow, record)
@@ -560,13 +644,14 @@ class Engine:
                     self._refuse(workflow, record, str(exc))
                     return None
                 self.telemetry.recovered("called_again", 1)
-                return execution, lambda: self._execute(execution, body)
+                return execution, body
         return None
 
     def _resumed(
         self, workflow: Workflow[Any, R], record: ResumeRecord, *, recovered: bool = True
-    ) -> tuple[Execution, Callable[[], R]]:
-        """The execution a claim took over, continuing its stored trace, and what runs it.
+    ) -> tuple[Execution, Call]:
+        """The execution a claim took over, continuing its stored trace, and the request
+        that runs its body.
         Undecodable if its inputs cannot be decoded here (by the workflow's annotations)."""
         if record.recoveries <= self.max_recoveries:
             args, kwargs, run = self._inputs(workflow, record)
@@ -577,21 +662,13 @@ class Engine:
             recovered=recovered,
         )
         journal = Journal(record.id, self.executor_id, record.epoch, record.steps, record.state)
-        execution = Execution(self, workflow, journal, span=span, recovered=recovered)
+        execution = self._execution(workflow, journal, span, recovered=recovered)
         if record.recoveries > self.max_recoveries:
             error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
-
-            def refuse() -> R:
-                raise error
-
-            return execution, refuse
+            return execution, Call(_raise, (error,), {})
 
         execution.run = run  # set by continue-as-new
-
-        def body() -> R:
-            return workflow.fn(*args, **kwargs)
-
-        return execution, body
+        return execution, Call(workflow.fn, args, kwargs)
 
     def _inputs(
         self, workflow: Workflow[Any, Any], record: ResumeRecord
@@ -613,9 +690,9 @@ class Engine:
     def _execute(
         self,
         execution: Execution,
-        body: Callable[[], Any],
+        body: Call,
         woken: tuple[str, float] | None = None,
-    ) -> Any:
+    ) -> Plan[Any]:
         """Run one execution in this thread and report how it ended: its runs one after
         the other, while one continues as new (its next run was written by then).
         `woken`: (wait kind, when it was due by time.perf_counter()) for a run after a wake."""
@@ -624,7 +701,7 @@ class Engine:
             self.telemetry.woken(execution.workflow.name, woken[0], max(0.0, clock - woken[1]))
         while True:
             try:
-                return self._execute_run(execution, body, clock)
+                return (yield from self._execute_run(execution, body, clock))
             except ContinuedAsNew as signal:
                 if signal.workflow_id != execution.workflow_id:
                     raise
@@ -632,37 +709,30 @@ class Engine:
                 execution, body = self._resumed(execution.workflow, record, recovered=False)
                 execution.span.set_attribute("stepstone.workflow.run", signal.run)
 
-    def _execute_run(self, execution: Execution, body: Callable[[], Any], clock: float) -> Any:
-        """Run one run of an execution in this thread, inside its span."""
+    def _execute_run(self, execution: Execution, body: Call, clock: float) -> Plan[Any]:
+        """Run one run of an execution in this thread (or task), inside its span."""
         telemetry = self.telemetry
         name, workflow_id = execution.workflow.name, execution.workflow_id
         with trace.use_span(
             execution.span, end_on_exit=True, record_exception=False, set_status_on_exception=False
         ):
             token = _CURRENT.set(execution)
-            execution.thread = threading.get_ident()
-            self.runs.attach(workflow_id, execution)
-            telemetry.workflow_running(1)
-            telemetry.log.info(
-                "workflow_started",
-                workflow_id=workflow_id,
-                workflow=name,
-                epoch=execution.epoch,
-                recovered=execution.recovered,
-            )
+            self._started(execution)
             try:
-                try:
-                    result = body()
-                except Exception as exc:  # noqa: BLE001 - every workflow error is recorded
-                    execution.fail(exc)  # records it and raises
-                outcome = execution.succeed(result)
+                ok, result = yield body
+                if ok:
+                    outcome = yield from execution.succeed(result)
+                elif isinstance(result, Exception):
+                    yield from execution.fail(result)  # every workflow error is recorded
+                else:
+                    raise result
             except WorkflowFailed as failed:
                 self._ended(execution, "FAILED", clock, failed.__cause__ or failed)
                 raise
             except ExecutionCancelled as signal:
                 if signal.workflow_id != workflow_id:
                     raise
-                cancelled = self._cancellation(workflow_id)
+                cancelled = yield from self._cancellation(workflow_id)
                 self._ended(execution, "CANCELLED", clock, cancelled)
                 raise cancelled from signal
             except Suspended as signal:
@@ -681,13 +751,16 @@ class Engine:
                 raise
             except ShuttingDown:
                 # Its own, or a child's that ran in this thread: this one stops here too.
-                self._handed_back(execution)
+                yield from self._handed_back(execution)
                 raise
             except HandedBack as signal:
                 self._interrupted(execution, signal)
                 raise
             except BaseException as exc:
-                self._hand_back(execution, exc)
+                if execution.kept_when_interrupted:
+                    self._interrupted(execution, exc)  # resumed when it is called again
+                else:
+                    yield from self._hand_back(execution, exc)
                 raise
             finally:
                 telemetry.workflow_running(-1)
@@ -695,11 +768,24 @@ class Engine:
             self._ended(execution, "SUCCEEDED", clock, None)
             return outcome
 
-    def _cancellation(self, workflow_id: str) -> WorkflowCancelled:
+    def _started(self, execution: Execution) -> None:
+        """A run of `execution` begins in this thread (or task)."""
+        execution.bind()
+        self.runs.attach(execution.workflow_id, execution)
+        self.telemetry.workflow_running(1)
+        self.telemetry.log.info(
+            "workflow_started",
+            workflow_id=execution.workflow_id,
+            workflow=execution.workflow.name,
+            epoch=execution.epoch,
+            recovered=execution.recovered,
+        )
+
+    def _cancellation(self, workflow_id: str) -> Plan[WorkflowCancelled]:
         """How the cancellation of `workflow_id` reads to its callers (WorkflowTimedOut when
         its deadline passed)."""
         try:
-            ended, outcome = self.outcomes.ended(workflow_id)
+            ended, outcome = yield from self.outcomes.ended_plan(workflow_id)
             if ended:
                 outcome()
         except WorkflowCancelled as exc:
@@ -719,14 +805,16 @@ class Engine:
             error=str(signal)[:500],
         )
 
-    def _hand_back(self, execution: Execution, exc: BaseException) -> None:
+    def _hand_back(self, execution: Execution, exc: BaseException) -> Plan[None]:
         """A KeyboardInterrupt, SystemExit, CancelledError... stopped the run: release the
         execution at once so that any executor (this one included) resumes it. It was
         interrupted mid-run: a recovery is counted."""
         self._interrupted(execution, exc)
-        self._release(execution, f"{type(exc).__name__} raised while it ran", interrupted=True)
+        yield from self._release_plan(
+            execution, f"{type(exc).__name__} raised while it ran", interrupted=True
+        )
 
-    def _handed_back(self, execution: Execution) -> None:
+    def _handed_back(self, execution: Execution) -> Plan[None]:
         """A graceful shutdown stopped the run at a step boundary: release the execution
         (not a recovery) for any executor to resume at once."""
         execution.span.add_event("handed_back", {"stepstone.step.seq": execution.journal.seq})
@@ -737,7 +825,7 @@ class Engine:
             epoch=execution.epoch,
             seq=execution.journal.seq,
         )
-        self._release(execution, "handed back at shutdown", interrupted=False)
+        yield from self._release_plan(execution, "handed back at shutdown", interrupted=False)
 
     def _release_unstarted(self, workflow_id: str, run: Run, execution: Execution) -> None:
         """A claimed execution that had not started here when a graceful shutdown began:
@@ -747,17 +835,21 @@ class Engine:
         self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "was handed back"))
 
     def _release(self, execution: Execution, reason: str, *, interrupted: bool) -> bool:
+        return drive(self._release_plan(execution, reason, interrupted=interrupted), self.io)
+
+    def _release_plan(self, execution: Execution, reason: str, *, interrupted: bool) -> Plan[bool]:
         """Release `execution` (see Store.release_execution); True if it was ours to
         release. A database error leaves it to this executor's sweep (an orphan), or to the
         lease's end if this executor stops."""
         try:
-            return self.store.release_execution(
+            released: bool = yield self.store.release_statement(
                 execution.workflow_id,
                 self.executor_id,
                 execution.epoch,
                 reason,
                 interrupted=interrupted,
             )
+            return released
         except PersistenceError:
             self.runs.orphan(execution.workflow_id)  # this executor's sweep resumes it
         except HandedBack:
@@ -782,6 +874,17 @@ class Engine:
         )
 
 
+def check_sync(workflow: Workflow[Any, Any], what: str) -> None:
+    """UsageError if `workflow` is async: `what` runs workflows in the worker pool, which
+    async workflows do not use yet."""
+    if workflow.is_async:
+        raise UsageError(
+            f"{what} was given async workflow {workflow.name!r}: async workflows run where "
+            "they are awaited (`await workflow(...)`), and cannot be started in the worker "
+            "pool or enqueued yet"
+        )
+
+
 class Undecodable(Exception):
     """The inputs of a claimed execution cannot be decoded in this process: it cannot run
     here (another executor, or this one once its code is fixed, may run it)."""
@@ -789,6 +892,25 @@ class Undecodable(Exception):
 
 def _cancelled(workflow_id: str) -> WorkflowCancelled:
     return WorkflowCancelled(f"workflow {workflow_id!r} was cancelled", workflow_id)
+
+
+def _for_caller(workflow_id: str, signal: ShuttingDown | Interrupted) -> Exception:
+    """What the direct caller of a run that was handed back (ShuttingDown) or interrupted
+    by the database gets raised."""
+    if isinstance(signal, ShuttingDown):
+        return NotLaunched(
+            f"the runtime shut down while workflow {workflow_id!r} ran here: it was handed "
+            "back, and the executor that resumes it finishes it; read its outcome with "
+            f"rt.handle({workflow_id!r}) from a running runtime"
+        )
+    cause = signal.__cause__
+    if isinstance(cause, PersistenceError):
+        return cause
+    return PersistenceError(str(signal))
+
+
+def _raise(error: BaseException) -> NoReturn:
+    raise error
 
 
 def _remaining(deadline: float | None) -> float | None:

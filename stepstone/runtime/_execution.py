@@ -43,9 +43,11 @@ from stepstone.errors import (
     WorkflowFailed,
 )
 from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH, check_state_key
+from stepstone.persistence.plans import drive
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
 from stepstone.persistence.rows import RecordedStep, WaitKind, WaitRequest
 from stepstone.runtime._journal import now, retry_note
+from stepstone.runtime._requests import Sleep, StepBody
 from stepstone.runtime._signatures import check_arguments, check_decodable, function_types
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
+    from stepstone.persistence.plans import Plan, Statement
     from stepstone.persistence.rows import StepCommit
     from stepstone.runtime._engine import Engine
     from stepstone.runtime._journal import Journal
@@ -107,6 +110,10 @@ if TYPE_CHECKING:
 class Execution:
     """One execution being run (or replayed) in one thread."""
 
+    kept_when_interrupted = False
+    """Whether an interruption (KeyboardInterrupt, SystemExit...) leaves the execution
+    owned here rather than handing it back at once."""
+
     def __init__(
         self,
         engine: Engine,
@@ -127,6 +134,7 @@ class Execution:
         self.state = State(self)
         self.context = WorkflowContext(self)
         self.in_step = False
+        self.io = engine.store.io
         self.thread: int | None = None
         # Which run of the execution this is (continue-as-new starts the next one): the
         # first run's children and sends keep the ids and keys they always had.
@@ -140,6 +148,10 @@ class Execution:
     @property
     def replaying(self) -> bool:
         return self.journal.replaying
+
+    def bind(self) -> None:
+        """The execution starts running in this thread: its steps are called from it."""
+        self.thread = threading.get_ident()
 
     def request_cancel(self, *, confirmed: bool) -> None:
         """Stop before the next step body: `confirmed` when this process cancelled it, else
@@ -164,7 +176,23 @@ class Execution:
             return self._replay(recorded, step)
         if self._cancel is not None or self.engine.stopping:
             self._check_stop()
-        return self._run_new(step, seq, args, kwargs)
+        ok, value = drive(self._run_new(step, seq, args, kwargs), self.io)
+        if ok:
+            return value
+        raise value
+
+    def run_async_step(
+        self,
+        step: _StepBase[Any, Any],
+        args: tuple[Any, ...],  # noqa: ARG002 - refused whatever the arguments
+        kwargs: dict[str, Any],  # noqa: ARG002
+    ) -> Any:
+        """An async step called from this (sync) workflow: refused."""
+        raise UsageError(
+            f"async {step.kind} {step.name!r} was called from workflow "
+            f"{self.workflow.name!r}, which is not async: make the workflow `async def` and "
+            f"await the {step.kind}, or make the {step.kind} a plain `def`"
+        )
 
     def _check_thread(self, what: str) -> None:
         if threading.get_ident() != self.thread:
@@ -371,11 +399,14 @@ class Execution:
         return self.store.decode_as(recorded.output, function_types(fn).returns, what)
 
     def _check_stop(self) -> None:
+        drive(self._check_stop_plan(), self.io)
+
+    def _check_stop_plan(self) -> Plan[None]:
         """Before a new step body, wait or continue-as-new: stop here if the execution was
         cancelled (ExecutionCancelled) or the runtime is shutting down (ShuttingDown: the
         engine releases it for another executor)."""
         if self._cancel is not None:
-            self._check_cancelled()
+            yield from self._check_cancelled()
         if self.engine.stopping:
             signal = ShuttingDown(
                 f"workflow {self.workflow_id!r} stopped at step {self.journal.seq}: the runtime "
@@ -385,10 +416,10 @@ class Execution:
             self.journal.doom(signal)
             raise signal
 
-    def _check_cancelled(self) -> None:
+    def _check_cancelled(self) -> Plan[None]:
         if self._cancel == "hint":
             try:
-                found = self.store.get_status(self.workflow_id)
+                found = yield self.store.status_statement(self.workflow_id)
             except PersistenceError as exc:
                 raise self._interrupted("checking for a cancellation", exc) from exc
             if found is None or found[0] != "CANCELLED":
@@ -406,7 +437,9 @@ class Execution:
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Any:
+    ) -> Plan[tuple[bool, Any]]:
+        """Run a new step (its attempts and its commit) inside its span: (True, its result)
+        or (False, what the workflow gets raised)."""
         clock = time.perf_counter()
         retries: list[str] = []
         telemetry = self.telemetry
@@ -414,22 +447,29 @@ class Execution:
         token = otel_context.attach(trace.set_span_in_context(span))
         outcome = "succeeded"
         try:
-            result = self._attempts(step, seq, args, kwargs, retries)
-            if telemetry.log.enabled(logging.DEBUG):
-                telemetry.log.debug(
-                    "step_committed",
-                    workflow_id=self.workflow_id,
-                    step=step.name,
-                    seq=seq,
-                    kind=step.kind,
-                    attempts=len(retries) + 1,
+            try:
+                ok, value = yield from self._attempts(step, seq, args, kwargs, retries)
+            except BaseException as exc:  # noqa: BLE001 - answered to the driver
+                if not isinstance(exc, Exception):
+                    self.journal.doom(exc)
+                ok, value = False, exc
+            if ok:
+                if telemetry.log.enabled(logging.DEBUG):
+                    telemetry.log.debug(
+                        "step_committed",
+                        workflow_id=self.workflow_id,
+                        step=step.name,
+                        seq=seq,
+                        kind=step.kind,
+                        attempts=len(retries) + 1,
+                    )
+            else:
+                handed_back = isinstance(value, HandedBack | UsageError) or not isinstance(
+                    value, Exception
                 )
-        except BaseException as exc:
-            handed_back = isinstance(exc, HandedBack | UsageError) or not isinstance(exc, Exception)
-            outcome = "abandoned" if handed_back else "failed"
-            if not isinstance(exc, Suspended):
-                Telemetry.failed(span, exc)
-            raise
+                outcome = "abandoned" if handed_back else "failed"
+                if not isinstance(value, Suspended):
+                    Telemetry.failed(span, value)
         finally:
             otel_context.detach(token)
             span.end()
@@ -441,7 +481,7 @@ class Execution:
                 time.perf_counter() - clock,
                 len(retries),
             )
-        return result
+        return ok, value
 
     def _attempts(
         self,
@@ -450,38 +490,44 @@ class Execution:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         retries: list[str],
-    ) -> Any:
+    ) -> Plan[tuple[bool, Any]]:
         policy = step.retry
         started = now()
         attempt = 0
         while True:
             attempt += 1
-            try:
-                if step.kind == "transaction":
-                    # The body and its commit are one transaction: done when this returns.
-                    return self._transaction(step, seq, args, kwargs, attempt, started, retries)
-                self.in_step = True
+            if step.kind == "transaction":
+                # The body and its commit are one transaction: done when it succeeded.
                 try:
-                    result = step.fn(*args, **kwargs)
-                finally:
-                    self.in_step = False
-            except BaseException as exc:
-                if not isinstance(exc, Exception):
+                    ok, value = yield from self._transaction(
+                        step, seq, args, kwargs, attempt, started, retries
+                    )
+                except BaseException as exc:  # noqa: BLE001 - decided below
+                    ok, value = False, exc
+                if ok:
+                    return True, value
+            else:
+                ok, value = yield StepBody(self, step.fn, args, kwargs)
+            if not ok:
+                if not isinstance(value, Exception):
                     # A control signal, or an interruption (KeyboardInterrupt, SystemExit,
                     # CancelledError...): nothing is recorded, and nothing more runs.
-                    self.journal.doom(exc)
-                    raise
-                if isinstance(exc, UsageError):
-                    raise  # misuse (a step called where it cannot be): nothing is recorded
-                if policy.retries(exc, attempt):
+                    self.journal.doom(value)
+                    return False, value
+                if isinstance(value, UsageError):
+                    return False, value  # misuse (a step called where it cannot be)
+                if policy.retries(value, attempt):
                     if self.engine.stopping:
-                        self._check_stop()  # the next attempt is a new body: not now
-                    self._retry(step, seq, attempt, exc, retries, policy.delay(attempt))
+                        yield from self._check_stop_plan()  # the next attempt is a new body
+                    delay = self._retry(step, seq, attempt, value, retries, policy.delay(attempt))
+                    yield Sleep(delay)
                     continue
-                self._commit(self._record(step, seq, None, exc, attempt, started, retries))
-                raise
-            self._commit(self._record(step, seq, result, None, attempt, started, retries))
-            return result
+                yield from self._commit(
+                    self._record(step, seq, None, value, attempt, started, retries)
+                )
+                return False, value
+            yield from self._commit(self._record(step, seq, value, None, attempt, started, retries))
+            return True, value
 
     def _retry(
         self,
@@ -491,7 +537,7 @@ class Execution:
         exc: BaseException,
         retries: list[str],
         delay: float,
-    ) -> None:
+    ) -> float:
         error = retry_note(exc)
         retries.append(error)
         span = trace.get_current_span()
@@ -506,7 +552,7 @@ class Execution:
             error=error,
             delay=delay,
         )
-        time.sleep(delay)
+        return delay
 
     def _transaction(
         self,
@@ -517,20 +563,11 @@ class Execution:
         attempt: int,
         started: dt.datetime,
         retries: list[str],
-    ) -> Any:
-        raised: list[BaseException] = []
-
-        def body(conn: Any) -> Any:
-            self.in_step = True
-            try:
-                return step.fn(conn, *args, **kwargs)
-            except BaseException as exc:
-                raised.append(exc)
-                raise
-            finally:
-                self.in_step = False
-
+    ) -> Plan[tuple[bool, Any]]:
         built: list[tuple[StepCommit, float]] = []
+
+        def body(conn: Any) -> StepBody:
+            return StepBody(self, step.fn, (conn, *args), kwargs)
 
         def record(value: Any) -> StepCommit:
             commit = self._record(step, seq, value, None, attempt, started, retries)
@@ -538,13 +575,12 @@ class Execution:
             return commit
 
         try:
-            result = self.store.run_transaction_step(body, record)
+            ok, value = yield from self.store.transaction_step_plan(body, record)
         except PersistenceError as exc:
-            if raised and raised[-1] is exc:
-                raise  # the body's own
             raise self._interrupted(f"running step {seq}", exc) from exc
-        self._committed(*built[0])
-        return result
+        if ok:
+            self._committed(*built[0])
+        return ok, value
 
     def _record(
         self,
@@ -572,10 +608,22 @@ class Execution:
             seq, step.name, step.kind, output, recorded_error, attempts, started, retries, state
         )
 
-    def _commit(self, commit: StepCommit) -> None:
+    def _commit(self, commit: StepCommit) -> Plan[None]:
         since = time.perf_counter()
-        self._write(f"committing step {commit.seq}", self.store.commit_step, commit)
+        yield from self._write_plan(
+            f"committing step {commit.seq}", self.store.commit_statement(commit)
+        )
         self._committed(commit, since)
+
+    def _write_plan(self, what: str, statement: Statement) -> Plan[Any]:
+        """`_write` for a request: one fenced write of this execution."""
+        try:
+            return (yield statement)
+        except HandedBack as signal:
+            self.journal.doom(signal)
+            raise
+        except PersistenceError as exc:
+            raise self._interrupted(what, exc) from exc
 
     def _write(self, what: str, write: Callable[..., T], *args: Any) -> T:
         """One fenced write of this execution: fenced out or cancelled, the execution is
@@ -632,22 +680,24 @@ class Execution:
 
     # -- completion --------------------------------------------------------------------------
 
-    def succeed(self, result: Any) -> Any:
+    def succeed(self, result: Any) -> Plan[Any]:
+        """Record the execution SUCCEEDED with `result` (or FAILED, see `fail`, if it was
+        doomed, diverged, or its result or state cannot be stored)."""
         doomed = self.journal.doomed
         if doomed is not None:
-            return self.fail(doomed)
+            return (yield from self.fail(doomed))
         diverged = self.journal.unreplayed(functools.partial(_definition_site, self.workflow))
         if diverged is not None:
-            return self.fail(diverged)
+            return (yield from self.fail(diverged))
         try:
             output = self.store.encode(result, f"output of workflow {self.workflow_id!r}")
             changed, deleted = self._state_delta()
         except UsageError as exc:
-            return self.fail(exc)
-        self._finish("SUCCEEDED", output, None, changed, deleted, None)
+            return (yield from self.fail(exc))
+        yield from self._finish("SUCCEEDED", output, None, changed, deleted, None)
         return result
 
-    def fail(self, exc: BaseException) -> NoReturn:
+    def fail(self, exc: BaseException) -> Plan[NoReturn]:
         """Record the execution FAILED with `exc` (or with what doomed it) and raise
         WorkflowFailed; a control signal or interruption that doomed it is raised instead."""
         doomed = self.journal.doomed
@@ -661,7 +711,7 @@ class Execution:
         except UsageError:
             changed, deleted = None, None  # the failure is recorded even if the state is not
         error_type, message = error_summary(record)
-        self._finish(
+        yield from self._finish(
             "FAILED", None, record, changed, deleted, {"error": f"{error_type}: {message}"[:1000]}
         )
         if isinstance(cause, NonDeterminismError):
@@ -683,23 +733,20 @@ class Execution:
         changed: dict[str, str] | None,
         deleted: list[str] | None,
         details: dict[str, Any] | None,
-    ) -> None:
-        self._write(
-            f"finishing as {status}",
-            functools.partial(
-                self.store.finish_execution,
-                status=status,
-                output=output,
-                error=error,
-                seq=self.journal.seq,
-                state=changed,
-                deleted=deleted,
-                details=details,
-            ),
+    ) -> Plan[None]:
+        statement = self.store.finish_statement(
             self.workflow_id,
             self.journal.owner,
             self.journal.epoch,
+            status=status,
+            output=output,
+            error=error,
+            seq=self.journal.seq,
+            state=changed,
+            deleted=deleted,
+            details=details,
         )
+        yield from self._write_plan(f"finishing as {status}", statement)
 
 
 CONTINUE_AS_NEW = "continue_as_new"

@@ -15,11 +15,14 @@ from stepstone.errors import (
     WorkflowNotFound,
     WorkflowTimedOut,
 )
+from stepstone.persistence.plans import drive
 from stepstone.persistence.recorded_errors import error_summary, rebuild_error
+from stepstone.runtime._requests import Sleep
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from stepstone.persistence.plans import Plan, Request
     from stepstone.persistence.store import Store
 
 __all__ = ["TERMINAL", "Outcomes"]
@@ -39,7 +42,11 @@ class Outcomes:
     def ended(self, workflow_id: str) -> tuple[bool, Any]:
         """(True, its outcome as a thunk) if the execution ended, else (False, None);
         WorkflowNotFound if there is none."""
-        found = self.store.get_status(workflow_id)
+        return drive(self.ended_plan(workflow_id), self.store.io)
+
+    def ended_plan(self, workflow_id: str) -> Plan[tuple[bool, Any]]:
+        """`ended` for either driver."""
+        found = yield self.store.status_statement(workflow_id)
         if found is None:
             raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
         status, output, error = found
@@ -50,16 +57,24 @@ class Outcomes:
     def wait(self, workflow_id: str, deadline: float | None, annotation: Any = None) -> Any:
         """Poll the stored status until the execution ends, then return or raise its outcome
         (a result as `annotation` describes it)."""
+        return drive(self.wait_plan(workflow_id, deadline, annotation), self.store.io)
+
+    def wait_plan(
+        self, workflow_id: str, deadline: float | None, annotation: Any = None
+    ) -> Plan[Any]:
+        """`wait` for either driver."""
         last = ["RUNNING"]
 
-        def ended() -> tuple[str, str | None, dict[str, Any] | None] | None:
-            found = self.store.get_status(workflow_id)
+        def ended(
+            found: tuple[str, str | None, dict[str, Any] | None] | None,
+        ) -> tuple[str, str | None, dict[str, Any] | None] | None:
             if found is None:
                 raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
             last[0] = found[0]
             return found if found[0] in TERMINAL else None
 
-        status, output, error = _poll(
+        status, output, error = yield from _poll(
+            lambda: self.store.status_statement(workflow_id),
             ended,
             deadline,
             lambda: ResultTimeout(
@@ -73,7 +88,7 @@ class Outcomes:
         """Poll until execution `workflow_id` has committed state key `key`, and return its
         value; StateTimeout after `seconds`, StateNotSet if it ended without the key."""
 
-        def committed() -> tuple[str] | None:
+        def committed(_: None) -> tuple[str] | None:
             found = self.store.state_value(workflow_id, key)
             if found is None:
                 raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
@@ -87,12 +102,16 @@ class Outcomes:
             return None
 
         deadline = None if seconds is None else time.monotonic() + seconds
-        (value,) = _poll(
-            committed,
-            deadline,
-            lambda: StateTimeout(
-                f"workflow {workflow_id!r} did not set state key {key!r} within {seconds:g} s"
+        (value,) = drive(
+            _poll(
+                None,
+                committed,
+                deadline,
+                lambda: StateTimeout(
+                    f"workflow {workflow_id!r} did not set state key {key!r} within {seconds:g} s"
+                ),
             ),
+            self.store.io,
         )
         return self.store.decode(value)
 
@@ -126,16 +145,20 @@ class Outcomes:
 
 
 def _poll(
-    read: Callable[[], T | None], deadline: float | None, timed_out: Callable[[], Exception]
-) -> T:
-    """What `read` returns once it returns something, polling with pauses that grow from
-    5 ms to 0.5 s; `timed_out()` is raised at `deadline` (time.monotonic()). A database that
-    is briefly unreachable (a restart) is waited for, up to a minute."""
+    request: Callable[[], Request] | None,
+    read: Callable[[Any], T | None],
+    deadline: float | None,
+    timed_out: Callable[[], Exception],
+) -> Plan[T]:
+    """What `read(the result of request())` returns once it returns something (with no
+    `request`: `read(None)`), polling with pauses that grow from 5 ms to 0.5 s;
+    `timed_out()` is raised at `deadline` (time.monotonic()). A database that is briefly
+    unreachable (a restart) is waited for, up to a minute."""
     delay = 0.005
     failing_since: float | None = None
     while True:
         try:
-            found = read()
+            found = read(None if request is None else (yield request()))
             failing_since = None
         except PersistenceError:
             now = time.monotonic()
@@ -148,5 +171,5 @@ def _poll(
         if failing_since is None and deadline is not None and time.monotonic() >= deadline:
             raise timed_out()
         pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
-        time.sleep(pause if failing_since is None else delay)
+        yield Sleep(pause if failing_since is None else delay)
         delay = min(delay * 2, 0.5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
 from stepstone.errors import StepOutsideWorkflow
 from stepstone.runtime._options import StartOptions, start_options
@@ -58,9 +58,14 @@ class Workflow(Generic[P, R]):
         self.version = version
         self.fingerprint = fingerprint(fn)
         self.options = options or StartOptions()
+        self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.is_async:
+            # A coroutine: nothing is written until it is awaited.
+            coroutine: Any = self._engine.call_async(self, args, kwargs)
+            return cast("R", coroutine)
         return self._engine.call(self, args, kwargs)
 
     def with_options(
@@ -113,6 +118,7 @@ class _StepBase(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -122,6 +128,10 @@ class _StepBase(Generic[P, R]):
                 f"{self.kind} {self.name!r} was called outside a workflow: call it from the body "
                 "of a function decorated with @rt.workflow()"
             )
+        if self.is_async:
+            # Its position is taken now, in call order; the coroutine runs the rest.
+            coroutine: R = execution.run_async_step(self, args, kwargs)
+            return coroutine
         result: R = execution.run_step(self, args, kwargs)
         return result
 
@@ -141,13 +151,15 @@ class Step(_StepBase[P, R]):
 
 class TransactionStep(_StepBase[P, R]):
     """A transaction step: its body's SQL, its result and the workflow's state commit in one
-    PostgreSQL transaction, exactly once. The body receives the connection first."""
+    PostgreSQL transaction, exactly once. The body receives the connection first (a
+    `psycopg.Connection`, or for an `async def` body a `psycopg.AsyncConnection`)."""
 
     kind: Literal["step", "transaction"] = "transaction"
 
     def __init__(
         self,
-        fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], R]
+        | Callable[Concatenate[psycopg.AsyncConnection[Any], P], R],
         name: str,
         retry: RetryPolicy,
     ) -> None:

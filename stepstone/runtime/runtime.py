@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import os
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from stepstone._background import Loop
 from stepstone._version import __version__
@@ -29,7 +40,7 @@ from stepstone.runtime.waits import check_state_wait
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     import psycopg
     from opentelemetry._logs import LoggerProvider
@@ -40,7 +51,7 @@ if TYPE_CHECKING:
     from stepstone.persistence.listing import ExecutionFilter, ExecutionPage
     from stepstone.persistence.rows import HealthStatus
 
-__all__ = ["DEFAULT_GRACE", "Runtime", "default_executor_id"]
+__all__ = ["DEFAULT_GRACE", "Runtime", "TransactionDecorator", "default_executor_id"]
 
 DEFAULT_GRACE = 30.0
 """Seconds a graceful shutdown gives the step bodies in flight (`stepstone worker --grace`,
@@ -221,22 +232,23 @@ class Runtime:
 
     def transaction(
         self, fn: None = None, /, *, name: str | None = None, retry: RetryPolicy | None = None
-    ) -> Callable[[Callable[Concatenate[psycopg.Connection[Any], P], R]], TransactionStep[P, R]]:
+    ) -> TransactionDecorator:
         """Make a function a transaction step: it receives a psycopg connection as its first
-        argument (callers omit it), and its SQL commits together with the step's result and
-        the workflow's state, exactly once."""
+        argument (callers omit it; an `async def` step receives a `psycopg.AsyncConnection`),
+        and its SQL commits together with the step's result and the workflow's state,
+        exactly once."""
         _no_bare_decorator(fn, "transaction")
         check_text("transaction step name", name)
         policy = _policy(retry)
 
-        def decorate(
-            func: Callable[Concatenate[psycopg.Connection[Any], P], R],
-        ) -> TransactionStep[P, R]:
-            step = TransactionStep(func, name or _default_name(func), policy)
+        def decorate(func: Callable[..., Any]) -> TransactionStep[Any, Any]:
+            step: TransactionStep[Any, Any] = TransactionStep(
+                func, name or _default_name(func), policy
+            )
             self._engine.register_step(step.name)
             return step
 
-        return decorate
+        return cast("TransactionDecorator", decorate)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -285,6 +297,41 @@ class Runtime:
                 "purge", self._retention_interval, lambda: self._purge_batch(retention)
             )
             self._purger.start()
+
+    async def launch_async(self) -> None:
+        """`launch()` for asyncio applications, and what async workflows need: the
+        launch itself (migrations, the executor's session, heartbeat and sweep, the sync
+        pool) runs in a worker thread so that the event loop is not blocked, then psycopg's
+        AsyncConnectionPool opens on this loop; async workflows and steps do all their
+        database work on it. Idempotent."""
+        if not self._engine.launched:
+            await asyncio.to_thread(self.launch)
+        try:
+            await self.store.open_async()
+        except BaseException:
+            await asyncio.to_thread(self.shutdown, wait=False)
+            raise
+
+    async def shutdown_async(self, *, wait: bool = True, grace: float | None = None) -> None:
+        """`shutdown()` for asyncio applications (in a worker thread, so that the event loop
+        is not blocked), then close the async pool."""
+        try:
+            await asyncio.to_thread(self.shutdown, wait=wait, grace=grace)
+        finally:
+            await self.store.close_async()
+
+    async def __aenter__(self) -> Self:
+        await self.launch_async()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        # As __exit__: Ctrl-C (or SystemExit, or the task's cancellation) hands back.
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            await self.shutdown_async(grace=DEFAULT_GRACE)
+        else:
+            await self.shutdown_async()
 
     def _start_dispatcher(self) -> None:
         for queue in self._queues.values():
@@ -649,6 +696,23 @@ def _check_grace(grace: object) -> float:
     ):
         raise ConfigurationError(f"grace must be a number of seconds >= 0, got {grace!r}")
     return float(grace)
+
+
+class TransactionDecorator(Protocol):
+    """What `@rt.transaction()` returns: a decorator that keeps the step's signature
+    without its first parameter (the connection), for `def` and `async def` bodies."""
+
+    @overload
+    def __call__(
+        self,
+        func: Callable[Concatenate[psycopg.AsyncConnection[Any], P], Coroutine[Any, Any, R]],
+        /,
+    ) -> TransactionStep[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def __call__(
+        self, func: Callable[Concatenate[psycopg.Connection[Any], P], R], /
+    ) -> TransactionStep[P, R]: ...
 
 
 def _default_name(func: Callable[..., Any]) -> str:

@@ -7,6 +7,7 @@ trips). Transactions are counted as transaction ids the server assigned.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -218,6 +219,75 @@ def test_transaction_step_adds_no_round_trip_to_the_users_transaction(
         assert cost.transactions == 1 + 2  # the step's one transaction, plus start and completion
         if k == 2:
             assert step_round_trips == bare_round_trips
+
+
+def test_async_workflow_costs_what_the_sync_one_costs(counted_rt: Runtime, meter: Meter) -> None:
+    """On the async pool, starting and finishing an async workflow cost one round trip
+    each, and each async step one statement, one round trip and one commit, no BEGIN."""
+
+    @counted_rt.step()
+    async def echo(n: int) -> int:
+        return n
+
+    @counted_rt.workflow()
+    async def steps(n: int) -> int:
+        return sum([await echo(i) for i in range(n)])
+
+    async def main() -> list[Cost]:
+        costs = []
+        async with counted_rt:
+            for _ in range(8):  # psycopg prepares each statement on its sixth execution
+                await steps(3)
+            for n in (0, 1, 10):
+                meter.begin()
+                assert await steps(n) == sum(range(n))
+                costs.append(meter.end())
+        return costs
+
+    for n, cost in zip((0, 1, 10), asyncio.run(main()), strict=True):
+        assert cost.round_trips == 2 + n
+        assert _only(cost, "start_execution") == 1
+        assert _only(cost, "commit_step") == n
+        assert _only(cost, "finish_execution") == 1
+        assert cost.total_statements == 2 + n
+        assert cost.transactions == 2 + n
+        assert not any(q.upper() in ("BEGIN", "COMMIT") for q in cost.statements)
+
+
+def test_async_transaction_step_adds_no_round_trip_to_the_users_transaction(
+    counted_rt: Runtime, meter: Meter
+) -> None:
+    """An async transaction step with k statements costs BEGIN + k + one round trip
+    carrying the step record and COMMIT together, in one transaction, as the sync one."""
+
+    @counted_rt.transaction()
+    async def mark(conn: psycopg.AsyncConnection[Any], notes: list[str]) -> int:
+        for note in notes:
+            await conn.execute("INSERT INTO marks (note) VALUES (%s)", [note])
+        return len(notes)
+
+    @counted_rt.workflow()
+    async def marking(notes: list[str]) -> int:
+        return await mark(notes)
+
+    async def main() -> list[Cost]:
+        costs = []
+        async with counted_rt:
+            for _ in range(8):
+                await marking(["warm"])
+            for k in (1, 2, 5):
+                meter.begin()
+                assert await marking([f"a{k}-{i}" for i in range(k)]) == k
+                costs.append(meter.end())
+        return costs
+
+    for k, cost in zip((1, 2, 5), asyncio.run(main()), strict=True):
+        assert cost.round_trips - 2 == k + 2  # minus start and completion
+        assert _only(cost, "INSERT INTO marks") == k
+        assert _only(cost, "commit_transaction_step") == 1
+        assert _only(cost, "BEGIN") == 1
+        assert _only(cost, "COMMIT") == 1
+        assert cost.transactions == 1 + 2
 
 
 def test_idle_executor_sends_one_heartbeat_and_one_sweep_per_interval(

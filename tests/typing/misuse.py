@@ -39,3 +39,31 @@ client = Client()
 client.enqueue("emails", "send_email", "x", priority="high")  # E: priority is an int
 client.enqueue("emails")  # E: the workflow name is required
 client.send("id-1", "hi", "topic")  # E: topic is keyword-only
+
+
+def takes_text(text: str) -> None: ...
+
+
+def takes_number(n: int) -> None: ...
+
+
+@rt.step()
+async def adouble(n: int) -> int:
+    return n * 2
+
+
+@rt.transaction()
+async def awrite(conn: psycopg.AsyncConnection[Any], note: str) -> None:
+    await conn.execute("INSERT INTO notes VALUES (%s)", [note])
+
+
+@rt.workflow()
+async def aflow(n: int) -> str:
+    await awrite(1)  # E: wrong argument type to an async transaction step
+    takes_text(await adouble(n))  # E: an awaited step has its function's result type
+    return str(await adouble(n))
+
+
+async def caller() -> None:
+    await aflow("1")  # E: wrong argument type to an async workflow
+    takes_number(await aflow(1))  # E: an awaited workflow has its function's result type

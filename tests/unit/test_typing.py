@@ -40,6 +40,14 @@ def test_realistic_user_code_type_checks_strictly() -> None:
     assert result.returncode == 0, result.stdout
 
 
+def test_realistic_async_user_code_type_checks_strictly() -> None:
+    """The async user code of tests/typing/async_user_code.py passes mypy --strict: awaited
+    workflows and steps have their functions' result types, transaction steps drop the
+    injected AsyncConnection."""
+    result = _mypy(HERE / "async_user_code.py")
+    assert result.returncode == 0, result.stdout
+
+
 def test_misuse_is_caught_by_the_type_checker() -> None:
     """Every line marked `# E:` in tests/typing/misuse.py gets a mypy error, and no other line."""
     source = (HERE / "misuse.py").read_text().splitlines()

@@ -1,0 +1,58 @@
+"""Realistic async user code: must pass `mypy --strict` with stepstone's annotations."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import stepstone
+from stepstone import RetryPolicy, Runtime
+
+if TYPE_CHECKING:
+    import psycopg
+
+rt = Runtime("postgresql://localhost/app", schema="shop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    order_id: str
+    amount_cents: int
+
+
+@rt.step(retry=RetryPolicy(max_attempts=3))
+async def charge(order: Order, *, currency: str = "EUR") -> str:
+    await asyncio.sleep(0)
+    return f"charged {order.amount_cents} {currency}"
+
+
+@rt.step()
+async def notify(order_id: str) -> None:
+    await asyncio.to_thread(print, f"notified {order_id}")
+
+
+@rt.transaction()
+async def reserve(conn: psycopg.AsyncConnection[Any], order: Order) -> int:
+    cursor = await conn.execute(
+        "UPDATE stock SET n = n - 1 WHERE sku = %s RETURNING n", [order.order_id]
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+@rt.workflow(version="2")
+async def checkout(order: Order) -> str:
+    left: int = await reserve(order)
+    stepstone.current().state["left"] = left
+    receipt, _ = await asyncio.gather(charge(order, currency="USD"), notify(order.order_id))
+    return receipt
+
+
+async def main() -> list[str]:
+    async with rt:
+        first: str = await checkout(Order("o-1", 100))
+        second: str = await checkout.with_options(workflow_id="o-2")(Order("o-2", 200))
+    await rt.launch_async()
+    await rt.shutdown_async(grace=5)
+    return [first, second]
