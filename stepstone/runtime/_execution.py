@@ -47,7 +47,7 @@ from stepstone.persistence.plans import drive
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
 from stepstone.persistence.rows import RecordedStep, WaitKind, WaitRequest
 from stepstone.runtime._journal import now, retry_note
-from stepstone.runtime._requests import Sleep, StepBody
+from stepstone.runtime._requests import Sleep, StepBody, run_body
 from stepstone.runtime._signatures import check_arguments, check_decodable, function_types
 from stepstone.runtime.context import State, WorkflowContext
 from stepstone.runtime.retry import NO_RETRY, RetryPolicy
@@ -85,6 +85,7 @@ class _ChildStep:
 
     kind: Literal["workflow"] = "workflow"
     retry: RetryPolicy = NO_RETRY
+    is_async = False
 
     def __init__(self, name: str, run: Callable[..., Any], declared: Callable[..., Any]) -> None:
         self.name = name
@@ -98,6 +99,7 @@ class _SendStep:
     kind: Literal["send"] = "send"
     name = "send"
     retry: RetryPolicy = NO_RETRY
+    is_async = False
 
     def __init__(self, run: Callable[[], None]) -> None:
         self.fn: Callable[..., None] = run
@@ -438,96 +440,104 @@ class Execution:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Plan[tuple[bool, Any]]:
-        """Run a new step (its attempts and its commit) inside its span: (True, its result)
-        or (False, what the workflow gets raised)."""
+        """Run a new step inside its span: its attempts (retried per its policy) and its
+        commit. (True, its result) or (False, what the workflow gets raised). One plan for
+        the whole step (this is the hot path: each level of plan costs every step)."""
         clock = time.perf_counter()
         retries: list[str] = []
-        telemetry = self.telemetry
-        span = telemetry.step_span(step.name, seq, self.workflow_id)
+        span = self.telemetry.step_span(step.name, seq, self.workflow_id)
         token = otel_context.attach(trace.set_span_in_context(span))
-        outcome = "succeeded"
+        ok, value = False, None
         try:
-            try:
-                ok, value = yield from self._attempts(step, seq, args, kwargs, retries)
-            except BaseException as exc:  # noqa: BLE001 - answered to the driver
-                if not isinstance(exc, Exception):
-                    self.journal.doom(exc)
-                ok, value = False, exc
-            if ok:
-                if telemetry.log.enabled(logging.DEBUG):
-                    telemetry.log.debug(
-                        "step_committed",
-                        workflow_id=self.workflow_id,
-                        step=step.name,
-                        seq=seq,
-                        kind=step.kind,
-                        attempts=len(retries) + 1,
+            attempt, started = 0, now()
+            while True:
+                attempt += 1
+                if step.kind == "transaction":
+                    # The body and its commit are one transaction: done when it succeeded.
+                    ok, value = yield from self._transaction(
+                        step, seq, args, kwargs, attempt, started, retries
                     )
-            else:
-                handed_back = isinstance(value, HandedBack | UsageError) or not isinstance(
-                    value, Exception
-                )
-                outcome = "abandoned" if handed_back else "failed"
-                if not isinstance(value, Suspended):
-                    Telemetry.failed(span, value)
+                    if ok:
+                        break
+                elif step.is_async:
+                    ok, value = yield StepBody(self, step.fn, args, kwargs)
+                else:
+                    ok, value = run_body(self, step.fn, args, kwargs)
+                if not ok:
+                    then = self._after_failure(step, attempt, value)
+                    if then is _GIVE_UP:
+                        break
+                    if then is _RETRY:
+                        if self.engine.stopping:
+                            yield from self._check_stop_plan()  # the next attempt: not now
+                        yield Sleep(self._retry(step, seq, attempt, value, retries))
+                        continue
+                commit = self._record(step, seq, value, ok, attempt, started, retries)
+                since = time.perf_counter()
+                try:  # the fenced write, inline (see `_write_plan`)
+                    yield self.store.commit_statement(commit)
+                except HandedBack as signal:
+                    self.journal.doom(signal)
+                    raise
+                except PersistenceError as exc:
+                    raise self._interrupted(f"committing step {seq}", exc) from exc
+                self._committed(commit, since)
+                break
+        except BaseException as exc:  # noqa: BLE001 - answered to the driver
+            if not isinstance(exc, Exception):
+                self.journal.doom(exc)
+            ok, value = False, exc
         finally:
+            retried = len(retries)
+            outcome = (
+                "succeeded"
+                if ok and not self.telemetry.log.enabled(logging.DEBUG)
+                else self._step_outcome(step, seq, span, ok, value, retried)
+            )
             otel_context.detach(token)
             span.end()
-            telemetry.step_finished(
+            self.telemetry.step_finished(
                 self.workflow.name,
                 step.name,
                 step.kind,
                 outcome,
                 time.perf_counter() - clock,
-                len(retries),
+                retried,
             )
         return ok, value
 
-    def _attempts(
-        self,
-        step: AnyStep,
-        seq: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        retries: list[str],
-    ) -> Plan[tuple[bool, Any]]:
-        policy = step.retry
-        started = now()
-        attempt = 0
-        while True:
-            attempt += 1
-            if step.kind == "transaction":
-                # The body and its commit are one transaction: done when it succeeded.
-                try:
-                    ok, value = yield from self._transaction(
-                        step, seq, args, kwargs, attempt, started, retries
-                    )
-                except BaseException as exc:  # noqa: BLE001 - decided below
-                    ok, value = False, exc
-                if ok:
-                    return True, value
-            else:
-                ok, value = yield StepBody(self, step.fn, args, kwargs)
-            if not ok:
-                if not isinstance(value, Exception):
-                    # A control signal, or an interruption (KeyboardInterrupt, SystemExit,
-                    # CancelledError...): nothing is recorded, and nothing more runs.
-                    self.journal.doom(value)
-                    return False, value
-                if isinstance(value, UsageError):
-                    return False, value  # misuse (a step called where it cannot be)
-                if policy.retries(value, attempt):
-                    if self.engine.stopping:
-                        yield from self._check_stop_plan()  # the next attempt is a new body
-                    delay = self._retry(step, seq, attempt, value, retries, policy.delay(attempt))
-                    yield Sleep(delay)
-                    continue
-                yield from self._commit(
-                    self._record(step, seq, None, value, attempt, started, retries)
+    def _after_failure(self, step: AnyStep, attempt: int, exc: BaseException) -> object:
+        """What follows a failed attempt: _GIVE_UP (a control signal or misuse: nothing is
+        recorded), _RETRY (per the step's policy), or _RECORD (its error is the step's
+        outcome)."""
+        if not isinstance(exc, Exception):
+            # A control signal, or an interruption (KeyboardInterrupt, SystemExit,
+            # CancelledError...): nothing is recorded, and nothing more runs.
+            self.journal.doom(exc)
+            return _GIVE_UP
+        if isinstance(exc, UsageError):
+            return _GIVE_UP  # misuse (a step called where it cannot be)
+        return _RETRY if step.retry.retries(exc, attempt) else _RECORD
+
+    def _step_outcome(
+        self, step: AnyStep, seq: int, span: trace.Span, ok: bool, value: Any, retried: int
+    ) -> str:
+        """How the step ended, for its metrics; its span and log say so too."""
+        if ok:
+            if self.telemetry.log.enabled(logging.DEBUG):
+                self.telemetry.log.debug(
+                    "step_committed",
+                    workflow_id=self.workflow_id,
+                    step=step.name,
+                    seq=seq,
+                    kind=step.kind,
+                    attempts=retried + 1,
                 )
-                return False, value
-            yield from self._commit(self._record(step, seq, value, None, attempt, started, retries))
-            return True, value
+            return "succeeded"
+        if not isinstance(value, Suspended):
+            Telemetry.failed(span, value)
+        handed_back = isinstance(value, HandedBack | UsageError) or not isinstance(value, Exception)
+        return "abandoned" if handed_back else "failed"
 
     def _retry(
         self,
@@ -536,8 +546,9 @@ class Execution:
         attempt: int,
         exc: BaseException,
         retries: list[str],
-        delay: float,
     ) -> float:
+        """Note a retry (audit, span, log); the delay before the next attempt."""
+        delay = step.retry.delay(attempt)
         error = retry_note(exc)
         retries.append(error)
         span = trace.get_current_span()
@@ -570,14 +581,18 @@ class Execution:
             return StepBody(self, step.fn, (conn, *args), kwargs)
 
         def record(value: Any) -> StepCommit:
-            commit = self._record(step, seq, value, None, attempt, started, retries)
+            commit = self._record(step, seq, value, True, attempt, started, retries)  # noqa: FBT003
             built.append((commit, time.perf_counter()))
             return commit
 
         try:
             ok, value = yield from self.store.transaction_step_plan(body, record)
         except PersistenceError as exc:
-            raise self._interrupted(f"running step {seq}", exc) from exc
+            signal = self._interrupted(f"running step {seq}", exc)
+            signal.__cause__ = exc
+            return False, signal
+        except BaseException as exc:  # noqa: BLE001 - the step's failure, or a signal
+            return False, exc
         if ok:
             self._committed(*built[0])
         return ok, value
@@ -586,12 +601,15 @@ class Execution:
         self,
         step: AnyStep,
         seq: int,
-        result: Any,
-        error: BaseException | None,
+        value: Any,
+        ok: bool,
         attempts: int,
         started: dt.datetime,
         retries: list[str],
     ) -> StepCommit:
+        """The commit of a step whose last attempt returned `value` (`ok`) or raised it."""
+        result = value if ok else None
+        error = None if ok else value
         if error is None:
             output = self.store.encode(
                 result,
@@ -607,13 +625,6 @@ class Execution:
         return self.journal.step_commit(
             seq, step.name, step.kind, output, recorded_error, attempts, started, retries, state
         )
-
-    def _commit(self, commit: StepCommit) -> Plan[None]:
-        since = time.perf_counter()
-        yield from self._write_plan(
-            f"committing step {commit.seq}", self.store.commit_statement(commit)
-        )
-        self._committed(commit, since)
 
     def _write_plan(self, what: str, statement: Statement) -> Plan[Any]:
         """`_write` for a request: one fenced write of this execution."""
@@ -748,6 +759,10 @@ class Execution:
         )
         yield from self._write_plan(f"finishing as {status}", statement)
 
+
+_GIVE_UP = object()
+_RETRY = object()
+_RECORD = object()
 
 CONTINUE_AS_NEW = "continue_as_new"
 """The name a continue-as-new is checked under on replay (it records no step)."""
