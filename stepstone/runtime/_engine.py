@@ -109,6 +109,8 @@ class Engine:
         # Told when a run in the worker pool ended (the dispatcher's slot is free then).
         self.run_ended: Callable[[str], None] | None = None
         self.launched = False
+        # The tasks of async executions started here (start_async), until they end.
+        self.tasks: set[asyncio.Task[None]] = set()
         # A graceful shutdown began: every execution here stops at its next step boundary
         # and is released (see stop_runs); read by each execution before each step.
         self.stopping = False
@@ -244,12 +246,14 @@ class Engine:
         """Run (or join, or resume) execution `workflow_id` in this thread. `waiter`: the
         workflow calling it, which waits durably rather than block while the execution
         runs elsewhere."""
-        opened = self._open(workflow, workflow_id, args, kwargs, parent_id, "running")
+        opened = drive(
+            self._open(workflow, workflow_id, args, kwargs, parent_id, "running"), self.io
+        )
         if opened is None:
             found: R = self.await_outcome(workflow_id, waiter=waiter, declared=workflow.fn)
             return found
-        run, _, job = opened
-        result: R = self._run_here(workflow_id, run, job)
+        run, execution, body = opened
+        result: R = self._run_here(workflow_id, run, self._job(execution, body))
         return result
 
     def start(
@@ -265,10 +269,15 @@ class Engine:
         self.check_registered(workflow)
         check_sync(workflow, "Runtime.start()")
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        opened = self._open(workflow, workflow_id, args, kwargs, None, "queued")
+        opened = drive(self._open(workflow, workflow_id, args, kwargs, None, "queued"), self.io)
         if opened is not None:
-            self._submit(workflow_id, opened[1], opened[2])
+            _, execution, body = opened
+            self._submit(workflow_id, execution, self._job(execution, body))
         return workflow_id
+
+    def _job(self, execution: Execution, body: Call) -> Callable[[], Any]:
+        """What runs `execution` in a thread (this one, or a worker's)."""
+        return lambda: drive(self._execute(execution, body), self.io)
 
     def _open(
         self,
@@ -278,17 +287,16 @@ class Engine:
         kwargs: dict[str, Any],
         parent_id: str | None,
         state: RunState,
-    ) -> tuple[Run, Execution, Callable[[], Any]] | None:
-        """Make `workflow_id` a run of this process (running in this thread, or queued for
-        the pool) with its execution and what runs it; None when it is known here already,
-        or is someone else's to run or ended (its callers read its outcome)."""
+    ) -> Plan[tuple[Run, Execution, Call] | None]:
+        """Make `workflow_id` a run of this process (running in this thread or task, or
+        queued for the pool) with its execution and the request that runs its body; None
+        when it is known here already, or is someone else's to run or ended (its callers
+        read its outcome)."""
         run, mine = self.runs.begin(workflow_id, state)
         if not mine:
             return None
         try:
-            job = drive(
-                self._start_or_find(workflow, workflow_id, args, kwargs, parent_id), self.io
-            )
+            job = yield from self._start_or_find(workflow, workflow_id, args, kwargs, parent_id)
         except BaseException as exc:
             self.runs.end(workflow_id, run, error=exc)
             raise
@@ -296,7 +304,7 @@ class Engine:
             self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
             return None
         execution, body = job
-        return run, execution, lambda: drive(self._execute(execution, body), self.io)
+        return run, execution, body
 
     def cancel(self, workflow_id: str, actor: str) -> None:
         """Cancel an execution (and its children) and stop it here before its next step."""
@@ -510,13 +518,19 @@ class Engine:
                 "supported for async workflows yet; start it from outside a workflow"
             )
         self.check_registered(workflow)
+        return self._call_async(
+            workflow, args, kwargs, self.async_io(f"workflow {workflow.name!r}")
+        )
+
+    def async_io(self, what: str) -> AsyncStatements:
+        """The async pool's statement runner; NotLaunched before launch_async()."""
         aio = self.store.aio
         if aio is None:
             raise NotLaunched(
-                f"async workflow {workflow.name!r} was called before `await rt.launch_async()` "
-                "(which opens the async pool; or use `async with rt:`)"
+                f"{what} was called before `await rt.launch_async()` (which opens the async "
+                "pool; or use `async with rt:`), or after shutdown_async()"
             )
-        return self._call_async(workflow, args, kwargs, aio)
+        return aio
 
     async def _call_async(
         self,
@@ -526,45 +540,88 @@ class Engine:
         aio: AsyncStatements,
     ) -> Any:
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        run, mine = self.runs.begin(workflow_id, "running")
-        if not mine:
-            return await self._outcome_async(workflow_id, workflow, aio)
+        opened = await adrive(self._open(workflow, workflow_id, args, kwargs, None, "running"), aio)
+        if opened is None:
+            return await self.await_outcome_async(workflow_id, None, workflow.fn)
+        run, execution, body = opened
         try:
-            job = await adrive(self._start_or_find(workflow, workflow_id, args, kwargs, None), aio)
-        except BaseException as exc:
-            self.runs.end(workflow_id, run, error=exc)
-            raise
-        if job is None:
-            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "is not run here"))
-            return await self._outcome_async(workflow_id, workflow, aio)
-        execution, body = job
+            return await self._run_here_async(workflow_id, run, execution, body, aio)
+        except (Suspended, OwnershipLost):
+            return await self.await_outcome_async(workflow_id, None, workflow.fn)
+        except (ShuttingDown, Interrupted) as signal:
+            raise _for_caller(workflow_id, signal) from signal
+
+    async def _run_here_async(
+        self, workflow_id: str, run: Run, execution: Execution, body: Call, aio: AsyncStatements
+    ) -> Any:
+        """Run `execution` in this task and settle its run."""
         try:
             result = await adrive(self._execute(execution, body), aio)
-        except (Suspended, OwnershipLost) as exc:
-            self._settle(workflow_id, run, exc)
-            return await self._outcome_async(workflow_id, workflow, aio)
-        except (ShuttingDown, Interrupted) as signal:
-            self._settle(workflow_id, run, signal)
-            raise _for_caller(workflow_id, signal) from signal
         except BaseException as exc:
             self._settle(workflow_id, run, exc)
             raise
         self.runs.end(workflow_id, run, result=result)
         return result
 
-    async def _outcome_async(
-        self, workflow_id: str, workflow: Workflow[Any, Any], aio: AsyncStatements
+    async def start_async(
+        self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str:
+        """Start an execution and return its id once it is durable (one round trip on the
+        async pool): an async workflow then runs in a task of this event loop, a sync one
+        in the worker pool."""
+        if _CURRENT.get() is not None:
+            raise UsageError(
+                "Runtime.start_async() was called inside a workflow: async workflows cannot "
+                "start executions yet; start it from outside a workflow"
+            )
+        self.check_registered(workflow)
+        aio = self.async_io("Runtime.start_async()")
+        workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
+        state: RunState = "running" if workflow.is_async else "queued"
+        opened = await adrive(self._open(workflow, workflow_id, args, kwargs, None, state), aio)
+        if opened is not None:
+            run, execution, body = opened
+            if workflow.is_async:
+                task = asyncio.create_task(
+                    self._run_task(workflow_id, run, execution, body, aio),
+                    name=f"stepstone workflow {workflow_id}",
+                )
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            else:
+                self._submit(workflow_id, execution, self._job(execution, body))
+        return workflow_id
+
+    async def _run_task(
+        self, workflow_id: str, run: Run, execution: Execution, body: Call, aio: AsyncStatements
+    ) -> None:
+        """A started async execution's task: its outcome goes to its run (and so to its
+        handles); interruptions were logged."""
+        with contextlib.suppress(Exception):
+            await self._run_here_async(workflow_id, run, execution, body, aio)
+
+    async def await_outcome_async(
+        self, workflow_id: str, deadline: float | None, declared: Callable[..., Any] | None
     ) -> Any:
-        """The outcome of `workflow_id`, run elsewhere (or ended): from its run in this
-        process if it has one, else from the database, polled with `asyncio.sleep`."""
+        """The outcome of `workflow_id`: from its run in this process if it has one (a task
+        or a worker), else from the database, polled with `asyncio.sleep`; ResultTimeout at
+        `deadline` (time.monotonic())."""
+        aio = self.async_io("handle.result_async()")
         future = self.runs.future(workflow_id)
         if future is not None:
             try:
-                return await asyncio.wrap_future(future)
+                # Shielded: a caller that stops waiting must not cancel the run's future.
+                waiting = asyncio.shield(asyncio.wrap_future(future))
+                return await asyncio.wait_for(waiting, _remaining(deadline))
             except HandedBack:
                 pass  # it goes on elsewhere, or waits: its outcome is in the database
-        annotation = function_types(workflow.fn).returns
-        return await adrive(self.outcomes.wait_plan(workflow_id, None, annotation), aio)
+            except TimeoutError:
+                raise ResultTimeout(
+                    f"workflow {workflow_id!r} did not finish in time; it goes on running: "
+                    "call result_async() again to keep waiting"
+                ) from None
+        annotation = None if declared is None else function_types(declared).returns
+        return await adrive(self.outcomes.wait_plan(workflow_id, deadline, annotation), aio)
 
     # -- starting and finding ----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from stepstone.errors import WorkflowNotFound
+from stepstone.errors import UsageError, WorkflowNotFound
 from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
@@ -61,6 +61,24 @@ class WorkflowHandle(Generic[R]):
             waiter=execution if waits_durably else None,
             deadline=deadline,
             declared=self._declared,
+        )
+        return outcome
+
+    async def result_async(self, timeout: float | None = None) -> R:
+        """`result()` for asyncio code: wait, without blocking the event loop, for the
+        execution to end; its result, or WorkflowFailed, WorkflowCancelled, or ResultTimeout
+        after `timeout` seconds (the execution goes on in every case). Needs
+        `launch_async()`; not from inside a workflow yet."""
+        self._engine.check_readable("handle.result_async()")
+        if _CURRENT.get() is not None:
+            raise UsageError(
+                f"handle.result_async() of {self.workflow_id!r} was called inside a workflow: "
+                "workflows cannot wait for executions this way yet; call the workflow as a "
+                "child, or use handle.result() in a sync workflow"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outcome: R = await self._engine.await_outcome_async(
+            self.workflow_id, deadline, self._declared
         )
         return outcome
 

@@ -313,8 +313,17 @@ class Runtime:
             raise
 
     async def shutdown_async(self, *, wait: bool = True, grace: float | None = None) -> None:
-        """`shutdown()` for asyncio applications (in a worker thread, so that the event loop
-        is not blocked), then close the async pool."""
+        """`shutdown()` for asyncio applications: the async executions that start_async()
+        started on this loop are awaited (with `wait` and no `grace`) or else cancelled
+        (each stays RUNNING, owned by this executor: awaiting it again with its id on a
+        runtime with this executor id resumes it); then the shutdown itself runs in a worker
+        thread, so that the event loop is not blocked, and the async pool closes."""
+        tasks = list(self._engine.tasks)
+        if tasks and (not wait or grace is not None):
+            for task in tasks:
+                task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await asyncio.to_thread(self.shutdown, wait=wait, grace=grace)
         finally:
@@ -447,6 +456,31 @@ class Runtime:
         that exists already returns that execution's handle and runs nothing.
         """
         workflow_id = self._engine.start(workflow, args, kwargs)
+        return WorkflowHandle(self._engine, workflow_id, workflow.fn)
+
+    @overload
+    async def start_async(
+        self,
+        workflow: Workflow[P, Coroutine[Any, Any, R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    async def start_async(
+        self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> WorkflowHandle[R]: ...
+
+    async def start_async(
+        self, workflow: Workflow[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> WorkflowHandle[Any]:
+        """`start()` for asyncio code: the execution is durable when this returns (one
+        round trip on the async pool). An async workflow then runs in a task of this event
+        loop (`await handle.result_async()` for its outcome); a sync one runs in the worker
+        pool. An id that exists already returns that execution's handle and runs nothing.
+        Needs `launch_async()`."""
+        workflow_id = await self._engine.start_async(workflow, args, kwargs)
         return WorkflowHandle(self._engine, workflow_id, workflow.fn)
 
     def queue(

@@ -4,6 +4,7 @@ semantics of the sync path (replay, retries, state, fencing, transaction steps).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from stepstone import (
     NonDeterminismError,
     NotLaunched,
     OwnershipLost,
+    ResultTimeout,
     RetryPolicy,
     Runtime,
     UsageError,
@@ -526,3 +528,87 @@ def test_async_and_sync_workflows_share_one_runtime(rt: Runtime) -> None:
         )
 
     assert run(rt, main) == [2, 3, 4, 5]
+
+
+def test_start_async_runs_an_async_workflow_in_a_task_of_the_loop(rt: Runtime) -> None:
+    """start_async() returns once the execution is durable; the workflow runs in a task of
+    the loop; result_async() waits for it without blocking the loop; the same id again
+    runs nothing and reads the same outcome."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    @rt.step()
+    async def gated() -> str:
+        runs.append("gated")
+        await release.wait()
+        return "released"
+
+    @rt.workflow()
+    async def later() -> str:
+        return await gated()
+
+    async def main() -> list[Any]:
+        handle = await rt.start_async(later.with_options(workflow_id="a-13"))
+        assert handle.workflow_id == "a-13"
+        assert handle.status() == "RUNNING"
+        with pytest.raises(ResultTimeout):
+            await handle.result_async(timeout=0.2)
+        release.set()
+        first = await handle.result_async(timeout=10)
+        again = await rt.start_async(later.with_options(workflow_id="a-13"))
+        return [first, await again.result_async(timeout=10), await rt.handle("a-13").result_async()]
+
+    assert run(rt, main) == ["released", "released", "released"]
+    assert runs == ["gated"]
+    assert rt.handle("a-13").status() == "SUCCEEDED"
+
+
+def test_start_async_runs_a_sync_workflow_in_the_worker_pool(rt: Runtime) -> None:
+    """start_async() of a sync workflow writes it on the async pool and runs it in a worker
+    thread; result_async() gets its outcome, failures included."""
+    threads: list[str] = []
+
+    @rt.workflow()
+    def plain(n: int) -> int:
+        threads.append(threading.current_thread().name)
+        if n < 0:
+            raise ValueError("negative")
+        return n * 10
+
+    async def main() -> int:
+        failing = await rt.start_async(plain, -1)
+        with pytest.raises(WorkflowFailed, match="negative"):
+            await failing.result_async(timeout=10)
+        handle = await rt.start_async(plain, 4)
+        result: int = await handle.result_async(timeout=10)
+        return result
+
+    assert run(rt, main) == 40
+    assert threading.main_thread().name not in threads
+    assert len(threads) == 2
+
+
+def test_shutdown_async_cancels_started_async_workflows_when_not_waiting(rt: Runtime) -> None:
+    """shutdown_async(wait=False) cancels the tasks start_async() started: their executions
+    stay RUNNING, owned by this executor, with nothing recorded for the interrupted step."""
+
+    @rt.step()
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    @rt.workflow()
+    async def endless() -> None:
+        await forever()
+
+    async def main() -> None:
+        await rt.launch_async()
+        await rt.start_async(endless.with_options(workflow_id="a-14"))
+        await asyncio.sleep(0.1)
+        await rt.shutdown_async(wait=False)
+
+    asyncio.run(main())
+    rt.store.open(migrate=False)
+    row = rt.store.get_execution("a-14")
+    assert row is not None
+    assert (row.status, row.owner) == ("RUNNING", "test-executor")
+    assert rt.store.list_steps("a-14") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -656,3 +657,40 @@ def test_events_are_bridged_only_to_a_real_logger_provider() -> None:
     assert real._bridged(logging.INFO)
     assert not real._bridged(logging.DEBUG)
     assert not EventLog("stepstone")._bridged(logging.INFO)
+
+
+def test_async_workflow_and_its_concurrent_steps_have_the_same_spans(
+    traced: Runtime, recorded: Recorded
+) -> None:
+    """An async workflow gets a workflow span and each step it runs a step span under it,
+    steps started together (asyncio.gather) included, in one trace."""
+    rt = traced
+
+    @rt.step()
+    async def first() -> int:
+        await asyncio.sleep(0.05)
+        return 1
+
+    @rt.step()
+    async def second() -> int:
+        return 2
+
+    @rt.workflow()
+    async def pair() -> int:
+        a, b = await asyncio.gather(first(), second())
+        return a + b
+
+    async def main() -> int:
+        async with rt:
+            return await pair.with_options(workflow_id="as-1")()
+
+    assert asyncio.run(main()) == 3
+    keys = ("stepstone.workflow.id", "stepstone.step.seq")
+    assert render(recorded.finished(), keys) == "\n".join(
+        [
+            "workflow pair [stepstone.workflow.id=as-1]",
+            "  step first [stepstone.workflow.id=as-1, stepstone.step.seq=0]",
+            "  step second [stepstone.workflow.id=as-1, stepstone.step.seq=1]",
+        ]
+    )
+    assert len({s.context.trace_id for s in recorded.finished()}) == 1

@@ -56,3 +56,9 @@ async def main() -> list[str]:
     await rt.launch_async()
     await rt.shutdown_async(grace=5)
     return [first, second]
+
+
+async def started() -> str:
+    handle = await rt.start_async(checkout.with_options(workflow_id="o-3"), Order("o-3", 300))
+    receipt: str = await handle.result_async(timeout=30)
+    return receipt

@@ -67,3 +67,9 @@ async def aflow(n: int) -> str:
 async def caller() -> None:
     await aflow("1")  # E: wrong argument type to an async workflow
     takes_number(await aflow(1))  # E: an awaited workflow has its function's result type
+
+
+async def starter() -> None:
+    handle = await rt.start_async(aflow, 1)
+    takes_number(await handle.result_async())  # E: result_async() has the awaited result type
+    await rt.start_async(aflow, "1")  # E: start_async checks the workflow's arguments
