@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
-from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -28,24 +26,21 @@ from stepstone.errors import (
     WorkflowNotFound,
 )
 from stepstone.persistence import _conninfo
-from stepstone.persistence._driver_errors import FENCE_SQLSTATE, classify, outage
+from stepstone.persistence._driver_errors import FENCE_SQLSTATE, outage
 from stepstone.persistence._queries import Queries
 from stepstone.persistence._sessions import begin_statement, pooled_settings, session_settings
 from stepstone.persistence._statements import AsyncStatements, Statements
 from stepstone.persistence._store_queues import QueueStore, split_registered
 from stepstone.persistence._store_waits import WaitStore
+from stepstone.persistence._transaction_step import CallWith, TransactionSteps
 from stepstone.persistence._typed import convert
 from stepstone.persistence.executors import ExecutorSession
 from stepstone.persistence.ids import check_schema_name
 from stepstone.persistence.operations import Operations
 from stepstone.persistence.plans import (
-    CommitWith,
-    Execute,
-    GiveBack,
     Plan,
     Request,
     Statement,
-    TakeConnection,
     drive,
 )
 from stepstone.persistence.rows import (
@@ -164,6 +159,13 @@ class Store(QueueStore, WaitStore):
         self._sql = Statements(self._new_pool(), self.queries, self.describe, lambda: self._opened)
         self.operations = Operations(self._sql, schema)
         self._aio: AsyncStatements | None = None
+        self._transaction_steps = TransactionSteps(
+            self._begin,
+            self.queries["commit_transaction_step"],
+            self._commit_params,
+            self.describe,
+            self._sql.fail,
+        )
 
     @property
     def pooled(self) -> bool:
@@ -481,7 +483,7 @@ class Store(QueueStore, WaitStore):
         after the rollback: they are the step's own. A lost connection or an exhausted pool
         is a PersistenceError; a fenced-out record is OwnershipLost or ExecutionCancelled.
         """
-        ok, value = drive(self.transaction_step_plan(_CallWith(body), record), self._sql)
+        ok, value = drive(self.transaction_step_plan(CallWith(body), record), self._sql)
         if not ok:
             raise value
         result: T = value
@@ -490,63 +492,8 @@ class Store(QueueStore, WaitStore):
     def transaction_step_plan(
         self, body: Callable[[Any], Request], record: Callable[[Any], StepCommit]
     ) -> Plan[tuple[bool, Any]]:
-        """`run_transaction_step` written once for both drivers: `body(conn)` is the request
-        that runs the step's body on the taken connection, and answers (True, its result)
-        or (False, what it raised). Returns (True, the result) once committed, or (False,
-        the body's exception) after the rollback; raises what is not the body's."""
-        try:
-            conn = yield TakeConnection()
-        except psycopg.Error as exc:  # PoolTimeout, PoolClosed: not the step's doing
-            raise outage(exc, "taking a connection for a transaction step", self.describe) from exc
-        try:
-            outcome = yield from self._transaction_body(conn, body, record)
-            if outcome[0]:
-                yield from self._commit_transaction_step(conn, outcome[2])
-        finally:
-            yield GiveBack(conn)
-        return outcome[0], outcome[1]
-
-    def _transaction_body(
-        self, conn: Any, body: Callable[[Any], Request], record: Callable[[Any], StepCommit]
-    ) -> Plan[tuple[bool, Any, Any]]:
-        try:
-            try:
-                yield Execute(conn, self._begin)
-                ok, value = yield body(conn)
-                if ok:
-                    _check_still_open(conn)
-                    return True, value, record(value)
-            except Exception as exc:
-                if conn.broken or conn.closed:
-                    # The server went away under the step: not the step's failure.
-                    raise outage(exc, "a transaction step", self.describe) from exc
-                yield from _rollback_quietly(conn)
-                raise
-            except BaseException:
-                yield from _rollback_quietly(conn)
-                raise
-            # The body raised `value`.
-            if isinstance(value, Exception) and (conn.broken or conn.closed):
-                raise outage(value, "a transaction step", self.describe) from value
-            yield from _rollback_quietly(conn)
-            return False, value, None
-        finally:
-            conn.row_factory = tuple_row  # undo any row factory the step set
-
-    def _commit_transaction_step(self, conn: Any, commit: StepCommit) -> Plan[None]:
-        try:
-            yield CommitWith(
-                conn, self.queries["commit_transaction_step"], self._commit_params(commit)
-            )
-        except psycopg.Error as exc:
-            broken = conn.broken or conn.closed
-            if not broken:
-                yield from _rollback_quietly(conn)
-            kind = classify(exc, user_sql=True, broken=broken)
-            if kind == "step":
-                raise  # the step's own SQL failed at its COMMIT: the step's failure
-            fence = (commit.execution_id, commit.owner, commit.epoch)
-            self._sql.fail(exc, f"committing step {commit.seq} of {commit.execution_id!r}", fence)
+        """`run_transaction_step` written once for both drivers (see `_transaction_step`)."""
+        return self._transaction_steps.plan(body, record)
 
     def finish_execution(
         self,
@@ -1025,59 +972,6 @@ class Store(QueueStore, WaitStore):
             "deleted": c.deleted or None,
             "logs": Jsonb(c.logs) if c.logs else None,
         }
-
-
-def _check_still_open(conn: Any) -> None:
-    """UsageError unless the step's transaction is open and not aborted."""
-    status = conn.info.transaction_status
-    if status == TransactionStatus.INERROR:
-        raise UsageError(
-            "a statement of the transaction step failed and its error was caught "
-            "inside the step, so the transaction is aborted; it was rolled back"
-        )
-    if status != TransactionStatus.INTRANS:
-        raise UsageError(
-            "the transaction step ended its transaction itself (commit() or "
-            "rollback() on the injected connection): stepstone commits it together "
-            "with the step record, so remove that call"
-        )
-
-
-def _rollback_quietly(conn: Any) -> Plan[None]:
-    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        try:
-            yield Execute(conn, b"ROLLBACK")
-        except psycopg.Error:
-            log.warning("rollback_failed", exc_info=True)
-
-
-class _CallWith:
-    """The request that runs a sync transaction step's body on the taken connection."""
-
-    __slots__ = ("body",)
-
-    def __init__(self, body: Callable[[Any], Any]) -> None:
-        self.body = body
-
-    def __call__(self, conn: Any) -> Request:
-        return _Call(self.body, conn)
-
-
-class _Call:
-    __slots__ = ("arg", "fn")
-
-    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
-        self.fn = fn
-        self.arg = arg
-
-    def run(self, io: Statements) -> tuple[bool, Any]:  # noqa: ARG002 - the sync driver's
-        try:
-            return True, self.fn(self.arg)
-        except BaseException as exc:  # noqa: BLE001 - answered to the plan
-            return False, exc
-
-    async def arun(self, aio: AsyncStatements) -> tuple[bool, Any]:
-        raise NotImplementedError  # only driven by the sync driver
 
 
 def _start_result(row: Any) -> StartResult:
