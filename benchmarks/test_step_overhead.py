@@ -7,6 +7,7 @@ divided by 10 (one step) and `workflow_0_steps` (start + finish) against it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -56,10 +57,33 @@ def flows(rt: Runtime) -> dict[str, Any]:
             state["k"] = echo(i)
         return n
 
+    @rt.step()
+    async def async_echo(n: int) -> int:
+        return n
+
+    @rt.workflow()
+    async def async_steps(n: int) -> int:
+        return sum([await async_echo(i) for i in range(n)])
+
     rt.launch()
     with rt.store.connection() as conn:
         conn.execute("CREATE TABLE bench_rows (id bigserial PRIMARY KEY, payload text NOT NULL)")
-    return {"steps": steps, "one_transaction": one_transaction, "stateful": stateful}
+    return {
+        "steps": steps,
+        "one_transaction": one_transaction,
+        "stateful": stateful,
+        "async_steps": async_steps,
+    }
+
+
+@pytest.fixture(scope="module")
+def loop(rt: Runtime, flows: dict[str, Any]) -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop with the runtime's async pool open on it."""
+    event_loop = asyncio.new_event_loop()
+    event_loop.run_until_complete(rt.launch_async())
+    yield event_loop
+    event_loop.run_until_complete(rt.store.close_async())
+    event_loop.close()
 
 
 def test_floor_one_durable_insert(
@@ -112,3 +136,13 @@ def test_workflow_of_10_steps_that_change_state(
     if write_state.startswith("0002"):
         _write_state_without_waiter_probe(rt)
     benchmark.pedantic(flows["stateful"], args=(10,), rounds=200, warmup_rounds=20)
+
+
+@pytest.mark.parametrize("n", [0, 1, 10])
+def test_async_workflow_of_n_plain_steps(
+    benchmark: BenchmarkFixture, flows: dict[str, Any], loop: asyncio.AbstractEventLoop, n: int
+) -> None:
+    """The same workflow written async, awaited on one event loop (each call one
+    run_until_complete): compare with test_workflow_of_n_plain_steps."""
+    steps = flows["async_steps"]
+    benchmark.pedantic(lambda: loop.run_until_complete(steps(n)), rounds=200, warmup_rounds=20)

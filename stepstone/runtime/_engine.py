@@ -52,6 +52,7 @@ from stepstone.persistence.ids import check_workflow_id
 from stepstone.persistence.plans import drive
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult, WokenRecord
 from stepstone.runtime._async_engine import AsyncEngine, for_caller
+from stepstone.runtime._async_execution import AsyncExecution
 from stepstone.runtime._execution import Execution
 from stepstone.runtime._journal import Journal
 from stepstone.runtime._outcomes import Outcomes
@@ -71,8 +72,6 @@ from stepstone.telemetry import Telemetry
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
-
-    from opentelemetry.trace import Span
 
     from stepstone.persistence.plans import Plan
     from stepstone.persistence.store import Store
@@ -553,19 +552,10 @@ class Engine(AsyncEngine):
             if workflow.options.timeout is not None and self.due_in is not None:
                 self.due_in(workflow.options.timeout)  # the sweep ends it at its deadline
             journal = Journal(workflow_id, self.executor_id, found.epoch)
-            execution = self._execution(workflow, journal, span, recovered=False)
+            driver = AsyncExecution if workflow.is_async else Execution
+            execution = driver(self, workflow, journal, span=span, recovered=False)
             return execution, Call(workflow.fn, args, kwargs)
         return (yield from self._existing(workflow, workflow_id, found))
-
-    def _execution(
-        self, workflow: Workflow[Any, Any], journal: Journal, span: Span, *, recovered: bool
-    ) -> Execution:
-        """The driver of `journal` for `workflow`: the sync one, or the async one."""
-        if workflow.is_async:
-            from stepstone.runtime._async_execution import AsyncExecution
-
-            return AsyncExecution(self, workflow, journal, span=span, recovered=recovered)
-        return Execution(self, workflow, journal, span=span, recovered=recovered)
 
     def _existing(
         self, workflow: Workflow[Any, R], workflow_id: str, found: StartResult
@@ -601,7 +591,8 @@ class Engine(AsyncEngine):
             recovered=recovered,
         )
         journal = Journal(record.id, self.executor_id, record.epoch, record.steps, record.state)
-        execution = self._execution(workflow, journal, span, recovered=recovered)
+        driver = AsyncExecution if workflow.is_async else Execution
+        execution = driver(self, workflow, journal, span=span, recovered=recovered)
         if record.recoveries > self.max_recoveries:
             error = RecoveryLimitExceeded(record.id, record.recoveries, self.max_recoveries)
             return execution, Call(_raise, (error,), {})
@@ -658,7 +649,8 @@ class Engine(AsyncEngine):
             token = _CURRENT.set(execution)
             self._started(execution)
             try:
-                ok, result = yield body
+                # A sync body is no I/O of stepstone's: called here, not through the driver.
+                ok, result = (yield body) if execution.workflow.is_async else body.run(None)
                 if ok:
                     outcome = yield from execution.succeed(result)
                 elif isinstance(result, Exception):

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
-    from stepstone.persistence.plans import Plan, Statement
+    from stepstone.persistence.plans import Plan
     from stepstone.persistence.rows import StepCommit
     from stepstone.runtime._engine import Engine
     from stepstone.runtime._journal import Journal
@@ -136,7 +136,7 @@ class Execution:
         self.state = State(self)
         self.context = WorkflowContext(self)
         self.in_step = False
-        self.io = engine.store.io
+        self.io = engine.io
         self.thread: int | None = None
         # Which run of the execution this is (continue-as-new starts the next one): the
         # first run's children and sends keep the ids and keys they always had.
@@ -474,7 +474,7 @@ class Execution:
                         continue
                 commit = self._record(step, seq, value, ok, attempt, started, retries)
                 since = time.perf_counter()
-                try:  # the fenced write, inline (see `_write_plan`)
+                try:  # a fenced write, as `_write` does it (inline: the hot path)
                     yield self.store.commit_statement(commit)
                 except HandedBack as signal:
                     self.journal.doom(signal)
@@ -626,16 +626,6 @@ class Execution:
             seq, step.name, step.kind, output, recorded_error, attempts, started, retries, state
         )
 
-    def _write_plan(self, what: str, statement: Statement) -> Plan[Any]:
-        """`_write` for a request: one fenced write of this execution."""
-        try:
-            return (yield statement)
-        except HandedBack as signal:
-            self.journal.doom(signal)
-            raise
-        except PersistenceError as exc:
-            raise self._interrupted(what, exc) from exc
-
     def _write(self, what: str, write: Callable[..., T], *args: Any) -> T:
         """One fenced write of this execution: fenced out or cancelled, the execution is
         doomed with that signal; a database failure is an interruption."""
@@ -757,7 +747,13 @@ class Execution:
             deleted=deleted,
             details=details,
         )
-        yield from self._write_plan(f"finishing as {status}", statement)
+        try:  # a fenced write, as `_write` does it (inline: the hot path)
+            yield statement
+        except HandedBack as signal:
+            self.journal.doom(signal)
+            raise
+        except PersistenceError as exc:
+            raise self._interrupted(f"finishing as {status}", exc) from exc
 
 
 _GIVE_UP = object()
