@@ -195,8 +195,10 @@ class EmbeddedServer:
 
     def socket_dir(self) -> Path:
         """Where the server's socket is: the directory itself, or, when that path is too
-        long for a Unix socket, a directory named after it under the temporary directory."""
-        if len(str(self.directory / f".s.PGSQL.{_PORT}")) <= _SOCKET_PATH_MAX:
+        long for a Unix socket or holds a comma (PostgreSQL reads its socket directories as
+        a comma-separated list), a directory named after it under the temporary directory."""
+        path = str(self.directory / f".s.PGSQL.{_PORT}")
+        if len(path) <= _SOCKET_PATH_MAX and "," not in path:
             return self.directory
         digest = hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"stepstone-{digest}"

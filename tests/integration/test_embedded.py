@@ -121,6 +121,20 @@ def test_a_long_directory_gets_its_socket_in_a_private_temporary_directory(
         server.detach()
 
 
+def test_a_directory_with_a_comma_and_a_quote_works(project: Path) -> None:
+    """A project path holding a comma (a list separator to PostgreSQL) and a quote still
+    gets a server: its socket goes to a private temporary directory."""
+    odd = project / "a,b 'c'"
+    odd.mkdir()
+    server = embedded.EmbeddedServer(odd / ".stepstone")
+    assert server.socket_dir() != server.directory
+    try:
+        with psycopg.connect(server.attach()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.detach()
+
+
 def test_a_socket_directory_someone_else_made_is_refused(project: Path) -> None:
     """The short socket directory has a predictable name: one that exists open to others is
     refused (whoever controls it could stand in for the server), and named in the error."""
