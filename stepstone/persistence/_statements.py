@@ -52,12 +52,18 @@ class Statements:
         """Run one statement on a pooled connection; driver errors become stepstone's, named
         by `action` (formatted only then) and, for a write fenced by (execution id, owner,
         epoch), OwnershipLost or ExecutionCancelled."""
+        # getconn/putconn rather than `with pool.connection()`: on an autocommit connection
+        # the context manager adds only a no-op commit and usage statistics, at a cost that
+        # every statement of the hot path would pay.
         try:
-            with self.pool.connection() as conn:
+            conn = self.pool.getconn()
+            try:
                 cursor = conn.execute(query, params)
                 if fetch == "one":
                     return cursor.fetchone()
                 return cursor.fetchall() if fetch == "all" else None
+            finally:
+                self.pool.putconn(conn)
         except psycopg.Error as exc:
             self.fail(exc, action, fence)
         except UnicodeEncodeError as exc:  # a parameter the driver cannot send
@@ -131,11 +137,14 @@ class AsyncStatements:
     ) -> Any:
         """`Statements.run`, awaited on the async pool."""
         try:
-            async with self.pool.connection() as conn:
+            conn = await self.pool.getconn()
+            try:
                 cursor = await conn.execute(query, params)
                 if fetch == "one":
                     return await cursor.fetchone()
                 return (await cursor.fetchall()) if fetch == "all" else None
+            finally:
+                await self.pool.putconn(conn)
         except psycopg.Error as exc:
             self.fail(exc, action, fence)
         except UnicodeEncodeError as exc:

@@ -56,6 +56,7 @@ from stepstone.telemetry import Telemetry
 if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Callable
+    from contextvars import Token
     from types import FrameType
 
     from stepstone.persistence.plans import Plan
@@ -107,6 +108,8 @@ class _SendStep:
 
 if TYPE_CHECKING:
     AnyStep: TypeAlias = "_StepBase[Any, Any] | _ChildStep | _SendStep"
+    _Begun: TypeAlias = "tuple[float, trace.Span, Token[otel_context.Context], dt.datetime]"
+    """A new step's (duration clock, span, context token, first attempt's start)."""
 
 
 class Execution:
@@ -178,7 +181,10 @@ class Execution:
             return self._replay(recorded, step)
         if self._cancel is not None or self.engine.stopping:
             self._check_stop()
-        ok, value = drive(self._run_new(step, seq, args, kwargs), self.io)
+        if step.kind == "step" and not step.is_async:
+            ok, value = self._run_plain(step, seq, args, kwargs)
+        else:
+            ok, value = drive(self._run_new(step, seq, args, kwargs), self.io)
         if ok:
             return value
         raise value
@@ -439,23 +445,28 @@ class Execution:
         seq: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        begun: _Begun | None = None,
+        first: tuple[bool, Any] | None = None,
     ) -> Plan[tuple[bool, Any]]:
         """Run a new step inside its span: its attempts (retried per its policy) and its
         commit. (True, its result) or (False, what the workflow gets raised). One plan for
-        the whole step (this is the hot path: each level of plan costs every step)."""
-        clock = time.perf_counter()
+        the whole step (this is the hot path: each level of plan costs every step).
+        `begun` and `first`: the step's span was opened and its first attempt ran (with
+        that outcome) before the plan took over (`_run_plain`)."""
+        if begun is None:
+            begun = self._begin(step, seq)
         retries: list[str] = []
-        span = self.telemetry.step_span(step.name, seq, self.workflow_id)
-        token = otel_context.attach(trace.set_span_in_context(span))
         ok, value = False, None
         try:
-            attempt, started = 0, now()
+            attempt = 0
             while True:
                 attempt += 1
-                if step.kind == "transaction":
+                if first is not None:
+                    (ok, value), first = first, None
+                elif step.kind == "transaction":
                     # The body and its commit are one transaction: done when it succeeded.
                     ok, value = yield from self._transaction(
-                        step, seq, args, kwargs, attempt, started, retries
+                        step, seq, args, kwargs, attempt, begun[3], retries
                     )
                     if ok:
                         break
@@ -472,15 +483,12 @@ class Execution:
                             yield from self._check_stop_plan()  # the next attempt: not now
                         yield Sleep(self._retry(step, seq, attempt, value, retries))
                         continue
-                commit = self._record(step, seq, value, ok, attempt, started, retries)
+                commit = self._record(step, seq, value, ok, attempt, begun[3], retries)
                 since = time.perf_counter()
                 try:  # a fenced write, as `_write` does it (inline: the hot path)
                     yield self.store.commit_statement(commit)
-                except HandedBack as signal:
-                    self.journal.doom(signal)
-                    raise
-                except PersistenceError as exc:
-                    raise self._interrupted(f"committing step {seq}", exc) from exc
+                except (HandedBack, PersistenceError) as exc:
+                    raise self._commit_failed(seq, exc)  # noqa: B904 - its cause is set
                 self._committed(commit, since)
                 break
         except BaseException as exc:  # noqa: BLE001 - answered to the driver
@@ -488,23 +496,74 @@ class Execution:
                 self.journal.doom(exc)
             ok, value = False, exc
         finally:
-            retried = len(retries)
-            outcome = (
-                "succeeded"
-                if ok and not self.telemetry.log.enabled(logging.DEBUG)
-                else self._step_outcome(step, seq, span, ok, value, retried)
-            )
-            otel_context.detach(token)
-            span.end()
-            self.telemetry.step_finished(
-                self.workflow.name,
-                step.name,
-                step.kind,
-                outcome,
-                time.perf_counter() - clock,
-                retried,
-            )
+            self._end(step, seq, begun, ok, value, len(retries))
         return ok, value
+
+    def _run_plain(
+        self, step: AnyStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        """`_run_new` for a plain `def` step on the sync driver, without the generator
+        protocol while its first attempt succeeds (the common case: one body, one commit
+        statement sent directly); any other first outcome (a retry, a recorded failure, a
+        signal) is handed to the plan, which goes on from there."""
+        begun = self._begin(step, seq)
+        ok, value = run_body(self, step.fn, args, kwargs)
+        if not ok:
+            return drive(self._run_new(step, seq, args, kwargs, begun, (ok, value)), self.io)
+        try:
+            commit = self._record(step, seq, value, ok, 1, begun[3], [])
+            since = time.perf_counter()
+            try:
+                self.store.commit_step(commit)
+            except (HandedBack, PersistenceError) as exc:
+                raise self._commit_failed(seq, exc)  # noqa: B904 - its cause is set
+            self._committed(commit, since)
+        except BaseException as exc:  # noqa: BLE001 - answered to the caller
+            if not isinstance(exc, Exception):
+                self.journal.doom(exc)
+            ok, value = False, exc
+        finally:
+            self._end(step, seq, begun, ok, value, 0)
+        return ok, value
+
+    def _begin(self, step: AnyStep, seq: int) -> _Begun:
+        """A new step starts: its span (made current), the clock of its duration and the
+        time its first attempt started."""
+        clock = time.perf_counter()
+        span = self.telemetry.step_span(step.name, seq, self.workflow_id)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return clock, span, token, now()
+
+    def _end(
+        self, step: AnyStep, seq: int, begun: _Begun, ok: bool, value: Any, retried: int
+    ) -> None:
+        """A new step ended (`ok`, with `value`): its span and its metrics."""
+        clock, span, token, _ = begun
+        outcome = (
+            "succeeded"
+            if ok and not self.telemetry.log.enabled(logging.DEBUG)
+            else self._step_outcome(step, seq, span, ok, value, retried)
+        )
+        otel_context.detach(token)
+        span.end()
+        self.telemetry.step_finished(
+            self.workflow.name,
+            step.name,
+            step.kind,
+            outcome,
+            time.perf_counter() - clock,
+            retried,
+        )
+
+    def _commit_failed(self, seq: int, exc: BaseException) -> BaseException:
+        """What a failed step commit raises: the fence's signal (the execution is doomed
+        with it), or an interruption for a database failure."""
+        if isinstance(exc, PersistenceError):
+            signal = self._interrupted(f"committing step {seq}", exc)
+            signal.__cause__ = exc
+            return signal
+        self.journal.doom(exc)
+        return exc
 
     def _after_failure(self, step: AnyStep, attempt: int, exc: BaseException) -> object:
         """What follows a failed attempt: _GIVE_UP (a control signal or misuse: nothing is
