@@ -468,10 +468,25 @@ class Runtime:
 
     # -- executions --------------------------------------------------------------------------
 
+    @overload
+    def start(
+        self,
+        workflow: Workflow[P, Coroutine[Any, Any, R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
     def start(
         self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> WorkflowHandle[R]:
-        """Start an execution in the worker pool and return its handle at once.
+    ) -> WorkflowHandle[R]: ...
+
+    def start(
+        self, workflow: Workflow[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> WorkflowHandle[Any]:
+        """Start an execution and return its handle at once: a sync workflow runs in the
+        worker pool, an async one as a task on the runtime's event loop thread.
 
         The execution is durable when this returns. Its id is generated unless the
         workflow comes with one: `rt.start(wf.with_options(workflow_id="..."), ...)`. An id
