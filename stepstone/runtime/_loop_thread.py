@@ -9,6 +9,8 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
+from stepstone.errors import UsageError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
@@ -103,6 +105,13 @@ class LoopThread:
         the running tasks to end, then cancel the rest (each hands its execution back) and
         wait for them; close the pool, stop the loop, join the thread. Returns how many
         tasks were cancelled. A no-op once stopped."""
+        thread = self._thread
+        if thread is not None and thread.ident == threading.get_ident():
+            raise UsageError(
+                "the runtime was shut down from its own event loop thread (inside an async "
+                "workflow or step it runs), which cannot wait for itself: shut it down from "
+                "outside its executions"
+            )
         with self._lock:
             self._accepting = False
             loop, thread, aio = self._loop, self._thread, self._aio

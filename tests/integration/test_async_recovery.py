@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from stepstone import Runtime
+from stepstone import Runtime, WorkflowCancelled, WorkflowFailed
 from tests.support.runtime import FAST, Crash, wait_for
 
 LOOP_THREAD = "stepstone-loop"
@@ -278,3 +278,81 @@ def test_second_cancel_during_the_hand_back_leaves_it_to_the_sweep(db: str) -> N
     status, owner, _, _ = _row(db, "long-2")
     assert (status, owner) == ("SUCCEEDED", "twice")
     assert _step_names(db, "long-2") == ["quick", "hang"]
+
+
+def test_operator_resume_and_fork_of_an_async_execution_run_on_the_loop_thread(db: str) -> None:
+    """rt.resume() of a FAILED async execution and rt.fork() of it, from sync code, run on
+    the loop thread from their recorded steps: the first step is not run again."""
+    ran: list[tuple[str, int, str]] = []
+    broken = {"now": True}
+    rt = Runtime(db, executor_id="operator", **FAST)
+
+    @rt.step(name="first")
+    async def first() -> str:
+        ran.append(("first", 0, threading.current_thread().name))
+        return "one"
+
+    @rt.step(name="second")
+    async def second() -> str:
+        ran.append(("second", 0, threading.current_thread().name))
+        if broken["now"]:
+            raise ValueError("broken")
+        return "two"
+
+    @rt.workflow(name="fixable")
+    async def fixable() -> str:
+        return f"{await first()} {await second()}"
+
+    with rt:
+        handle = rt.start(fixable.with_options(workflow_id="fix-1"))
+        with pytest.raises(WorkflowFailed):
+            handle.result(timeout=15)
+        broken["now"] = False
+        assert rt.resume("fix-1").result(timeout=15) == "one two"
+        forked = rt.fork("fix-1", 1, new_workflow_id="fix-2")
+        assert forked.result(timeout=15) == "one two"
+    assert [(name, thread) for name, _, thread in ran] == [
+        ("first", LOOP_THREAD),
+        ("second", LOOP_THREAD),
+        ("second", LOOP_THREAD),
+        ("second", LOOP_THREAD),
+    ]
+    assert _row(db, "fix-1")[0] == "SUCCEEDED"
+    assert _row(db, "fix-2")[0] == "SUCCEEDED"
+
+
+def test_cancel_stops_an_async_execution_on_the_loop_thread_before_its_next_step(
+    db: str,
+) -> None:
+    """rt.cancel() of an async execution running on the loop thread ends it CANCELLED
+    before its next step body; handle.result() raises WorkflowCancelled."""
+    entered = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+    rt = Runtime(db, executor_id="canceller", **FAST)
+
+    @rt.step(name="slow")
+    async def slow() -> str:
+        ran.append("slow")
+        entered.set()
+        await asyncio.to_thread(release.wait, 30)
+        return "slow"
+
+    @rt.step(name="after")
+    async def after() -> str:
+        ran.append("after")
+        return "after"
+
+    @rt.workflow(name="stoppable")
+    async def stoppable() -> str:
+        return f"{await slow()} {await after()}"
+
+    with rt:
+        handle = rt.start(stoppable.with_options(workflow_id="stop-1"))
+        assert entered.wait(15)
+        rt.cancel("stop-1")
+        release.set()
+        with pytest.raises(WorkflowCancelled):
+            handle.result(timeout=15)
+    assert ran == ["slow"]
+    assert _row(db, "stop-1")[0] == "CANCELLED"
