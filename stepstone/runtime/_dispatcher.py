@@ -2,9 +2,9 @@
 executions of all its queues at once (dispatch_v1: each queue's limits are counted and
 enforced in that transaction), as many as this process has room for: free workers, and
 each queue's worker_concurrency minus what it runs here (free workers: room in the
-worker pool, plus room on the loop thread when async workflows are registered). It runs when told: an enqueue's
-notification, a run of its own ending, the earliest delayed start or rate window it was
-told of; and otherwise every `interval` seconds."""
+worker pool, plus room on the loop thread when async workflows are registered). It runs
+when told: an enqueue's notification, a run of its own ending, the earliest delayed start
+or rate window it was told of; and otherwise every `interval` seconds."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The engine: starts, finds and resumes executions, and runs each in this thread or in the
-worker pool. Its parts each have a module: the registry of definitions, the runs of this
-process (`_runs`), the worker pool, outcomes in the database; what happens inside one
-execution is in `_execution` (the driver) and `_journal` (its decisions).
+"""The engine: starts, finds and resumes executions, and runs each in this thread (or
+task), in the worker pool (sync ones), or on the event loop thread (async ones). Its parts
+each have a module: the registry of definitions, the runs of this process (`_runs`), the
+worker pool, the loop thread, outcomes in the database; what happens inside one execution
+is in `_execution` and `_async_execution` (the drivers) and `_journal` (its decisions).
 
 Where a run ends, what it raised becomes what its caller sees:
 
@@ -140,6 +141,7 @@ class Engine(AsyncEngine):
             self._save_definition(workflow)
         self.stopping = False
         self.pool.start()
+        self.loop.open()
         if any(w.is_async for w in self.registry.workflows()):
             # At launch rather than at the first async run, so that a database that cannot
             # be reached for it fails the launch, not a sweep.

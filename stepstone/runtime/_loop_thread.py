@@ -33,6 +33,7 @@ class LoopThread:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # submitted and not ended (tasks not yet made included)
         self._accepting = False
+        self._stopped = False  # stopped since the last open(): no lazy start then
 
     @property
     def running(self) -> bool:
@@ -44,11 +45,17 @@ class LoopThread:
         thread = self._thread
         return None if thread is None else thread.ident
 
+    def open(self) -> None:
+        """The runtime launches: `start` may start the loop (again) from now on."""
+        with self._lock:
+            self._stopped = False
+
     def start(self) -> None:
         """Start the thread and open its pool on its loop (waits until it is open); a
-        no-op when it runs. Raises what opening the pool raised (DatabaseUnreachable)."""
+        no-op when it runs, or once stopped until the next `open`. Raises what opening
+        the pool raised (DatabaseUnreachable)."""
         with self._lock:
-            if self._accepting:
+            if self._accepting or self._stopped:
                 return
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
@@ -114,6 +121,7 @@ class LoopThread:
             )
         with self._lock:
             self._accepting = False
+            self._stopped = True
             loop, thread, aio = self._loop, self._thread, self._aio
             self._loop = self._thread = self._aio = None
         if loop is None or thread is None or aio is None:
