@@ -81,8 +81,10 @@ class Runtime:
     Runtime is one executor: `executor_id` names it in the database (by default host name,
     process id and a random suffix). `workers` threads run the sync workflows started with
     `start()`, resumed or dequeued here; the async ones run as tasks on one event loop
-    thread of the runtime (with an async pool of its own), up to `max_async` at once (a
-    thousand async executions waiting on I/O need that one thread); the connection pool holds `pool_min_size` to `pool_max_size` connections,
+    thread of the runtime (with an async pool of its own: a thousand async executions
+    waiting on I/O need that one thread), and its sweeps and queues take on at most
+    `max_async` of them at once (what `start()` starts is not limited); the connection
+    pool (and each async pool) holds `pool_min_size` to `pool_max_size` connections,
     and the server ends a pooled session left idle inside a transaction for longer than
     `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). When
     `dsn` goes through PgBouncer in transaction pooling mode, `session_dsn` (else the
