@@ -356,3 +356,27 @@ def test_cancel_stops_an_async_execution_on_the_loop_thread_before_its_next_step
             handle.result(timeout=15)
     assert ran == ["slow"]
     assert _row(db, "stop-1")[0] == "CANCELLED"
+
+
+def test_shutdown_waits_for_async_executions_on_the_loop_thread(db: str) -> None:
+    """rt.shutdown() (waiting, no grace) lets the async executions running on the loop
+    thread finish before it closes their pool: each ends SUCCEEDED."""
+    entered = threading.Event()
+    rt = Runtime(db, executor_id="patient", **FAST)
+
+    @rt.step()
+    async def slow(i: int) -> int:
+        entered.set()
+        await asyncio.sleep(0.3)
+        return i
+
+    @rt.workflow(name="finishing")
+    async def finishing(i: int) -> int:
+        return await slow(i)
+
+    rt.launch()
+    for i in range(3):
+        rt.start(finishing.with_options(workflow_id=f"fin-{i}"), i)
+    assert entered.wait(15)
+    rt.shutdown()
+    assert [_row(db, f"fin-{i}")[0] for i in range(3)] == ["SUCCEEDED"] * 3
