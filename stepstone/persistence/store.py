@@ -301,8 +301,14 @@ class Store(QueueStore, WaitStore):
     async def open_async(self) -> None:
         """Open psycopg's async pool, for async workflows (after open(), which migrates and
         opens the sync pool). Connections are made as the sync pool makes its own."""
-        if self._aio is not None:
-            return
+        if self._aio is None:
+            self._aio = await self.open_statements_async()
+
+    async def open_statements_async(self) -> AsyncStatements:
+        """A new async pool opened on the running event loop, as its statement runner
+        (`plans.adrive` runs plans with it). Each event loop that runs async executions
+        has its own (the application's, opened by open_async; the runtime's loop thread);
+        the caller closes it with `close_statements_async`."""
         min_size, max_size = self._pool_sizes
         pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
             self.conninfo,
@@ -322,14 +328,19 @@ class Store(QueueStore, WaitStore):
             ) from exc
         aio = AsyncStatements(pool, self._sql)
         aio.opened = True
-        self._aio = aio
+        return aio
 
     async def close_async(self) -> None:
         """Close the async pool; open_async() may be called again."""
         aio, self._aio = self._aio, None
         if aio is not None:
-            aio.opened = False
-            await aio.pool.close()
+            await self.close_statements_async(aio)
+
+    @staticmethod
+    async def close_statements_async(aio: AsyncStatements) -> None:
+        """Close a pool `open_statements_async` opened (on the loop it was opened on)."""
+        aio.opened = False
+        await aio.pool.close()
 
     @property
     def io(self) -> Statements:

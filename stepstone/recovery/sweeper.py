@@ -4,7 +4,8 @@
 it restarted, releases those whose definition it lacks, and forgets the executions it
 refused (their inputs could not be decoded here) so that its sweeps may claim them again. The `Sweeper` runs every sweep
 interval: it resumes own executions that a database error stopped, and claims executions
-whose owner's lease expired, as many as the worker pool has room for.
+whose owner's lease expired, as many as the engine has room for (its worker pool for
+sync workflows, its event loop thread for async ones).
 """
 
 from __future__ import annotations

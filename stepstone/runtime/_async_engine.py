@@ -22,6 +22,7 @@ from stepstone.errors import (
     UsageError,
 )
 from stepstone.persistence.plans import adrive
+from stepstone.runtime._async_execution import running_on
 from stepstone.runtime._signatures import function_types
 from stepstone.runtime.context import _CURRENT
 
@@ -119,11 +120,19 @@ class AsyncEngine:
             raise for_caller(workflow_id, signal) from signal
 
     async def _run_here_async(
-        self, workflow_id: str, run: Run, execution: Execution, body: Call, aio: AsyncStatements
+        self,
+        workflow_id: str,
+        run: Run,
+        execution: Execution,
+        body: Call,
+        aio: AsyncStatements,
+        woken: tuple[str, float] | None = None,
     ) -> Any:
-        """Run `execution` in this task and settle its run."""
+        """Run `execution` in this task, with `aio` (the async pool of this task's loop),
+        and settle its run."""
         try:
-            result = await adrive(self._execute(execution, body), aio)
+            with running_on(aio):
+                result = await adrive(self._execute(execution, body, woken), aio)
         except BaseException as exc:
             self._settle(workflow_id, run, exc)
             raise

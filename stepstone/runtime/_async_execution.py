@@ -17,6 +17,7 @@ pauses between attempts with `asyncio.sleep`. Three things are its own:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -27,7 +28,7 @@ from stepstone.runtime._execution import Execution, _call_site
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Iterator
 
     from opentelemetry import trace
 
@@ -38,17 +39,25 @@ if TYPE_CHECKING:
     from stepstone.runtime._journal import Journal
     from stepstone.runtime.definitions import Workflow, _StepBase
 
-__all__ = ["AsyncExecution"]
+__all__ = ["AsyncExecution", "running_on"]
 
 _IN_STEP: ContextVar[bool] = ContextVar("stepstone_in_step", default=False)
+_AIO: ContextVar[AsyncStatements | None] = ContextVar("stepstone_aio", default=None)
+
+
+@contextlib.contextmanager
+def running_on(aio: AsyncStatements) -> Iterator[None]:
+    """Async executions that start running in this task (and tasks made from it) do
+    their I/O with `aio`, the async pool of the loop that runs them."""
+    token = _AIO.set(aio)
+    try:
+        yield
+    finally:
+        _AIO.reset(token)
 
 
 class AsyncExecution(Execution):
     """One execution of an `async def` workflow, run in one task of one event loop."""
-
-    # A cancelled task leaves its execution RUNNING and owned here: awaiting the workflow
-    # with its id again resumes it (the sweeps do not run async workflows yet).
-    kept_when_interrupted = True
 
     def __init__(
         self,
@@ -60,13 +69,9 @@ class AsyncExecution(Execution):
         recovered: bool,
     ) -> None:
         super().__init__(engine, workflow, journal, span=span, recovered=recovered)
-        aio = engine.store.aio
-        if aio is None:
-            raise UsageError(
-                f"async workflow {workflow.name!r} needs the runtime's async pool: "
-                "launch it with `await rt.launch_async()` (or `async with rt:`)"
-            )
-        self.aio: AsyncStatements = aio
+        # The async pool of the loop that runs it (the application's, or the runtime's
+        # loop thread's): set when it starts running (bind).
+        self.aio: AsyncStatements | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -79,7 +84,15 @@ class AsyncExecution(Execution):
         _IN_STEP.set(value)
 
     def bind(self) -> None:
-        """The execution starts running in this task: its steps are called on its loop."""
+        """The execution starts running in this task: its steps are called on its loop,
+        and do their I/O on the async pool of whoever runs it (`running_on`)."""
+        aio = _AIO.get()
+        if aio is None:
+            raise UsageError(
+                f"async workflow {self.workflow.name!r} needs an async pool: launch the "
+                "runtime with `await rt.launch_async()` (or `async with rt:`)"
+            )
+        self.aio = aio
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
 
@@ -124,9 +137,11 @@ class AsyncExecution(Execution):
     async def _run_async(
         self, step: AnyStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        aio = self.aio
+        assert aio is not None  # noqa: S101 - bound before its body runs
         if self._cancel is not None or self.engine.stopping:
-            await adrive(self._check_stop_plan(), self.aio)
-        ok, value = await adrive(self._run_new(step, seq, args, kwargs), self.aio)
+            await adrive(self._check_stop_plan(), aio)
+        ok, value = await adrive(self._run_new(step, seq, args, kwargs), aio)
         if ok:
             return value
         raise value

@@ -1,9 +1,10 @@
 """The dispatcher: one per Runtime that serves queues. One statement claims startable
 executions of all its queues at once (dispatch_v1: each queue's limits are counted and
 enforced in that transaction), as many as this process has room for: free workers, and
-each queue's worker_concurrency minus what it runs here. It runs when told: an enqueue's
-notification, a run of its own ending, the earliest delayed start or rate window it was
-told of; and otherwise every `interval` seconds."""
+each queue's worker_concurrency minus what it runs here (free workers: room in the
+worker pool, plus room on the loop thread when async workflows are registered). It runs
+when told: an enqueue's notification, a run of its own ending, the earliest delayed start
+or rate window it was told of; and otherwise every `interval` seconds."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ __all__ = ["Dispatcher"]
 
 
 class Dispatcher:
-    """Claims queued executions for one Runtime and runs them in its worker pool."""
+    """Claims queued executions for one Runtime and runs them: sync ones in its worker
+    pool, async ones on its event loop thread."""
 
     def __init__(
         self, engine: Engine, store: Store, queues: dict[str, Queue], interval: float

@@ -1,7 +1,8 @@
-"""The engine: starts, finds and resumes executions, and runs each in this thread or in the
-worker pool. Its parts each have a module: the registry of definitions, the runs of this
-process (`_runs`), the worker pool, outcomes in the database; what happens inside one
-execution is in `_execution` (the driver) and `_journal` (its decisions).
+"""The engine: starts, finds and resumes executions, and runs each in this thread (or
+task), in the worker pool (sync ones), or on the event loop thread (async ones). Its parts
+each have a module: the registry of definitions, the runs of this process (`_runs`), the
+worker pool, the loop thread, outcomes in the database; what happens inside one execution
+is in `_execution` and `_async_execution` (the drivers) and `_journal` (its decisions).
 
 Where a run ends, what it raised becomes what its caller sees:
 
@@ -22,6 +23,7 @@ Where a run ends, what it raised becomes what its caller sees:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import time
@@ -49,12 +51,13 @@ from stepstone.errors import (
     WorkflowIdConflict,
 )
 from stepstone.persistence.ids import check_workflow_id
-from stepstone.persistence.plans import drive
+from stepstone.persistence.plans import adrive, drive
 from stepstone.persistence.rows import ResumeRecord, StartRequest, StartResult, WokenRecord
 from stepstone.runtime._async_engine import AsyncEngine, for_caller
 from stepstone.runtime._async_execution import AsyncExecution
 from stepstone.runtime._execution import Execution
 from stepstone.runtime._journal import Journal
+from stepstone.runtime._loop_thread import LoopThread
 from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime._pool import WorkerPool
 from stepstone.runtime._registry import Registry
@@ -70,10 +73,9 @@ from stepstone.runtime.context import _CURRENT
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable
 
-    from stepstone.persistence.plans import Plan
+    from stepstone.persistence.plans import AsyncStatements, Plan
     from stepstone.persistence.store import Store
     from stepstone.runtime._execution import Execution as Waiter
     from stepstone.runtime.definitions import Workflow
@@ -93,6 +95,7 @@ class Engine(AsyncEngine):
         workers: int,
         max_recoveries: int,
         telemetry: Telemetry,
+        max_async: int = 1000,
     ) -> None:
         self.store = store
         self.telemetry = telemetry
@@ -102,6 +105,9 @@ class Engine(AsyncEngine):
         self.registry = Registry()
         self.runs = LocalRuns()
         self.pool = WorkerPool(workers)
+        # Where the async executions this runtime resumes, wakes, dispatches or starts from
+        # sync code run: one event loop thread, up to `max_async` at once.
+        self.loop = LoopThread(store, max_async)
         self.outcomes = Outcomes(store)
         self.io = store.io
         # Told how soon a wait or a deadline this engine recorded is due (the sweep acts then).
@@ -118,9 +124,9 @@ class Engine(AsyncEngine):
     # -- registration and lifecycle ----------------------------------------------------------
 
     def registered(self) -> list[tuple[str, str]]:
-        """(name, version) of every registered workflow that this executor's sweeps and
-        dispatcher can run (async workflows run only where they are awaited, for now)."""
-        return [(w.name, w.version) for w in self.registry.workflows() if not w.is_async]
+        """(name, version) of every registered workflow: this executor's sweeps and
+        dispatcher run them (sync ones in the worker pool, async ones on the loop thread)."""
+        return [(w.name, w.version) for w in self.registry.workflows()]
 
     def register_workflow(self, workflow: Workflow[Any, Any]) -> None:
         self.registry.add_workflow(workflow)
@@ -135,6 +141,11 @@ class Engine(AsyncEngine):
             self._save_definition(workflow)
         self.stopping = False
         self.pool.start()
+        self.loop.open()
+        if any(w.is_async for w in self.registry.workflows()):
+            # At launch rather than at the first async run, so that a database that cannot
+            # be reached for it fails the launch, not a sweep.
+            self.loop.start()
         self.launched = True
 
     def _save_definition(self, workflow: Workflow[Any, Any]) -> None:
@@ -160,9 +171,12 @@ class Engine(AsyncEngine):
             )
 
     def shutdown(self, *, wait: bool) -> None:
-        """Take no more work; let the pool finish what it runs and has queued (if `wait`)."""
+        """Take no more work; let the pool and the loop thread finish what they run and have
+        queued (if `wait`; else the loop's tasks are cancelled: each hands its execution
+        back); close the loop's pool and join its thread."""
         self.launched = False
         self.pool.shutdown(wait=wait)
+        self.loop.stop(None if wait else 0)
 
     def stop_runs(self, grace: float) -> int:
         """A graceful stop: take no more work; every execution here stops at its next step
@@ -173,11 +187,14 @@ class Engine(AsyncEngine):
         how many were released at the end of the grace period."""
         self.launched = False
         self.stopping = True
+        deadline = time.monotonic() + grace
         for workflow_id, run, execution in self.runs.take_queued():
             self._release_unstarted(workflow_id, run, execution)
-        if self.pool.wait_idle(grace):
-            return 0
-        released = 0
+        idle = self.pool.wait_idle(grace)
+        # The loop's tasks still running then are cancelled: each hands its execution back.
+        released = self.loop.stop(_remaining(deadline))
+        if idle:
+            return released
         for execution in self.runs.executions():
             if self._release(execution, "the grace period ended at shutdown", interrupted=False):
                 released += 1
@@ -259,7 +276,8 @@ class Engine(AsyncEngine):
     def start(
         self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str:
-        """Start an execution in the worker pool; its id."""
+        """Start an execution (a sync one in the worker pool, an async one on the loop
+        thread); its id."""
         if _CURRENT.get() is not None and workflow.options.workflow_id is None:
             raise UsageError(
                 "Runtime.start() inside a workflow needs an explicit workflow id "
@@ -267,12 +285,17 @@ class Engine(AsyncEngine):
                 "execution; or call the workflow directly to run it as a child"
             )
         self.check_registered(workflow)
-        check_sync(workflow, "Runtime.start()")
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        opened = drive(self._open(workflow, workflow_id, args, kwargs, None, "queued"), self.io)
+        if workflow.is_async:
+            self.loop.start()  # registered after launch: started at its first run
+        state: RunState = "running" if workflow.is_async else "queued"
+        opened = drive(self._open(workflow, workflow_id, args, kwargs, None, state), self.io)
         if opened is not None:
-            _, execution, body = opened
-            self._submit(workflow_id, execution, self._job(execution, body))
+            run, execution, body = opened
+            if workflow.is_async:
+                self._on_loop(workflow_id, run, execution, body)
+            else:
+                self._submit(workflow_id, execution, self._job(execution, body))
         return workflow_id
 
     def _job(self, execution: Execution, body: Call) -> Callable[[], Any]:
@@ -363,8 +386,14 @@ class Engine(AsyncEngine):
     # -- resuming ---------------------------------------------------------------------------
 
     def capacity(self) -> int:
-        """How many more executions the worker pool should take on now."""
-        return self.pool.capacity()
+        """How many more executions this executor should take on now: room in the worker
+        pool, plus room on the loop thread when async workflows are registered. (A claim
+        does not choose sync or async: sync executions claimed beyond the pool's room wait
+        in its queue.)"""
+        room = self.pool.capacity()
+        if any(w.is_async for w in self.registry.workflows()):
+            room += self.loop.capacity()
+        return room
 
     def active_ids(self) -> set[str]:
         return self.runs.active_ids()
@@ -390,17 +419,52 @@ class Engine(AsyncEngine):
         operator: none of which is a recovery). `woken`: (wait kind, when it was due by
         time.perf_counter()) for a run after a wake."""
         workflow = self.registry.find(record.workflow_name, record.workflow_version)
-        if workflow is None or workflow.is_async or not self.pool.running or self.stopping:
+        if workflow is None or not self.pool.running or self.stopping:
             return False
+        if workflow.is_async:
+            self.loop.start()  # registered after launch: started at its first run
+            if not self.loop.running:
+                return False
         try:
             execution, body = self._resumed(workflow, record, recovered=recovered)
         except Undecodable as exc:
             self._refuse(workflow, record, str(exc))
             return False
+        if workflow.is_async:
+            run = self.runs.running(record.id, execution)
+            return self._on_loop(record.id, run, execution, body, woken)
         self._submit(
             record.id, execution, lambda: drive(self._execute(execution, body, woken), self.io)
         )
         return True
+
+    def _on_loop(
+        self,
+        workflow_id: str,
+        run: Run,
+        execution: Execution,
+        body: Call,
+        woken: tuple[str, float] | None = None,
+    ) -> bool:
+        """Run async `execution` as a task on the loop thread; False (its run ended with
+        NotLaunched) if the loop takes no more work."""
+
+        async def task(aio: AsyncStatements) -> None:
+            try:
+                if self.stopping:
+                    await adrive(self._release_unstarted_plan(workflow_id, run, execution), aio)
+                    return
+                # The outcome is in the run's future, and interruptions were logged.
+                with contextlib.suppress(Exception):
+                    await self._run_here_async(workflow_id, run, execution, body, aio, woken)
+            finally:
+                self._slot_free(workflow_id)
+
+        if self.loop.submit(task):
+            return True
+        error = NotLaunched("the runtime was shut down before the execution could run")
+        self.runs.end(workflow_id, run, error=error)
+        return False
 
     def _refuse(self, workflow: Workflow[Any, Any], record: ResumeRecord, reason: str) -> None:
         """A claimed execution whose inputs this process cannot decode cannot run here: it
@@ -688,10 +752,7 @@ class Engine(AsyncEngine):
                 self._interrupted(execution, signal)
                 raise
             except BaseException as exc:
-                if execution.kept_when_interrupted:
-                    self._interrupted(execution, exc)  # resumed when it is called again
-                else:
-                    yield from self._hand_back(execution, exc)
+                yield from self._hand_back(execution, exc)
                 raise
             finally:
                 telemetry.workflow_running(-1)
@@ -739,11 +800,23 @@ class Engine(AsyncEngine):
     def _hand_back(self, execution: Execution, exc: BaseException) -> Plan[None]:
         """A KeyboardInterrupt, SystemExit, CancelledError... stopped the run: release the
         execution at once so that any executor (this one included) resumes it. It was
-        interrupted mid-run: a recovery is counted."""
+        interrupted mid-run: a recovery is counted, unless a graceful shutdown cancelled
+        its task (the async twin of a hand-back at a step boundary).
+        A task cancelled again while it releases (or any error of the release) leaves it
+        to this executor's sweep, or to its lease's end if this executor stops."""
         self._interrupted(execution, exc)
-        yield from self._release_plan(
-            execution, f"{type(exc).__name__} raised while it ran", interrupted=True
-        )
+        at_shutdown = self.stopping and isinstance(exc, asyncio.CancelledError)
+        try:
+            yield from self._release_plan(
+                execution,
+                "cancelled at shutdown"
+                if at_shutdown
+                else f"{type(exc).__name__} raised while it ran",
+                interrupted=not at_shutdown,
+            )
+        except BaseException:
+            self.runs.orphan(execution.workflow_id)
+            raise
 
     def _handed_back(self, execution: Execution) -> Plan[None]:
         """A graceful shutdown stopped the run at a step boundary: release the execution
@@ -761,9 +834,18 @@ class Engine(AsyncEngine):
     def _release_unstarted(self, workflow_id: str, run: Run, execution: Execution) -> None:
         """A claimed execution that had not started here when a graceful shutdown began:
         release it without running it (not a recovery)."""
+        drive(self._release_unstarted_plan(workflow_id, run, execution), self.io)
+
+    def _release_unstarted_plan(
+        self, workflow_id: str, run: Run, execution: Execution
+    ) -> Plan[None]:
         # Its span is dropped unended (never exported): the resumed run continues the trace.
-        self._release(execution, "handed back at shutdown before it ran", interrupted=False)
-        self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "was handed back"))
+        try:
+            yield from self._release_plan(
+                execution, "handed back at shutdown before it ran", interrupted=False
+            )
+        finally:
+            self.runs.end(workflow_id, run, error=elsewhere(workflow_id, "was handed back"))
 
     def _release(self, execution: Execution, reason: str, *, interrupted: bool) -> bool:
         return drive(self._release_plan(execution, reason, interrupted=interrupted), self.io)
@@ -806,8 +888,7 @@ class Engine(AsyncEngine):
 
 
 def check_sync(workflow: Workflow[Any, Any], what: str) -> None:
-    """UsageError if `workflow` is async: `what` runs workflows in the worker pool, which
-    async workflows do not use yet."""
+    """UsageError if `workflow` is async, for what cannot run async workflows yet."""
     if workflow.is_async:
         raise UsageError(
             f"{what} was given async workflow {workflow.name!r}: async workflows run where "

@@ -115,10 +115,6 @@ if TYPE_CHECKING:
 class Execution:
     """One execution being run (or replayed) in one thread."""
 
-    kept_when_interrupted = False
-    """Whether an interruption (KeyboardInterrupt, SystemExit...) leaves the execution
-    owned here rather than handing it back at once."""
-
     def __init__(
         self,
         engine: Engine,

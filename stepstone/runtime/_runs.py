@@ -76,6 +76,20 @@ class LocalRuns:
             run.execution = execution
             return run
 
+    def running(self, workflow_id: str, execution: Execution) -> Run:
+        """`execution` runs as the run of `workflow_id` in a task of the loop thread (no
+        thread can take it). A queued run of it keeps its future; a running one is
+        replaced (the claim that led here fenced it out)."""
+        with self._lock:
+            current = self._runs.get(workflow_id)
+            if current is not None and current.state == "queued" and current.job is None:
+                run = current
+                run.state = "running"
+            else:
+                run = self._runs[workflow_id] = Run("running")
+            run.execution = execution
+            return run
+
     def take_queued(self) -> list[tuple[str, Run, Execution]]:
         """Take every queued run that has its job (no worker or waiting thread will run
         them): their ids, runs and executions, for a shutdown to hand them back."""

@@ -21,7 +21,6 @@ from stepstone.errors import (
 )
 from stepstone.persistence.ids import check_storable
 from stepstone.persistence.rows import EnqueueRequest, EnqueueResult
-from stepstone.runtime._engine import check_sync
 from stepstone.runtime._signatures import check_arguments, check_decodable
 from stepstone.runtime.context import _CURRENT
 from stepstone.runtime.handle import WorkflowHandle
@@ -114,7 +113,6 @@ class Queue:
         `conn` is enqueue's own keyword: it is not passed to the workflow."""
         engine = self._engine
         engine.check_registered(workflow)
-        check_sync(workflow, "Queue.enqueue()")
         check_arguments(workflow.fn, workflow.name, args, kwargs, "nothing was enqueued")
         options = workflow.options
         workflow_id = enqueued_id(options.workflow_id, workflow.name, self.name)

@@ -79,8 +79,12 @@ class Runtime:
     PostgreSQL of ./.stepstone (started if it is not running; `stepstone[embedded]`).
     Tables live in `schema`. Each
     Runtime is one executor: `executor_id` names it in the database (by default host name,
-    process id and a random suffix). `workers` threads run the workflows started with
-    `start()`; the connection pool holds `pool_min_size` to `pool_max_size` connections,
+    process id and a random suffix). `workers` threads run the sync workflows started with
+    `start()`, resumed or dequeued here; the async ones run as tasks on one event loop
+    thread of the runtime (with an async pool of its own: a thousand async executions
+    waiting on I/O need that one thread), and its sweeps and queues take on at most
+    `max_async` of them at once (what `start()` starts is not limited); the connection
+    pool (and each async pool) holds `pool_min_size` to `pool_max_size` connections,
     and the server ends a pooled session left idle inside a transaction for longer than
     `idle_in_transaction_timeout` seconds (a frozen process cannot hold row locks). When
     `dsn` goes through PgBouncer in transaction pooling mode, `session_dsn` (else the
@@ -101,6 +105,7 @@ class Runtime:
         schema: str = "stepstone",
         executor_id: str | None = None,
         workers: int = 8,
+        max_async: int = 1000,
         pool_min_size: int = 1,
         pool_max_size: int = 10,
         serializer: Serializer | None = None,
@@ -121,6 +126,8 @@ class Runtime:
     ) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
+        if isinstance(max_async, bool) or not isinstance(max_async, int) or max_async < 1:
+            raise ConfigurationError(f"max_async must be an int >= 1, got {max_async!r}")
         _check_timings(lease_seconds, heartbeat_interval, sweep_interval)
         if not isinstance(notify, bool):
             raise ConfigurationError(f"notify must be True or False, got {notify!r}")
@@ -176,7 +183,9 @@ class Runtime:
             meter_provider=meter_provider,
             logger_provider=logger_provider,
         )
-        self._engine = Engine(self.store, self.executor_id, workers, max_recoveries, self.telemetry)
+        self._engine = Engine(
+            self.store, self.executor_id, workers, max_recoveries, self.telemetry, max_async
+        )
         self._connect_timeout = connect_timeout
         self._lease = float(lease_seconds)
         self._heartbeat_interval = float(heartbeat_interval)
@@ -315,11 +324,17 @@ class Runtime:
     async def shutdown_async(self, *, wait: bool = True, grace: float | None = None) -> None:
         """`shutdown()` for asyncio applications: the async executions that start_async()
         started on this loop are awaited (with `wait` and no `grace`) or else cancelled
-        (each stays RUNNING, owned by this executor: awaiting it again with its id on a
-        runtime with this executor id resumes it); then the shutdown itself runs in a worker
-        thread, so that the event loop is not blocked, and the async pool closes."""
+        (a cancelled one is handed back: RUNNING with no owner, never failed, for any
+        executor to resume; its interrupted step runs again there); then the shutdown
+        itself runs in a worker thread, so that the event loop is not blocked, and the
+        async pool closes."""
         tasks = list(self._engine.tasks)
         if tasks and (not wait or grace is not None):
+            # Claim nothing more first: this executor's sweep would take back at once what
+            # the cancelled tasks hand back.
+            await asyncio.to_thread(self._stop_claiming)
+            if grace is not None:
+                self._engine.stopping = True  # a hand-back at shutdown: not a recovery
             for task in tasks:
                 task.cancel()
         if tasks:
@@ -395,22 +410,18 @@ class Runtime:
         `grace` seconds to end. An execution whose step body is still running then is
         released from here: the body is not stopped (Python cannot stop a thread), but its
         result is not recorded (the release fenced it out), so the step runs again where
-        the execution resumes. A KeyboardInterrupt during the wait stops waiting at once:
-        what is left is taken over when this executor's lease expires."""
+        the execution resumes. An async execution on the runtime's loop thread still in a
+        step then is cancelled instead: its task hands it back (released the same way), and
+        the step runs again where it resumes. The loop thread stops last (with `wait` and
+        no grace, after its executions end; with wait=False its tasks are cancelled and
+        hand their executions back), then its pool closes. A KeyboardInterrupt during the
+        wait stops waiting at once: what is left is taken over when this executor's lease
+        expires."""
         if grace is not None:
             grace = _check_grace(grace)
             if not wait:
                 raise UsageError("shutdown(wait=False, grace=...): a grace period is a wait")
-        if self._purger is not None:
-            self._purger.stop()
-            self._purger = None
-        if self._dispatcher is not None:
-            self._dispatcher.stop()
-            self._dispatcher = None
-            self._engine.run_ended = None
-        if self._sweeper is not None:
-            self._sweeper.stop()
-            self._sweeper = None
+        self._stop_claiming()
         if grace is not None and self._engine.launched:
             left = self._engine.stop_runs(grace)
             if left:
@@ -430,6 +441,19 @@ class Runtime:
         self.telemetry.close()
         self.store.close()
 
+    def _stop_claiming(self) -> None:
+        """Stop the purge, the dispatcher and the sweep: nothing more is claimed here."""
+        if self._purger is not None:
+            self._purger.stop()
+            self._purger = None
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+            self._dispatcher = None
+            self._engine.run_ended = None
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
+
     def __enter__(self) -> Self:
         self.launch()
         return self
@@ -446,10 +470,25 @@ class Runtime:
 
     # -- executions --------------------------------------------------------------------------
 
+    @overload
+    def start(
+        self,
+        workflow: Workflow[P, Coroutine[Any, Any, R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
     def start(
         self, workflow: Workflow[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> WorkflowHandle[R]:
-        """Start an execution in the worker pool and return its handle at once.
+    ) -> WorkflowHandle[R]: ...
+
+    def start(
+        self, workflow: Workflow[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> WorkflowHandle[Any]:
+        """Start an execution and return its handle at once: a sync workflow runs in the
+        worker pool, an async one as a task on the runtime's event loop thread.
 
         The execution is durable when this returns. Its id is generated unless the
         workflow comes with one: `rt.start(wf.with_options(workflow_id="..."), ...)`. An id

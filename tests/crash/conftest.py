@@ -24,12 +24,14 @@ class Workers:
         self.notes = notes
         self._procs: list[subprocess.Popen[str]] = []
 
-    def start(self, executor_id: str, mode: str, kill_at: str = "") -> subprocess.Popen[str]:
+    def start(
+        self, executor_id: str, mode: str, kill_at: str = "", module: str = "tests.crash.worker"
+    ) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "tests.crash.worker",
+                module,
                 self.db,
                 executor_id,
                 mode,
@@ -45,9 +47,14 @@ class Workers:
         return proc
 
     def run(
-        self, executor_id: str, mode: str, kill_at: str = "", timeout: float = 60
+        self,
+        executor_id: str,
+        mode: str,
+        kill_at: str = "",
+        timeout: float = 60,
+        module: str = "tests.crash.worker",
     ) -> subprocess.CompletedProcess[str]:
-        proc = self.start(executor_id, mode, kill_at)
+        proc = self.start(executor_id, mode, kill_at, module)
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 

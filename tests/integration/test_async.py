@@ -427,23 +427,12 @@ def test_async_workflow_called_without_await_records_nothing(rt: Runtime) -> Non
     assert rt.store.list_executions().items == []
 
 
-def test_async_workflow_cannot_start_in_the_worker_pool_yet(rt: Runtime) -> None:
-    """Runtime.start() of an async workflow raises UsageError and writes nothing."""
-
-    @rt.workflow()
-    async def nowhere() -> int:
-        return 1
-
-    with rt, pytest.raises(UsageError, match="async workflow 'nowhere'"):
-        rt.start(nowhere)
-    rt.store.open(migrate=False)
-    assert rt.store.list_executions().items == []
-
-
 def test_cancelled_async_workflow_is_interrupted_not_failed_and_resumes(rt: Runtime) -> None:
     """Cancelling the task of a running async workflow records no failure and no step:
-    the execution stays RUNNING, and calling it again resumes it where it stopped."""
+    the execution is handed back (RUNNING), and resumed where it stopped; calling it
+    again returns its result."""
     bodies: list[str] = []
+    checked = threading.Event()  # the resumed run waits until the hand-back was checked
 
     @rt.step()
     async def first() -> str:
@@ -455,6 +444,7 @@ def test_cancelled_async_workflow_is_interrupted_not_failed_and_resumes(rt: Runt
         bodies.append("hang")
         if bodies.count("hang") == 1:
             await asyncio.sleep(3600)
+        await asyncio.to_thread(checked.wait, 30)
         return "two"
 
     @rt.workflow()
@@ -470,6 +460,11 @@ def test_cancelled_async_workflow_is_interrupted_not_failed_and_resumes(rt: Runt
             await task
         assert rt.handle("a-12").status() == "RUNNING"
         assert [name for _, name, _ in _steps(rt, "a-12")] == ["first"]
+        (released,) = [
+            log for log in rt.store.list_logs("a-12") if log.event == "execution_released"
+        ]
+        assert released.details["reason"] == "CancelledError raised while it ran"
+        checked.set()
         return await long.with_options(workflow_id="a-12")()
 
     assert run(rt, main) == ["one", "two"]
@@ -590,7 +585,8 @@ def test_start_async_runs_a_sync_workflow_in_the_worker_pool(rt: Runtime) -> Non
 
 def test_shutdown_async_cancels_started_async_workflows_when_not_waiting(rt: Runtime) -> None:
     """shutdown_async(wait=False) cancels the tasks start_async() started: their executions
-    stay RUNNING, owned by this executor, with nothing recorded for the interrupted step."""
+    are handed back (RUNNING, no owner, the next epoch), with nothing recorded for the
+    interrupted step."""
 
     @rt.step()
     async def forever() -> None:
@@ -610,5 +606,5 @@ def test_shutdown_async_cancels_started_async_workflows_when_not_waiting(rt: Run
     rt.store.open(migrate=False)
     row = rt.store.get_execution("a-14")
     assert row is not None
-    assert (row.status, row.owner) == ("RUNNING", "test-executor")
+    assert (row.status, row.owner, row.epoch) == ("RUNNING", None, 2)
     assert rt.store.list_steps("a-14") == []

@@ -306,6 +306,8 @@ def test_environment_variable_supplies_the_database(
     ("kwargs", "message"),
     [
         ({"workers": 0}, "workers must be an int >= 1, got 0"),
+        ({"max_async": 0}, "max_async must be an int >= 1, got 0"),
+        ({"max_async": True}, "max_async must be an int >= 1, got True"),
         ({"schema": ""}, "schema '' is not a name stepstone can use: a schema name is 1 to 63"),
         ({"schema": "s" * 64}, "schema 's{64}' is not a name stepstone can use"),
         ({"pool_min_size": 5, "pool_max_size": 2}, "min_size=5 max_size=2"),

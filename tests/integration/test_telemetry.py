@@ -17,7 +17,7 @@ import stepstone
 from stepstone import RetryPolicy, Runtime, WorkflowFailed
 from stepstone.telemetry import add_trace_context
 from tests.support.otel import Recorded, render
-from tests.support.runtime import Crash, wait_for
+from tests.support.runtime import FAST, Crash, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -214,6 +214,62 @@ def test_resumed_execution_continues_the_trace_without_spans_for_replayed_steps(
     recorded.spans.clear()
     crash["now"] = False
     assert twice.with_options(workflow_id="t-1")() == 3
+    resumed = recorded.finished()
+    assert render(resumed, ("stepstone.recovered",)) == "\n".join(
+        ["workflow twice [stepstone.recovered=True]", "  step second"]
+    )
+    workflow = next(s for s in resumed if s.name == "workflow twice")
+    assert workflow.context.trace_id == original["step first"].context.trace_id
+    assert workflow.parent is not None
+    assert workflow.parent.span_id == original["step first"].parent.span_id  # the first run's span
+
+
+def test_async_execution_resumed_on_the_loop_thread_continues_the_trace(
+    db: str, recorded: Recorded
+) -> None:
+    """An async execution interrupted on one executor and resumed by another's loop thread
+    continues the original trace: a child of the original workflow span, marked
+    recovered, with spans only for the steps that ran again."""
+    crash = {"now": True}
+
+    def define(rt: Runtime) -> Any:
+        @rt.step(name="first")
+        async def first() -> int:
+            return 1
+
+        @rt.step(name="second")
+        async def second() -> int:
+            if crash["now"]:
+                raise Crash
+            return 2
+
+        @rt.workflow(name="twice")
+        async def twice() -> int:
+            return await first() + await second()
+
+        return twice
+
+    dying = Runtime(db, executor_id="dying", **FAST, **recorded.providers())
+    twice = define(dying)
+
+    async def main() -> None:
+        async with dying:
+            with pytest.raises(Crash):
+                await twice.with_options(workflow_id="t-2")()
+
+    asyncio.run(main())
+    original = {s.name: s for s in recorded.finished()}
+    recorded.spans.clear()
+    crash["now"] = False
+    with psycopg.connect(db, autocommit=True) as conn:  # its lease ran out
+        conn.execute(
+            "UPDATE stepstone.executors SET heartbeat_at = now() - interval '1 hour' "
+            "WHERE id = 'dying'"
+        )
+    rt = Runtime(db, executor_id="resuming", **FAST, **recorded.providers())
+    define(rt)
+    with rt:
+        assert rt.handle("t-2").result(timeout=15) == 3
     resumed = recorded.finished()
     assert render(resumed, ("stepstone.recovered",)) == "\n".join(
         ["workflow twice [stepstone.recovered=True]", "  step second"]

@@ -62,3 +62,9 @@ async def started() -> str:
     handle = await rt.start_async(checkout.with_options(workflow_id="o-3"), Order("o-3", 300))
     receipt: str = await handle.result_async(timeout=30)
     return receipt
+
+
+def started_from_sync_code() -> str:
+    handle = rt.start(checkout.with_options(workflow_id="o-4"), Order("o-4", 400))
+    receipt: str = handle.result(timeout=30)
+    return receipt
