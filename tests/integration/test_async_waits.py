@@ -304,6 +304,38 @@ def test_an_awaited_async_child_runs_in_the_parents_task_and_is_recorded(rt: Run
     assert rt.get_state("ch-1/0") == {"n": 3}
 
 
+def test_a_parent_whose_async_child_waits_records_itself_waiting_on_it(
+    rt: Runtime, db: str
+) -> None:
+    """When an awaited async child suspends (here in a long sleep), the parent waits for
+    it durably: both are WAITING with no owner, the parent on the child's end, and the
+    task is free."""
+
+    @rt.workflow()
+    async def sleepy() -> str:
+        await stepstone.sleep_async(60)
+        return "late"
+
+    @rt.workflow()
+    async def parent() -> str:
+        stepstone.current().state["calling"] = "child"
+        return await sleepy()
+
+    async def main() -> None:
+        await rt.start_async(parent.with_options(workflow_id="chw-1"))
+        await _until_status(rt, "chw-1", "WAITING")
+        assert [t for t in rt._engine.tasks if not t.done()] == []
+
+    run(rt, main)
+    status, owner, waiting, *_ = _waiting_row(db, "chw-1")
+    assert (status, owner) == ("WAITING", None)
+    assert waiting["kind"] == "execution"
+    assert waiting["target"] == "chw-1/0"
+    assert rt.get_state("chw-1") == {"calling": "child"}
+    child_status, child_owner, child_waiting, *_ = _waiting_row(db, "chw-1/0")
+    assert (child_status, child_owner, child_waiting["kind"]) == ("WAITING", None, "sleep")
+
+
 def test_an_async_childs_failure_is_recorded_in_the_parent(rt: Runtime) -> None:
     """A failing async child ends FAILED and the parent gets WorkflowFailed, recorded at
     the child's position, where its code may catch it."""
