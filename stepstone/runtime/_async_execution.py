@@ -103,7 +103,7 @@ class AsyncExecution(Execution):
         )
 
     def run_async_step(
-        self, step: _StepBase[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, step: _StepBase[Any, Any] | AnyStep, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         """Take the step's position now (call order), and return the coroutine that replays
         its record or runs it."""
@@ -185,7 +185,7 @@ class AsyncExecution(Execution):
         """`Execution.send`, awaited: the send is a step of this workflow."""
         key = self._send_key()
         step = _SendStep(lambda: adrive(send(key), self.aio), is_async=True)
-        await self.run_async_step(step, (), {})  # type: ignore[arg-type]
+        await self.run_async_step(step, (), {})
 
     def run_child_async(
         self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -211,7 +211,7 @@ class AsyncExecution(Execution):
                 raise self._interrupted(f"starting or finding child {child_id!r}", exc) from exc
 
         step = _ChildStep(workflow.name, run, workflow.fn, is_async=True)
-        return self.run_async_step(step, (), {})  # type: ignore[arg-type]
+        return self.run_async_step(step, (), {})
 
     def _sync_refused(self, called: str, instead: str) -> NoReturn:
         raise UsageError(
