@@ -304,6 +304,36 @@ def test_an_awaited_async_child_runs_in_the_parents_task_and_is_recorded(rt: Run
     assert rt.get_state("ch-1/0") == {"n": 3}
 
 
+def test_gathered_async_children_take_their_positions_in_call_order(rt: Runtime) -> None:
+    """Children started together with asyncio.gather get the parent's positions, and so
+    their ids, in call order, whichever finishes first."""
+    release = asyncio.Event()
+
+    @rt.workflow()
+    async def slow(n: int) -> int:
+        await release.wait()
+        return n
+
+    @rt.workflow()
+    async def fast(n: int) -> int:
+        release.set()
+        return n
+
+    @rt.workflow()
+    async def parent() -> list[int]:
+        return list(await asyncio.gather(slow(1), fast(2)))
+
+    async def main() -> Any:
+        return await parent.with_options(workflow_id="chg-1")()
+
+    assert run(rt, main) == [1, 2]
+    assert [(s[0], s[1], s[3]) for s in _steps(rt, "chg-1")] == [(0, "slow", "1"), (1, "fast", "2")]
+    first, second = rt.store.get_execution("chg-1/0"), rt.store.get_execution("chg-1/1")
+    assert first is not None
+    assert second is not None
+    assert (first.workflow_name, second.workflow_name) == ("slow", "fast")
+
+
 def test_a_parent_whose_async_child_waits_records_itself_waiting_on_it(
     rt: Runtime, db: str
 ) -> None:
