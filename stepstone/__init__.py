@@ -59,11 +59,16 @@ from stepstone.runtime import (
     WorkflowContext,
     WorkflowHandle,
     continue_as_new,
+    continue_as_new_async,
     current,
     recv,
+    recv_async,
     sleep,
+    sleep_async,
     sleep_until,
+    sleep_until_async,
     wait_state,
+    wait_state_async,
 )
 
 __all__ = [
@@ -119,9 +124,14 @@ __all__ = [
     "WorkflowTimedOut",
     "__version__",
     "continue_as_new",
+    "continue_as_new_async",
     "current",
     "recv",
+    "recv_async",
     "sleep",
+    "sleep_async",
     "sleep_until",
+    "sleep_until_async",
     "wait_state",
+    "wait_state_async",
 ]

@@ -9,6 +9,7 @@ from psycopg.types.json import Jsonb
 
 from stepstone.errors import UsageError, WorkflowNotFound
 from stepstone.persistence.ids import check_text, check_topic, check_workflow_id
+from stepstone.persistence.plans import Statement
 from stepstone.persistence.rows import (
     ReceivedMessage,
     UnreadMessages,
@@ -41,6 +42,11 @@ class WaitStore:
         """A sleep or a receive reached by a running execution, in one statement (fenced):
         done now (its step row written, with the state changes), or the execution WAITING
         with no owner until it is due. OwnershipLost or ExecutionCancelled if fenced out."""
+        outcome: WaitOutcome = self.wait_statement(request).run(self._sql)
+        return outcome
+
+    def wait_statement(self, request: WaitRequest) -> Statement:
+        """`wait` as a request (its result: a WaitOutcome)."""
         params = {
             "id": request.execution_id,
             "owner": request.owner,
@@ -55,14 +61,14 @@ class WaitStore:
             "state": Jsonb(request.state) if request.state else None,
             "deleted": request.deleted or None,
         }
-        row = self._sql.run(
+        return Statement(
             self.queries["wait"],
             params,
-            fetch="one",
-            action=lambda: f"recording a {request.kind} of {request.execution_id!r}",
-            fence=(request.execution_id, request.owner, request.epoch),
+            "one",
+            lambda: f"recording a {request.kind} of {request.execution_id!r}",
+            (request.execution_id, request.owner, request.epoch),
+            convert=_wait_outcome,
         )
-        return WaitOutcome(*row)
 
     def await_execution(
         self,
@@ -78,6 +84,21 @@ class WaitStore:
         output, error) is returned; otherwise the execution becomes WAITING on it, with the
         state changes `state` (changed, deleted), and None is returned. WorkflowNotFound if
         there is no `target`."""
+        ended: tuple[str, str | None, dict[str, Any] | None] | None = self.await_statement(
+            execution_id, owner, epoch, seq, target, state
+        ).run(self._sql)
+        return ended
+
+    def await_statement(
+        self,
+        execution_id: str,
+        owner: str,
+        epoch: int,
+        seq: int,
+        target: str,
+        state: tuple[dict[str, str] | None, list[str] | None],
+    ) -> Statement:
+        """`await_execution` as a request."""
         changed, deleted = state
         params = {
             "id": execution_id,
@@ -88,17 +109,21 @@ class WaitStore:
             "state": Jsonb(changed) if changed else None,
             "deleted": deleted or None,
         }
-        row = self._sql.run(
+
+        def ended(row: Any) -> tuple[str, str | None, dict[str, Any] | None] | None:
+            done, status, output, error = row
+            if status is None:
+                raise WorkflowNotFound(f"no execution has workflow id {target!r}")
+            return (status, output, error) if done else None
+
+        return Statement(
             self.queries["await"],
             params,
-            fetch="one",
-            action=lambda: f"waiting for {target!r} in {execution_id!r}",
-            fence=(execution_id, owner, epoch),
+            "one",
+            lambda: f"waiting for {target!r} in {execution_id!r}",
+            (execution_id, owner, epoch),
+            convert=ended,
         )
-        ended, status, output, error = row
-        if status is None:
-            raise WorkflowNotFound(f"no execution has workflow id {target!r}")
-        return (status, output, error) if ended else None
 
     def encode_message(
         self, workflow_id: str, topic: str, message: Any, idempotency_key: str | None
@@ -128,26 +153,32 @@ class WaitStore:
         `conn`, in that connection's transaction: it is sent when the caller commits, and
         not at all if it rolls back. WorkflowNotFound for an unknown id; UsageError, naming
         its status, for an execution that has ended (nothing is stored)."""
-        params = {
-            "id": execution_id,
-            "topic": topic,
-            "payload": payload,
-            "key": idempotency_key,
-            "sender": sender,
-        }
+        if conn is None:
+            sent: tuple[str, bool] = self.send_statement(
+                execution_id, topic, payload, idempotency_key=idempotency_key, sender=sender
+            ).run(self._sql)
+            return sent
+        params = _send_params(execution_id, topic, payload, idempotency_key, sender)
         row = self._sql.one_on(conn, "send", params, f"sending to {execution_id!r}")
-        assert row is not None  # noqa: S101 - the function returns one row
-        status, stored = row
-        if status is None:
-            raise WorkflowNotFound(
-                f"no execution has workflow id {execution_id!r}: the message was not sent"
-            )
-        if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            raise UsageError(
-                f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
-                "so the message was not sent"
-            )
-        return str(status), bool(stored)
+        return _sent(execution_id, row)
+
+    def send_statement(
+        self,
+        execution_id: str,
+        topic: str,
+        payload: str,
+        *,
+        idempotency_key: str | None = None,
+        sender: str | None = None,
+    ) -> Statement:
+        """`send` on a pooled connection, as a request (its result: (status, stored))."""
+        return Statement(
+            self.queries["send"],
+            _send_params(execution_id, topic, payload, idempotency_key, sender),
+            "one",
+            lambda: f"sending to {execution_id!r}",
+            convert=lambda row: _sent(execution_id, row),
+        )
 
     def state_value(self, execution_id: str, key: str) -> tuple[str, str | None] | None:
         """(status, the serialized value of state key `key` or None if it is not set) of an
@@ -174,3 +205,30 @@ class WaitStore:
         that consumed it (payloads are that receive's step output)."""
         rows = self._sql.all("received_messages", {"id": execution_id})
         return [ReceivedMessage(*row) for row in rows]
+
+
+def _wait_outcome(row: Any) -> WaitOutcome:
+    return WaitOutcome(*row)
+
+
+def _send_params(
+    execution_id: str, topic: str, payload: str, key: str | None, sender: str | None
+) -> dict[str, Any]:
+    return {"id": execution_id, "topic": topic, "payload": payload, "key": key, "sender": sender}
+
+
+def _sent(execution_id: str, row: Any) -> tuple[str, bool]:
+    """What a send's row says: (the status the execution had, whether the message was
+    stored); WorkflowNotFound or UsageError (naming its status) when it was not sent."""
+    assert row is not None  # noqa: S101 - the function returns one row
+    status, stored = row
+    if status is None:
+        raise WorkflowNotFound(
+            f"no execution has workflow id {execution_id!r}: the message was not sent"
+        )
+    if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        raise UsageError(
+            f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
+            "so the message was not sent"
+        )
+    return str(status), bool(stored)

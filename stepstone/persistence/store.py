@@ -584,6 +584,15 @@ class Store(QueueStore, WaitStore):
         RUNNING, owned by `owner` at the next epoch, with no recovery counted. Returns what
         runs the new run (no steps, no state). OwnershipLost or ExecutionCancelled if fenced
         out; then nothing changed."""
+        record: ResumeRecord = self.continue_as_new_statement(
+            execution_id, owner, epoch, seq, inputs, run
+        ).run(self._sql)
+        return record
+
+    def continue_as_new_statement(
+        self, execution_id: str, owner: str, epoch: int, seq: int, inputs: str, run: int
+    ) -> Statement:
+        """`continue_as_new` as a request (its result: the ResumeRecord of the new run)."""
         params = {
             "id": execution_id,
             "owner": owner,
@@ -592,14 +601,14 @@ class Store(QueueStore, WaitStore):
             "inputs": inputs,
             "run": run,
         }
-        row = self._sql.run(
+        return Statement(
             self.queries["continue_as_new"],
             params,
-            fetch="one",
-            action=lambda: f"continuing {execution_id!r} as new (run {run})",
-            fence=(execution_id, owner, epoch),
+            "one",
+            lambda: f"continuing {execution_id!r} as new (run {run})",
+            (execution_id, owner, epoch),
+            convert=ResumeRecord.from_row,
         )
-        return ResumeRecord.from_row(row)
 
     # -- recovery ----------------------------------------------------------------------------
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from stepstone.runtime.client import Client, ClientHandle
 from stepstone.runtime.context import State, WorkflowContext, current
-from stepstone.runtime.continuation import continue_as_new
+from stepstone.runtime.continuation import continue_as_new, continue_as_new_async
 from stepstone.runtime.definitions import Step, TransactionStep, Workflow
 from stepstone.runtime.handle import WorkflowHandle
 from stepstone.runtime.queues import Queue
 from stepstone.runtime.retry import RetryPolicy
 from stepstone.runtime.runtime import Runtime
-from stepstone.runtime.waits import recv, sleep, sleep_until, wait_state
+from stepstone.runtime.waits import (
+    recv,
+    recv_async,
+    sleep,
+    sleep_async,
+    sleep_until,
+    sleep_until_async,
+    wait_state,
+    wait_state_async,
+)
 
 __all__ = [
     "Client",
@@ -25,9 +34,14 @@ __all__ = [
     "WorkflowContext",
     "WorkflowHandle",
     "continue_as_new",
+    "continue_as_new_async",
     "current",
     "recv",
+    "recv_async",
     "sleep",
+    "sleep_async",
     "sleep_until",
+    "sleep_until_async",
     "wait_state",
+    "wait_state_async",
 ]

@@ -22,7 +22,7 @@ from stepstone.errors import (
     UsageError,
 )
 from stepstone.persistence.plans import adrive
-from stepstone.runtime._async_execution import running_on
+from stepstone.runtime._async_execution import current_io, running_on
 from stepstone.runtime._signatures import function_types
 from stepstone.runtime.context import _CURRENT
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from stepstone.persistence.plans import AsyncStatements, Plan
     from stepstone.persistence.store import Store
+    from stepstone.runtime._async_execution import AsyncExecution
     from stepstone.runtime._execution import Execution
     from stepstone.runtime._outcomes import Outcomes
     from stepstone.runtime._requests import Call
@@ -80,19 +81,19 @@ class AsyncEngine:
         """An async workflow called: checked now, run durably in the awaiting task."""
         parent = _CURRENT.get()
         if parent is not None:
-            raise UsageError(
-                f"async workflow {workflow.name!r} was called from workflow "
-                f"{parent.workflow.name!r} ({parent.workflow_id!r}): child workflows are not "
-                "supported for async workflows yet; start it from outside a workflow"
-            )
+            self.check_registered(workflow)
+            child: Coroutine[Any, Any, Any] = parent.run_child_async(workflow, args, kwargs)
+            return child
         self.check_registered(workflow)
         return self._call_async(
             workflow, args, kwargs, self.async_io(f"workflow {workflow.name!r}")
         )
 
     def async_io(self, what: str) -> AsyncStatements:
-        """The async pool's statement runner; NotLaunched before launch_async()."""
-        aio = self.store.aio
+        """The statement runner of this loop's async pool: inside an async execution, the
+        pool of the loop that runs it (the runtime's own loop thread, or the application's);
+        elsewhere the one launch_async() opened (NotLaunched before it)."""
+        aio = current_io() or self.store.aio
         if aio is None:
             raise NotLaunched(
                 f"{what} was called before `await rt.launch_async()` (which opens the async "
@@ -108,16 +109,35 @@ class AsyncEngine:
         aio: AsyncStatements,
     ) -> Any:
         workflow_id = workflow.options.workflow_id or str(uuid.uuid4())
-        opened = await adrive(self._open(workflow, workflow_id, args, kwargs, None, "running"), aio)
-        if opened is None:
-            return await self.await_outcome_async(workflow_id, None, workflow.fn)
-        run, execution, body = opened
         try:
-            return await self._run_here_async(workflow_id, run, execution, body, aio)
+            return await self.run_async(workflow, workflow_id, args, kwargs, None, aio=aio)
         except (Suspended, OwnershipLost):
             return await self.await_outcome_async(workflow_id, None, workflow.fn)
         except (ShuttingDown, Interrupted) as signal:
             raise for_caller(workflow_id, signal) from signal
+
+    async def run_async(
+        self,
+        workflow: Workflow[Any, Any],
+        workflow_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent_id: str | None,
+        *,
+        waiter: AsyncExecution | None = None,
+        aio: AsyncStatements | None = None,
+    ) -> Any:
+        """Run (or join, or resume) async execution `workflow_id` in this task. `waiter`:
+        the async workflow calling it, which waits durably rather than block while the
+        execution runs elsewhere."""
+        aio = aio or self.async_io(f"workflow {workflow.name!r}")
+        opened = await adrive(
+            self._open(workflow, workflow_id, args, kwargs, parent_id, "running"), aio
+        )
+        if opened is None:
+            return await self.await_outcome_async(workflow_id, None, workflow.fn, waiter=waiter)
+        run, execution, body = opened
+        return await self._run_here_async(workflow_id, run, execution, body, aio)
 
     async def _run_here_async(
         self,
@@ -177,14 +197,25 @@ class AsyncEngine:
             await self._run_here_async(workflow_id, run, execution, body, aio)
 
     async def await_outcome_async(
-        self, workflow_id: str, deadline: float | None, declared: Callable[..., Any] | None
+        self,
+        workflow_id: str,
+        deadline: float | None,
+        declared: Callable[..., Any] | None,
+        *,
+        waiter: AsyncExecution | None = None,
     ) -> Any:
         """The outcome of `workflow_id`: from its run in this process if it has one (a task
         or a worker), else from the database, polled with `asyncio.sleep`; ResultTimeout at
-        `deadline` (time.monotonic())."""
+        `deadline` (time.monotonic()). With a `waiter` (an async workflow waiting for it),
+        an execution that is not done is waited for durably (the waiter is suspended)."""
+        if waiter is not None and waiter.workflow_id == workflow_id:
+            raise UsageError(
+                f"workflow {workflow_id!r} waits for its own outcome, which cannot come while "
+                "it waits: wait for it from outside, or for another execution"
+            )
         aio = self.async_io("handle.result_async()")
         future = self.runs.future(workflow_id)
-        if future is not None:
+        if future is not None and (waiter is None or future.done()):
             try:
                 # Shielded: a caller that stops waiting must not cancel the run's future.
                 waiting = asyncio.shield(asyncio.wrap_future(future))
@@ -197,7 +228,10 @@ class AsyncEngine:
                     "call result_async() again to keep waiting"
                 ) from None
         annotation = None if declared is None else function_types(declared).returns
-        return await adrive(self.outcomes.wait_plan(workflow_id, deadline, annotation), aio)
+        if waiter is None:
+            return await adrive(self.outcomes.wait_plan(workflow_id, deadline, annotation), aio)
+        status, output, error = await waiter.await_execution_async(workflow_id)
+        return self.outcomes.outcome(workflow_id, status, output, error, annotation)
 
 
 def for_caller(workflow_id: str, signal: ShuttingDown | Interrupted) -> Exception:

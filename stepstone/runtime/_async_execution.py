@@ -10,8 +10,10 @@ pauses between attempts with `asyncio.sleep`. Three things are its own:
   in call order, so a replay that calls them in the same order meets the same records;
 - "inside a step's body" is per task (a context variable), since the bodies of concurrent
   steps interleave;
-- a plain `def` step is refused (its blocking body would stall the event loop), and so are
-  the features that have no async twin yet (waits, children, sends, continue-as-new).
+- a plain `def` step or child workflow is refused (its blocking body would stall the event
+  loop), and so are the sync entry points of waits, sends and continue-as-new: their async
+  twins drive the same plans (`wait_plan`, `await_plan`, `continue_plan`, the send step)
+  with `adrive`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from stepstone.errors import UsageError
+from stepstone.errors import OwnershipLost, PersistenceError, Suspended, UsageError
 from stepstone.persistence.plans import adrive
-from stepstone.runtime._execution import Execution, _call_site
+from stepstone.runtime._execution import Execution, _call_site, _ChildStep, _SendStep
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -32,16 +34,18 @@ if TYPE_CHECKING:
 
     from opentelemetry import trace
 
-    from stepstone.persistence.plans import AsyncStatements
+    from stepstone.persistence.plans import AsyncStatements, Plan
     from stepstone.persistence.rows import RecordedStep, WaitKind
     from stepstone.runtime._engine import Engine
     from stepstone.runtime._execution import AnyStep
     from stepstone.runtime._journal import Journal
     from stepstone.runtime.definitions import Workflow, _StepBase
 
-__all__ = ["AsyncExecution", "running_on"]
+__all__ = ["AsyncExecution", "current_io", "running_on"]
 
-_IN_STEP: ContextVar[bool] = ContextVar("stepstone_in_step", default=False)
+# The execution whose step body the current task runs: a child run in that body (in the
+# same task) is not inside a step of its own.
+_IN_STEP: ContextVar[AsyncExecution | None] = ContextVar("stepstone_in_step", default=None)
 _AIO: ContextVar[AsyncStatements | None] = ContextVar("stepstone_aio", default=None)
 
 
@@ -54,6 +58,11 @@ def running_on(aio: AsyncStatements) -> Iterator[None]:
         yield
     finally:
         _AIO.reset(token)
+
+
+def current_io() -> AsyncStatements | None:
+    """The async pool async executions in this task do their I/O with (`running_on`)."""
+    return _AIO.get()
 
 
 class AsyncExecution(Execution):
@@ -77,11 +86,11 @@ class AsyncExecution(Execution):
     @property
     def in_step(self) -> bool:
         """Whether the current task runs a step's body."""
-        return _IN_STEP.get()
+        return _IN_STEP.get() is self
 
     @in_step.setter
     def in_step(self, value: bool) -> None:
-        _IN_STEP.set(value)
+        _IN_STEP.set(self if value else None)
 
     def bind(self) -> None:
         """The execution starts running in this task: its steps are called on its loop,
@@ -112,7 +121,7 @@ class AsyncExecution(Execution):
         )
 
     def run_async_step(
-        self, step: _StepBase[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, step: _StepBase[Any, Any] | AnyStep, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
         """Take the step's position now (call order), and return the coroutine that replays
         its record or runs it."""
@@ -131,14 +140,18 @@ class AsyncExecution(Execution):
             return self._replayed(recorded, step)
         return self._run_async(step, seq, args, kwargs)
 
+    def _bound(self) -> AsyncStatements:
+        aio = self.aio
+        assert aio is not None  # noqa: S101 - bound before its body runs
+        return aio
+
     async def _replayed(self, recorded: RecordedStep, step: AnyStep) -> Any:
         return self._replay(recorded, step)
 
     async def _run_async(
         self, step: AnyStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        aio = self.aio
-        assert aio is not None  # noqa: S101 - bound before its body runs
+        aio = self._bound()
         if self._cancel is not None or self.engine.stopping:
             await adrive(self._check_stop_plan(), aio)
         ok, value = await adrive(self._run_new(step, seq, args, kwargs), aio)
@@ -158,13 +171,76 @@ class AsyncExecution(Execution):
                 "on its loop)"
             )
 
-    # -- not yet for async workflows ---------------------------------------------------------
+    def _check_caller(self, what: str) -> None:
+        self._check_loop(what)
 
-    def _not_yet(self, what: str) -> NoReturn:
+    # -- waits, messages, children and continue-as-new ---------------------------------------
+    # The same plans as the sync driver's, awaited; their sync entry points are refused
+    # (their I/O would block the event loop).
+
+    async def wait_async(
+        self,
+        kind: WaitKind,
+        waiting: dict[str, Any],
+        seconds: float | None,
+        until: dt.datetime | None,
+    ) -> Any:
+        """`Execution.wait`, awaited."""
+        return await adrive(self.wait_plan(kind, waiting, seconds, until), self._bound())
+
+    async def wait_state_async(self, target: str, key: str, seconds: float | None) -> Any:
+        """`Execution.wait_state`, awaited."""
+        return await adrive(self.wait_state_plan(target, key, seconds), self._bound())
+
+    async def await_execution_async(
+        self, target: str
+    ) -> tuple[str, str | None, dict[str, Any] | None]:
+        """`Execution.await_execution`, awaited."""
+        return await adrive(self.await_plan(target), self._bound())
+
+    async def continue_as_new_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> NoReturn:
+        """`Execution.continue_as_new`, awaited."""
+        await adrive(self.continue_plan(args, kwargs), self._bound())
+        raise AssertionError  # the plan never returns
+
+    async def send_async(self, send: Callable[[str], Plan[None]]) -> None:
+        """`Execution.send`, awaited: the send is a step of this workflow."""
+        key = self._send_key()
+        step = _SendStep(lambda: adrive(send(key), self._bound()), is_async=True)
+        await self.run_async_step(step, (), {})
+
+    def run_child_async(
+        self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """An async workflow called from this one: its child, recorded at the position it was
+        called at (taken now, like a step's). It runs in this task when it can; when it
+        waits or goes on elsewhere, this execution waits for it durably and unwinds
+        (Suspended) until it has ended."""
+        child_id = workflow.options.workflow_id or self._child_id(self.journal.seq)
+        engine = self.engine
+
+        async def run() -> Any:
+            try:
+                try:
+                    return await engine.run_async(
+                        workflow, child_id, args, kwargs, self.workflow_id, waiter=self
+                    )
+                except (Suspended, OwnershipLost):
+                    return await engine.await_outcome_async(
+                        child_id, None, workflow.fn, waiter=self
+                    )
+            except PersistenceError as exc:
+                raise self._interrupted(f"starting or finding child {child_id!r}", exc) from exc
+
+        step = _ChildStep(workflow.name, run, workflow.fn, is_async=True)
+        return self.run_async_step(step, (), {})
+
+    def _sync_refused(self, called: str, instead: str) -> NoReturn:
         raise UsageError(
-            f"{what} was called from async workflow {self.workflow.name!r} "
-            f"({self.workflow_id!r}): async workflows do not support it yet; use a sync "
-            "workflow for it"
+            f"{called} was called from async workflow {self.workflow.name!r} "
+            f"({self.workflow_id!r}): its I/O would block the event loop; {instead}"
         )
 
     def wait(
@@ -174,18 +250,32 @@ class AsyncExecution(Execution):
         seconds: float | None,
         until: dt.datetime | None,
     ) -> Any:
-        self._not_yet(f"stepstone.{kind}()")
+        self._sync_refused(f"stepstone.{kind}()", f"`await stepstone.{kind}_async(...)` instead")
+
+    def wait_state(self, target: str, key: str, seconds: float | None) -> Any:
+        self._sync_refused(
+            f"waiting for state key {key!r} of {target!r}",
+            "`await stepstone.wait_state_async(...)` instead",
+        )
 
     def await_execution(self, target: str) -> tuple[str, str | None, dict[str, Any] | None]:
-        self._not_yet(f"waiting for workflow {target!r}")
+        self._sync_refused(f"waiting for workflow {target!r}", "await it instead")
 
-    def send(self, send: Callable[[str], None]) -> None:
-        self._not_yet("Runtime.send()")
+    def send(self, send: Callable[[str], Plan[None]]) -> None:
+        self._sync_refused("rt.send()", "`await rt.send_async(...)` instead")
 
     def run_child(
         self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        self._not_yet(f"workflow {workflow.name!r} (as a child)")
+        raise UsageError(
+            f"workflow {workflow.name!r} is a plain `def`, called from async workflow "
+            f"{self.workflow.name!r} ({self.workflow_id!r}): a plain workflow's call returns "
+            "its result, so it would block the event loop until the child ended. Make "
+            f"{workflow.name!r} `async def` and await it, or start it with rt.start_async() "
+            "and an explicit workflow id"
+        )
 
     def continue_as_new(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
-        self._not_yet("stepstone.continue_as_new()")
+        self._sync_refused(
+            "stepstone.continue_as_new()", "`await stepstone.continue_as_new_async(...)` instead"
+        )

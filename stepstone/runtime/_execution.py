@@ -45,7 +45,7 @@ from stepstone.errors import (
 from stepstone.persistence.ids import MAX_WORKFLOW_ID_LENGTH, check_state_key
 from stepstone.persistence.plans import drive
 from stepstone.persistence.recorded_errors import encode_error, error_summary, rebuild_error
-from stepstone.persistence.rows import RecordedStep, WaitKind, WaitRequest
+from stepstone.persistence.rows import RecordedStep, WaitKind, WaitOutcome, WaitRequest
 from stepstone.runtime._journal import now, retry_note
 from stepstone.runtime._requests import Sleep, StepBody, run_body
 from stepstone.runtime._signatures import check_arguments, check_decodable, function_types
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from contextvars import Token
     from types import FrameType
 
-    from stepstone.persistence.plans import Plan
+    from stepstone.persistence.plans import Plan, Statement
     from stepstone.persistence.rows import StepCommit
     from stepstone.runtime._engine import Engine
     from stepstone.runtime._journal import Journal
@@ -86,12 +86,19 @@ class _ChildStep:
 
     kind: Literal["workflow"] = "workflow"
     retry: RetryPolicy = NO_RETRY
-    is_async = False
 
-    def __init__(self, name: str, run: Callable[..., Any], declared: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: Callable[..., Any],
+        declared: Callable[..., Any],
+        *,
+        is_async: bool = False,
+    ) -> None:
         self.name = name
         self.fn = run
         self.declared = declared  # the child's function: its result's annotation
+        self.is_async = is_async  # `run` returns a coroutine (an async parent's)
 
 
 class _SendStep:
@@ -100,10 +107,10 @@ class _SendStep:
     kind: Literal["send"] = "send"
     name = "send"
     retry: RetryPolicy = NO_RETRY
-    is_async = False
 
-    def __init__(self, run: Callable[[], None]) -> None:
-        self.fn: Callable[..., None] = run
+    def __init__(self, run: Callable[[], Any], *, is_async: bool = False) -> None:
+        self.fn: Callable[..., Any] = run
+        self.is_async = is_async  # `run` returns a coroutine (an async workflow's)
 
 
 if TYPE_CHECKING:
@@ -198,6 +205,10 @@ class Execution:
             f"await the {step.kind}, or make the {step.kind} a plain `def`"
         )
 
+    def _check_caller(self, what: str) -> None:
+        """UsageError unless called where this execution runs (its thread)."""
+        self._check_thread(what)
+
     def _check_thread(self, what: str) -> None:
         if threading.get_ident() != self.thread:
             raise UsageError(
@@ -219,18 +230,28 @@ class Execution:
         """A sleep, a receive or a wait for another execution's state at the next position:
         on replay its recorded outcome; else one statement that either completes it now or
         records the execution WAITING, and then unwinds it (Suspended) until it is due."""
+        return drive(self.wait_plan(kind, waiting, seconds, until), self.io)
+
+    def wait_plan(
+        self,
+        kind: WaitKind,
+        waiting: dict[str, Any],
+        seconds: float | None,
+        until: dt.datetime | None,
+    ) -> Plan[Any]:
+        """`wait` written once for both drivers."""
         if self.in_step:
             raise UsageError(
                 f"stepstone.{kind}() was called inside the body of a step of workflow "
                 f"{self.workflow_id!r}: waits belong to the workflow body (a replay skips step "
                 "bodies); call it there"
             )
-        self._check_thread(f"stepstone.{kind}()")
+        self._check_caller(f"stepstone.{kind}()")
         seq, recorded = self.journal.next_step(kind, _call_site)
         if recorded is not None:
             return self._replay(recorded)
         if self._cancel is not None or self.engine.stopping:
-            self._check_stop()
+            yield from self._check_stop_plan()
         changed, deleted = self._state_delta()
         request = WaitRequest(
             self.workflow_id,
@@ -246,7 +267,9 @@ class Execution:
             changed,
             deleted,
         )
-        outcome = self._write(f"recording a {kind}", self.store.wait, request)
+        outcome: WaitOutcome = yield from self._write(
+            f"recording a {kind}", self.store.wait_statement(request)
+        )
         if not outcome.resolved:
             when = f"until {outcome.wake_at.isoformat()}" if outcome.wake_at else "with no timeout"
             self._suspend(f"in a {kind} at step {seq}, {when}", outcome.wake_in)
@@ -259,21 +282,29 @@ class Execution:
         """Wait, durably, until execution `target` has committed state key `key`: its value
         (see `wait`; StateTimeout after `seconds`, StateNotSet if `target` ends without
         it, WorkflowNotFound if there is no `target`: each recorded)."""
+        return drive(self.wait_state_plan(target, key, seconds), self.io)
+
+    def wait_state_plan(self, target: str, key: str, seconds: float | None) -> Plan[Any]:
+        """`wait_state` written once for both drivers."""
         if target == self.workflow_id:
             raise UsageError(
                 f"workflow {self.workflow_id!r} waits for its own state key {key!r}, which "
                 "cannot change while it waits: read it with stepstone.current().state"
             )
-        return self.wait("wait_state", {"target": target, "key": key}, seconds, None)
+        return (
+            yield from self.wait_plan("wait_state", {"target": target, "key": key}, seconds, None)
+        )
 
     def await_execution(self, target: str) -> tuple[str, str | None, dict[str, Any] | None]:
         """Wait, durably, for execution `target` to end: its (status, output, error) if it
         has, else this execution is recorded WAITING on it and unwinds (Suspended); the
         end of `target` makes it due, and the replay comes back here."""
+        return drive(self.await_plan(target), self.io)
+
+    def await_plan(self, target: str) -> Plan[tuple[str, str | None, dict[str, Any] | None]]:
+        """`await_execution` written once for both drivers."""
         state = self._state_delta()
-        ended = self._write(
-            f"waiting for {target!r}",
-            self.store.await_execution,
+        statement = self.store.await_statement(
             self.workflow_id,
             self.journal.owner,
             self.journal.epoch,
@@ -281,24 +312,29 @@ class Execution:
             target,
             state,
         )
+        ended = yield from self._write(f"waiting for {target!r}", statement)
         if ended is None:
             self._suspend(f"for workflow {target!r} to end", None)
-        return ended
+        found: tuple[str, str | None, dict[str, Any] | None] = ended
+        return found
 
     def _suspend(self, what: str, wake_in: float | None) -> NoReturn:
         waits = Suspended(self.workflow_id, what, wake_in)
         self.journal.doom(waits)
         raise waits
 
-    def send(self, send: Callable[[str], None]) -> None:
+    def send(self, send: Callable[[str], Plan[None]]) -> None:
         """A message sent from the workflow: recorded like a step, so it is sent once even
-        when the workflow is replayed. `send(key)` stores it with an idempotency key unique
-        to this position, so a send re-run after a crash before its record stores nothing
-        new."""
-        key = f"{self.workflow_id}#{self.journal.seq}"
+        when the workflow is replayed. `send(key)` is the plan that stores it with an
+        idempotency key unique to this position, so a send re-run after a crash before its
+        record stores nothing new."""
+        key = self._send_key()
+        self.run_step(_SendStep(lambda: drive(send(key), self.io)), (), {})
+
+    def _send_key(self) -> str:
         if self.run > 1:
-            key = f"{self.workflow_id}#r{self.run}#{self.journal.seq}"
-        self.run_step(_SendStep(lambda: send(key)), (), {})
+            return f"{self.workflow_id}#r{self.run}#{self.journal.seq}"
+        return f"{self.workflow_id}#{self.journal.seq}"
 
     def run_child(
         self, workflow: Workflow[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -324,6 +360,27 @@ class Execution:
         result: R = self.run_step(_ChildStep(workflow.name, run, workflow.fn), (), {})
         return result
 
+    def run_child_async(
+        self,
+        workflow: Workflow[Any, Any],
+        args: tuple[Any, ...],  # noqa: ARG002 - refused whatever the arguments
+        kwargs: dict[str, Any],  # noqa: ARG002
+    ) -> Any:
+        """An async workflow called from this (sync) workflow: refused."""
+        raise UsageError(
+            f"async workflow {workflow.name!r} was called from workflow "
+            f"{self.workflow.name!r} ({self.workflow_id!r}), which is not async: make the "
+            f"workflow `async def` and await the child, or make {workflow.name!r} a plain `def`"
+        )
+
+    async def send_async(self, send: Callable[[str], Plan[None]]) -> None:  # noqa: ARG002
+        """`Runtime.send_async` awaited in this (sync) workflow: refused."""
+        raise UsageError(
+            f"rt.send_async() was awaited in workflow {self.workflow.name!r} "
+            f"({self.workflow_id!r}), which is not async: call rt.send() there, or make the "
+            "workflow `async def`"
+        )
+
     def _child_id(self, seq: int) -> str:
         # Positions restart at 0 in each run: a later run's children need ids of their own.
         local = str(seq) if self.run == 1 else f"r{self.run}/{seq}"
@@ -340,13 +397,18 @@ class Execution:
         SerializationError, and the workflow goes on, as if it had not called); then one
         fenced statement replaces the history, and ContinuedAsNew unwinds the body (the
         engine runs the next run)."""
+        drive(self.continue_plan(args, kwargs), self.io)
+        raise AssertionError  # the plan never returns
+
+    def continue_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[NoReturn]:
+        """`continue_as_new` written once for both drivers."""
         what = f"stepstone.continue_as_new() of workflow {self.workflow_id!r}"
         if self.in_step:
             raise UsageError(
                 f"{what} was called inside the body of a step: a replay skips step bodies, so "
                 "call it from the workflow body (with the step's result)"
             )
-        self._check_thread("stepstone.continue_as_new()")
+        self._check_caller("stepstone.continue_as_new()")
         outcome = "it did not continue as new"
         check_arguments(self.workflow.fn, self.workflow.name, args, kwargs, outcome)
         run = self.run + 1
@@ -367,17 +429,11 @@ class Execution:
             self.journal.doom(diverged)
             raise diverged
         if self._cancel is not None or self.engine.stopping:
-            self._check_stop()
-        record = self._write(
-            f"continuing as new (run {run})",
-            self.store.continue_as_new,
-            self.workflow_id,
-            self.journal.owner,
-            self.journal.epoch,
-            seq,
-            inputs,
-            run,
+            yield from self._check_stop_plan()
+        statement = self.store.continue_as_new_statement(
+            self.workflow_id, self.journal.owner, self.journal.epoch, seq, inputs, run
         )
+        record = yield from self._write(f"continuing as new (run {run})", statement)
         signal = ContinuedAsNew(self.workflow_id, run, record)
         self.journal.doom(signal)
         raise signal
@@ -681,11 +737,11 @@ class Execution:
             seq, step.name, step.kind, output, recorded_error, attempts, started, retries, state
         )
 
-    def _write(self, what: str, write: Callable[..., T], *args: Any) -> T:
-        """One fenced write of this execution: fenced out or cancelled, the execution is
-        doomed with that signal; a database failure is an interruption."""
+    def _write(self, what: str, statement: Statement) -> Plan[Any]:
+        """One fenced write of this execution (its result): fenced out or cancelled, the
+        execution is doomed with that signal; a database failure is an interruption."""
         try:
-            return write(*args)
+            return (yield statement)
         except HandedBack as signal:
             self.journal.doom(signal)
             raise

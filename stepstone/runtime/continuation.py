@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from stepstone.errors import StepOutsideWorkflow
+from stepstone.errors import StepOutsideWorkflow, UsageError
 from stepstone.runtime.context import _CURRENT
 
-__all__ = ["continue_as_new"]
+__all__ = ["continue_as_new", "continue_as_new_async"]
 
 
 def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
@@ -28,11 +28,37 @@ def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
     they cannot be, UsageError (or SerializationError) is raised here, nothing is written
     and the workflow goes on. The switch is one transaction, so a crash leaves either the
     old run (whose replay reaches this call again) or the new one, never a mix."""
+    _execution(awaited=False).continue_as_new(args, kwargs)
+    raise AssertionError  # it never returns
+
+
+async def continue_as_new_async(*args: Any, **kwargs: Any) -> NoReturn:
+    """`continue_as_new`, awaited in an async workflow: the same checks, and the same one
+    transaction, on the async pool. It never returns (the workflow's task goes on with the
+    new run)."""
+    await _execution(awaited=True).continue_as_new_async(args, kwargs)
+    raise AssertionError  # it never returns
+
+
+def _execution(*, awaited: bool) -> Any:
+    called = "continue_as_new_async" if awaited else "continue_as_new"
     execution = _CURRENT.get()
     if execution is None:
         raise StepOutsideWorkflow(
-            "stepstone.continue_as_new() was called outside a workflow: call it from the body "
+            f"stepstone.{called}() was called outside a workflow: call it from the body "
             "of a function decorated with @rt.workflow() (to start a new execution from "
             "outside, use rt.start())"
         )
-    execution.continue_as_new(args, kwargs)
+    if execution.workflow.is_async and not awaited:
+        raise UsageError(
+            f"stepstone.continue_as_new() was called from async workflow "
+            f"{execution.workflow.name!r} ({execution.workflow_id!r}): it would block the "
+            "event loop; use `await stepstone.continue_as_new_async(...)` instead"
+        )
+    if awaited and not execution.workflow.is_async:
+        raise UsageError(
+            f"stepstone.continue_as_new_async() was awaited in workflow "
+            f"{execution.workflow.name!r} ({execution.workflow_id!r}), which is not async: "
+            "call stepstone.continue_as_new() there, or make the workflow `async def`"
+        )
+    return execution

@@ -25,6 +25,7 @@ from stepstone._version import __version__
 from stepstone.errors import ConfigurationError, DuplicateRegistration, UsageError
 from stepstone.persistence.ids import check_text, check_workflow_id
 from stepstone.persistence.notifications import Listener
+from stepstone.persistence.plans import adrive, drive
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
 from stepstone.recovery.heartbeat import Heartbeat
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
     from stepstone.persistence.executors import ExecutorSession
     from stepstone.persistence.listing import ExecutionFilter, ExecutionPage
+    from stepstone.persistence.plans import Plan
     from stepstone.persistence.rows import HealthStatus
 
 __all__ = ["DEFAULT_GRACE", "Runtime", "TransactionDecorator", "default_executor_id"]
@@ -624,22 +626,51 @@ class Runtime:
         execution = _CURRENT.get()
         if execution is not None and conn is None and not execution.in_step:
             execution.send(
-                lambda key: self._send(workflow_id, topic, payload, idempotency_key or key, None)
+                lambda key: self._send_plan(workflow_id, topic, payload, idempotency_key or key)
             )
             return
-        self._send(workflow_id, topic, payload, idempotency_key, conn)
+        if conn is not None:
+            _, stored = self.store.send(
+                workflow_id,
+                topic,
+                payload,
+                idempotency_key=idempotency_key,
+                sender=self.executor_id,
+                conn=conn,
+            )
+            if stored:
+                self.telemetry.message_sent()
+            return
+        drive(self._send_plan(workflow_id, topic, payload, idempotency_key), self.store.io)
 
-    def _send(
+    async def send_async(
         self,
         workflow_id: str,
-        topic: str,
-        payload: str,
-        key: str | None,
-        conn: psycopg.Connection[Any] | None,
+        message: Any,
+        *,
+        topic: str = "",
+        idempotency_key: str | None = None,
     ) -> None:
-        _, stored = self.store.send(
-            workflow_id, topic, payload, idempotency_key=key, sender=self.executor_id, conn=conn
+        """`send`, awaited: in an async workflow's body recorded like a step (sent once,
+        even on replay); elsewhere one statement on the async pool (NotLaunched before
+        `await rt.launch_async()`)."""
+        self._engine.check_readable("rt.send_async()")
+        payload = self.store.encode_message(workflow_id, topic, message, idempotency_key)
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step:
+            await execution.send_async(
+                lambda key: self._send_plan(workflow_id, topic, payload, idempotency_key or key)
+            )
+            return
+        aio = self._engine.async_io("rt.send_async()")
+        await adrive(self._send_plan(workflow_id, topic, payload, idempotency_key), aio)
+
+    def _send_plan(self, workflow_id: str, topic: str, payload: str, key: str | None) -> Plan[None]:
+        """One send on a pooled connection, written once for both drivers."""
+        statement = self.store.send_statement(
+            workflow_id, topic, payload, idempotency_key=key, sender=self.executor_id
         )
+        _, stored = yield statement
         if stored:
             self.telemetry.message_sent()
 

@@ -1,5 +1,6 @@
 """Durable waits, called from a workflow body: `sleep`, `sleep_until`, `recv` and
-`wait_state`.
+`wait_state`, and their async twins (`sleep_async`...), awaited in an async workflow's
+body: the same checks and the same plans, driven on the async pool.
 
 A wait that is not over when it is reached is recorded in one commit (the execution is
 then WAITING, with no owner), and the workflow unwinds: its thread is free at once. When the
@@ -19,7 +20,18 @@ from stepstone.errors import StepOutsideWorkflow, UsageError
 from stepstone.persistence.ids import check_state_key, check_topic, check_workflow_id
 from stepstone.runtime.context import _CURRENT
 
-__all__ = ["as_seconds", "check_state_wait", "recv", "sleep", "sleep_until", "wait_state"]
+__all__ = [
+    "as_seconds",
+    "check_state_wait",
+    "recv",
+    "recv_async",
+    "sleep",
+    "sleep_async",
+    "sleep_until",
+    "sleep_until_async",
+    "wait_state",
+    "wait_state_async",
+]
 
 MAX_WAIT_SECONDS = 100 * 365 * 24 * 3600
 
@@ -34,11 +46,7 @@ def sleep(seconds: float | dt.timedelta) -> None:
 def sleep_until(deadline: dt.datetime) -> None:
     """Wait until `deadline` (an aware datetime), durably; a deadline already passed
     returns at once."""
-    if not isinstance(deadline, dt.datetime) or deadline.utcoffset() is None:
-        raise UsageError(
-            f"sleep_until() needs an aware datetime (with a time zone), got {deadline!r}: "
-            "use e.g. datetime.now(UTC) + timedelta(hours=1)"
-        )
+    _check_deadline(deadline, "sleep_until()")
     _execution("sleep_until").wait("sleep", {}, None, deadline)
 
 
@@ -63,6 +71,35 @@ def wait_state(workflow_id: str, key: str, timeout: float | dt.timedelta | None 
     return _execution("wait_state").wait_state(target, key, limit)
 
 
+async def sleep_async(seconds: float | dt.timedelta) -> None:
+    """`sleep`, awaited in an async workflow: the task is free at once, and the workflow
+    holds no task while it sleeps."""
+    length = _seconds(seconds, "sleep_async()")
+    await _execution("sleep", awaited=True).wait_async("sleep", {}, length, None)
+
+
+async def sleep_until_async(deadline: dt.datetime) -> None:
+    """`sleep_until`, awaited in an async workflow."""
+    _check_deadline(deadline, "sleep_until_async()")
+    await _execution("sleep_until", awaited=True).wait_async("sleep", {}, None, deadline)
+
+
+async def recv_async(topic: str = "", timeout: float | dt.timedelta | None = None) -> Any:
+    """`recv`, awaited in an async workflow (messages come from `Runtime.send_async`, or
+    any send)."""
+    check_topic(topic)
+    limit = None if timeout is None else _seconds(timeout, "recv_async(timeout=...)")
+    return await _execution("recv", awaited=True).wait_async("recv", {"topic": topic}, limit, None)
+
+
+async def wait_state_async(
+    workflow_id: str, key: str, timeout: float | dt.timedelta | None = None
+) -> Any:
+    """`wait_state`, awaited in an async workflow."""
+    target, key, limit = check_state_wait(workflow_id, key, timeout)
+    return await _execution("wait_state", awaited=True).wait_state_async(target, key, limit)
+
+
 def check_state_wait(
     workflow_id: object, key: object, timeout: float | dt.timedelta | None
 ) -> tuple[str, str, float | None]:
@@ -71,13 +108,40 @@ def check_state_wait(
     return check_workflow_id(workflow_id), check_state_key(key), limit
 
 
-def _execution(what: str) -> Any:
+def _check_deadline(deadline: object, what: str) -> None:
+    if not isinstance(deadline, dt.datetime) or deadline.utcoffset() is None:
+        raise UsageError(
+            f"{what} needs an aware datetime (with a time zone), got {deadline!r}: "
+            "use e.g. datetime.now(UTC) + timedelta(hours=1)"
+        )
+
+
+def _execution(what: str, *, awaited: bool = False) -> Any:
+    """The execution whose body calls `stepstone.<what>()` (or its `_async` twin when
+    `awaited`): StepOutsideWorkflow outside one, UsageError in a workflow of the other
+    flavour (a sync wait would block an async workflow's event loop; an async one cannot
+    run in a sync workflow's thread)."""
+    called = f"{what}_async" if awaited else what
     execution = _CURRENT.get()
     if execution is None:
         instead = "rt.wait_state()" if what == "wait_state" else "time.sleep"
+        if awaited and what != "wait_state":
+            instead = "asyncio.sleep"
         raise StepOutsideWorkflow(
-            f"stepstone.{what}() was called outside a workflow: waits are durable only in a "
+            f"stepstone.{called}() was called outside a workflow: waits are durable only in a "
             f"workflow body (use {instead} outside one)"
+        )
+    if execution.workflow.is_async and not awaited:
+        raise UsageError(
+            f"stepstone.{what}() was called from async workflow {execution.workflow.name!r} "
+            f"({execution.workflow_id!r}): it would block the event loop; use "
+            f"`await stepstone.{what}_async(...)` instead"
+        )
+    if awaited and not execution.workflow.is_async:
+        raise UsageError(
+            f"stepstone.{called}() was awaited in workflow {execution.workflow.name!r} "
+            f"({execution.workflow_id!r}), which is not async: call stepstone.{what}() there, "
+            "or make the workflow `async def`"
         )
     return execution
 

@@ -254,6 +254,58 @@ def test_async_workflow_costs_what_the_sync_one_costs(counted_rt: Runtime, meter
         assert not any(q.upper() in ("BEGIN", "COMMIT") for q in cost.statements)
 
 
+def test_async_waits_and_sends_cost_what_the_sync_ones_cost(
+    counted_rt: Runtime, meter: Meter
+) -> None:
+    """In an async workflow, a sleep that is over and a receive whose message is there
+    cost one statement, one round trip and one commit each (as in a sync one), and a send
+    one statement besides its step record; rt.send_async outside a workflow is one
+    statement."""
+
+    @counted_rt.workflow()
+    async def short_sleep() -> None:
+        await stepstone.sleep_async(0)
+
+    @counted_rt.workflow()
+    async def talker() -> Any:
+        me = stepstone.current().workflow_id
+        await counted_rt.send_async(me, "hi", topic="m")
+        return await stepstone.recv_async("m")
+
+    @counted_rt.workflow()
+    async def listener() -> Any:
+        return await stepstone.recv_async("never", timeout=3600)
+
+    async def main() -> list[Cost]:
+        costs = []
+        async with counted_rt:
+            handle = await counted_rt.start_async(listener)
+            for _ in range(8):  # psycopg prepares each statement on its sixth execution
+                await short_sleep()
+                await talker()
+                await counted_rt.send_async(handle.workflow_id, 1, topic="other")
+            meter.begin()
+            await short_sleep()
+            costs.append(meter.end())
+            meter.begin()
+            assert await talker() == "hi"
+            costs.append(meter.end())
+            meter.begin()
+            await counted_rt.send_async(handle.workflow_id, 1, topic="other")
+            costs.append(meter.end())
+        return costs
+
+    sleep, talk, send = asyncio.run(main())
+    assert (sleep.total_statements, sleep.round_trips, sleep.transactions) == (3, 3, 3)
+    assert _only(sleep, "wait_v2") == 1
+    assert (talk.total_statements, talk.round_trips, talk.transactions) == (5, 5, 5)
+    assert _only(talk, "send_v1") == 1
+    assert _only(talk, "commit_step") == 1
+    assert _only(talk, "wait_v2") == 1
+    assert (send.total_statements, send.round_trips, send.transactions) == (1, 1, 1)
+    assert _only(send, "send_v1") == 1
+
+
 def test_async_transaction_step_adds_no_round_trip_to_the_users_transaction(
     counted_rt: Runtime, meter: Meter
 ) -> None:

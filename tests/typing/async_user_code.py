@@ -68,3 +68,20 @@ def started_from_sync_code() -> str:
     handle = rt.start(checkout.with_options(workflow_id="o-4"), Order("o-4", 400))
     receipt: str = handle.result(timeout=30)
     return receipt
+
+
+@rt.workflow()
+async def refund(order: Order) -> str:
+    return f"refunded {order.order_id}"
+
+
+@rt.workflow()
+async def patient(order: Order, rounds: int = 0) -> str:
+    await stepstone.sleep_async(60)
+    approval: Any = await stepstone.recv_async("approval", timeout=5)
+    stage: Any = await stepstone.wait_state_async("o-1", "left", timeout=5)
+    await rt.send_async("o-1", {"approved": approval, "stage": stage}, topic="t")
+    refunded: str = await refund(order)
+    if rounds < 3:
+        await stepstone.continue_as_new_async(order, rounds + 1)
+    return refunded
