@@ -9,6 +9,7 @@ from psycopg.types.json import Jsonb
 
 from stepstone.errors import UsageError, WorkflowNotFound
 from stepstone.persistence.ids import check_text, check_topic, check_workflow_id
+from stepstone.persistence.plans import Statement
 from stepstone.persistence.rows import (
     ReceivedMessage,
     UnreadMessages,
@@ -128,26 +129,32 @@ class WaitStore:
         `conn`, in that connection's transaction: it is sent when the caller commits, and
         not at all if it rolls back. WorkflowNotFound for an unknown id; UsageError, naming
         its status, for an execution that has ended (nothing is stored)."""
-        params = {
-            "id": execution_id,
-            "topic": topic,
-            "payload": payload,
-            "key": idempotency_key,
-            "sender": sender,
-        }
+        if conn is None:
+            sent: tuple[str, bool] = self.send_statement(
+                execution_id, topic, payload, idempotency_key=idempotency_key, sender=sender
+            ).run(self._sql)
+            return sent
+        params = _send_params(execution_id, topic, payload, idempotency_key, sender)
         row = self._sql.one_on(conn, "send", params, f"sending to {execution_id!r}")
-        assert row is not None  # noqa: S101 - the function returns one row
-        status, stored = row
-        if status is None:
-            raise WorkflowNotFound(
-                f"no execution has workflow id {execution_id!r}: the message was not sent"
-            )
-        if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            raise UsageError(
-                f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
-                "so the message was not sent"
-            )
-        return str(status), bool(stored)
+        return _sent(execution_id, row)
+
+    def send_statement(
+        self,
+        execution_id: str,
+        topic: str,
+        payload: str,
+        *,
+        idempotency_key: str | None = None,
+        sender: str | None = None,
+    ) -> Statement:
+        """`send` on a pooled connection, as a request (its result: (status, stored))."""
+        return Statement(
+            self.queries["send"],
+            _send_params(execution_id, topic, payload, idempotency_key, sender),
+            "one",
+            lambda: f"sending to {execution_id!r}",
+            convert=lambda row: _sent(execution_id, row),
+        )
 
     def state_value(self, execution_id: str, key: str) -> tuple[str, str | None] | None:
         """(status, the serialized value of state key `key` or None if it is not set) of an
@@ -174,3 +181,26 @@ class WaitStore:
         that consumed it (payloads are that receive's step output)."""
         rows = self._sql.all("received_messages", {"id": execution_id})
         return [ReceivedMessage(*row) for row in rows]
+
+
+def _send_params(
+    execution_id: str, topic: str, payload: str, key: str | None, sender: str | None
+) -> dict[str, Any]:
+    return {"id": execution_id, "topic": topic, "payload": payload, "key": key, "sender": sender}
+
+
+def _sent(execution_id: str, row: Any) -> tuple[str, bool]:
+    """What a send's row says: (the status the execution had, whether the message was
+    stored); WorkflowNotFound or UsageError (naming its status) when it was not sent."""
+    assert row is not None  # noqa: S101 - the function returns one row
+    status, stored = row
+    if status is None:
+        raise WorkflowNotFound(
+            f"no execution has workflow id {execution_id!r}: the message was not sent"
+        )
+    if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        raise UsageError(
+            f"workflow {execution_id!r} has ended ({status}): it receives no more messages, "
+            "so the message was not sent"
+        )
+    return str(status), bool(stored)
