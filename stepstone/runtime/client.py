@@ -142,7 +142,9 @@ class Client:
         return self.store
 
     def close(self) -> None:
-        """Close the connection pool; the Client cannot be used afterwards."""
+        """Close the connection pool; the Client cannot be used afterwards. (A Client
+        whose async pool was opened is closed with `await client.close_async()`, which
+        closes both.)"""
         with self._lock:
             if self._state == "open":
                 self.store.close()
@@ -173,6 +175,8 @@ class Client:
                 raise
 
     async def _open_aio(self) -> AsyncStatements:
+        if self._state == "closed":
+            raise UsageError("this Client was closed: make a new one")
         if self.store.aio is None:
             await self.open_async()
         return self._async_statements()
@@ -390,7 +394,8 @@ class Client:
         """`send()` for asyncio code: the same checks and errors, one statement on the
         async pool (with `conn`, a psycopg AsyncConnection in a transaction of yours: sent
         when you commit)."""
-        if _CURRENT.get() is not None and idempotency_key is None:
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step and idempotency_key is None:
             raise UsageError(
                 f"Client.send_async to {workflow_id!r} in a workflow would send again on "
                 "replay: use the runtime's rt.send_async(), which records it, or pass an "

@@ -624,13 +624,14 @@ class Runtime:
         self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None
     ) -> Any:
         """`wait_state()` for asyncio code outside a workflow: polled on the async pool,
-        without blocking the event loop (needs `launch_async()`). In an async workflow's
-        body use `await stepstone.wait_state_async(...)`, a durable wait."""
+        without blocking the event loop (needs `launch_async()`); in a step's body too. In
+        a workflow body use `await stepstone.wait_state_async(...)`, a durable wait."""
         self._engine.check_readable("rt.wait_state_async()")
         target, key, limit = check_state_wait(workflow_id, key, timeout)
-        if _CURRENT.get() is not None:
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step:
             raise UsageError(
-                f"rt.wait_state_async() for {target!r} was called inside a workflow: use "
+                f"rt.wait_state_async() for {target!r} was called in a workflow body: use "
                 "`await stepstone.wait_state_async(...)` there, a durable wait"
             )
         aio = self._engine.async_io("rt.wait_state_async()")

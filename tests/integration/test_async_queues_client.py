@@ -13,6 +13,7 @@ import pytest
 import stepstone
 from stepstone import (
     Client,
+    ConfigurationError,
     Deduplicated,
     NotLaunched,
     Runtime,
@@ -55,7 +56,7 @@ def run(rt: Runtime, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 def _query(db: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(db) as conn:
-        cursor = conn.execute(sql)  # type: ignore[arg-type]
+        cursor = conn.execute(sql)
         return cursor.fetchall() if cursor.description else []
 
 
@@ -226,7 +227,7 @@ def test_enqueue_async_in_the_callers_transaction_follows_its_commit(rt: Runtime
             await queue.enqueue_async(job.with_options(workflow_id="committed"), 2, conn=conn)
             await conn.commit()
         with psycopg.connect(db) as sync_conn, pytest.raises(UsageError, match="AsyncConnection"):
-            await queue.enqueue_async(job, 3, conn=sync_conn)  # type: ignore[arg-type]
+            await queue.enqueue_async(job, 3, conn=sync_conn)  # type: ignore[call-overload]
 
     run(rt, main)
     assert _query(db, "SELECT id, status FROM stepstone.executions") == [("committed", "ENQUEUED")]
@@ -386,3 +387,26 @@ def test_a_client_enqueues_async_in_the_callers_transaction(worker: Runtime, db:
 
     asyncio.run(main())
     assert _query(db, "SELECT id FROM stepstone.executions") == [("committed",)]
+
+
+def test_an_async_client_never_migrates_and_a_closed_one_refuses(empty_db: str, db: str) -> None:
+    """`async with Client(...)` on a database without stepstone's tables raises
+    ConfigurationError saying how to create them, and creates nothing; after close_async
+    every async call refuses, saying the Client was closed."""
+
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match=r"has no stepstone tables.*migrate"):
+            async with Client(empty_db):
+                pass
+        client = Client(db)
+        await client.open_async()
+        await client.close_async()
+        with pytest.raises(UsageError, match="was closed"):
+            await client.handle("any").status_async()
+        with pytest.raises(UsageError, match="was closed"):
+            await client.enqueue_async("emails", "send_email", "x")
+
+    asyncio.run(main())
+    assert _query(empty_db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'stepstone'") == [
+        (0,)
+    ]
