@@ -218,7 +218,11 @@ class OnConnection:
         if not isinstance(conn, psycopg.Connection):
             raise UsageError(
                 f"conn must be a psycopg.Connection here, got {conn!r}"
-                + (": use the async call with an AsyncConnection" if _is_async(conn) else "")
+                + (
+                    ": pass it to the async call (`..._async`)"
+                    if isinstance(conn, psycopg.AsyncConnection)
+                    else ""
+                )
             )
         s = self.statement
         try:
@@ -233,7 +237,7 @@ class OnConnection:
         if not isinstance(conn, psycopg.AsyncConnection):
             raise UsageError(
                 f"conn must be a psycopg.AsyncConnection here, got {conn!r}"
-                + (": use the sync call with a Connection" if _is_sync(conn) else "")
+                + (": pass it to the sync call" if isinstance(conn, psycopg.Connection) else "")
             )
         s = self.statement
         try:
@@ -257,11 +261,3 @@ def _fetched(cursor: psycopg.Cursor[Any], fetch: Literal["one", "all"] | None) -
     if fetch == "one":
         return cursor.fetchone()
     return cursor.fetchall() if fetch == "all" else None
-
-
-def _is_async(conn: object) -> bool:
-    return isinstance(conn, psycopg.AsyncConnection)
-
-
-def _is_sync(conn: object) -> bool:
-    return isinstance(conn, psycopg.Connection)

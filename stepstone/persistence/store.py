@@ -423,8 +423,8 @@ class Store(QueueStore, WaitStore):
 
     def load_workflow(self, name: str, version: str | None = None) -> WorkflowRow | None:
         """A registered definition: the given version, or the most recently seen one."""
-        row = self._sql.one("load_workflow", {"name": name, "version": version})
-        return WorkflowRow(*row) if row else None
+        found: WorkflowRow | None = self.load_workflow_statement(name, version).run(self._sql)
+        return found
 
     # -- the hot path ------------------------------------------------------------------------
 
@@ -767,8 +767,8 @@ class Store(QueueStore, WaitStore):
 
     def get_state(self, execution_id: str) -> dict[str, Any]:
         """The latest committed state of an execution (empty if it has none or does not exist)."""
-        rows = self._sql.all("get_state", {"id": execution_id})
-        return {key: self.decode(value) for key, value in rows}
+        state: dict[str, Any] = self.state_statement(execution_id).run(self._sql)
+        return state
 
     def require_state(self, execution_id: str) -> dict[str, Any]:
         """As `get_state`, but WorkflowNotFound for an id no execution has (the status is

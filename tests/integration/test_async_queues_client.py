@@ -212,7 +212,8 @@ def test_enqueue_async_needs_the_async_pool(rt: Runtime, db: str) -> None:
 
 def test_enqueue_async_in_the_callers_transaction_follows_its_commit(rt: Runtime, db: str) -> None:
     """With conn= (an AsyncConnection in a transaction), a rolled-back enqueue leaves
-    nothing and a committed one is there; a sync connection is refused, naming it."""
+    nothing and a committed one is there; a connection of the other kind is refused, sync
+    or async, naming it."""
     queue = rt.queue("q")
     rt.serve()
 
@@ -226,6 +227,8 @@ def test_enqueue_async_in_the_callers_transaction_follows_its_commit(rt: Runtime
             await conn.rollback()
             await queue.enqueue_async(job.with_options(workflow_id="committed"), 2, conn=conn)
             await conn.commit()
+            with pytest.raises(UsageError, match="pass it to the async call"):
+                queue.enqueue(job, 4, conn=conn)  # type: ignore[call-overload]
         with psycopg.connect(db) as sync_conn, pytest.raises(UsageError, match="AsyncConnection"):
             await queue.enqueue_async(job, 3, conn=sync_conn)  # type: ignore[call-overload]
 
