@@ -314,6 +314,25 @@ def test_a_client_does_everything_async_against_a_worker(worker: Runtime, db: st
     assert logs[0] == ("execution_enqueued", "async-client")
 
 
+def test_a_client_and_a_runtime_share_one_event_loop(rt: Runtime, db: str) -> None:
+    """A Client in the event loop of a runtime launched with launch_async enqueues by name;
+    the runtime's dispatcher runs the execution, and both handles await its result."""
+    rt.queue("shared")
+
+    @rt.workflow(name="square")
+    def square(n: int) -> int:
+        return n * n
+
+    async def main() -> tuple[Any, int, str]:
+        async with Client(db) as client:
+            handle = await client.enqueue_async("shared", "square", 7, workflow_id="sq-7")
+            from_client = await handle.result_async(timeout=30)
+        from_runtime: int = await rt.handle("sq-7").result_async(timeout=30)
+        return from_client, from_runtime, await rt.handle("sq-7").status_async()
+
+    assert run(rt, main) == (49, 49, "SUCCEEDED")
+
+
 def test_a_clients_async_calls_raise_what_its_sync_calls_raise(worker: Runtime, db: str) -> None:
     """An unknown queue, an unregistered workflow or version, an argument that cannot be
     stored, a dedup key taken, an unknown id, a send to an ended execution and a failed
