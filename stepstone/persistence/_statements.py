@@ -125,6 +125,7 @@ class AsyncStatements:
         self.pool = pool
         self.opened = False
         self._sync = sync  # its error mapping
+        self.where = sync.where
 
     async def run(
         self,
@@ -164,4 +165,4 @@ class AsyncStatements:
                 f"{described(action)} failed: the store's async pool is closed (call "
                 "open_async(); Runtime.launch_async() does)"
             ) from exc
-        raise outage(exc, described(action), self._sync.where) from exc
+        raise outage(exc, described(action), self.where) from exc

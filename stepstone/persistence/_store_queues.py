@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from stepstone.errors import UsageError
+from stepstone.persistence.plans import Statement, on_connection
 from stepstone.persistence.rows import (
     DispatchResult,
     EnqueueRequest,
@@ -66,6 +67,13 @@ class QueueStore:
         rolls back. With `registered`, only a definition some worker registered
         (`save_workflow`) is enqueued: `request.workflow_version`, or with None the version
         of that name seen most recently; otherwise the outcome is "no_workflow"."""
+        statement = self.enqueue_statement(request, registered=registered)
+        result: EnqueueResult = on_connection(conn, statement).run(self._sql)
+        return result
+
+    def enqueue_statement(self, request: EnqueueRequest, *, registered: bool = False) -> Statement:
+        """`enqueue` as a request (its result: an EnqueueResult), for either driver; run it
+        on the caller's connection with `plans.on_connection`."""
         if request.workflow_version is None and not registered:
             raise UsageError(
                 f"enqueuing {request.id!r} needs a workflow version, or registered=True"
@@ -86,11 +94,13 @@ class QueueStore:
             "attributes": Jsonb(request.attributes) if request.attributes else None,
             "actor": request.actor,
         }
-        query = "enqueue_registered" if registered else "enqueue"
-        row = self._sql.one_on(conn, query, params, f"enqueuing {request.id!r}")
-        if row is None:  # only a registered-only enqueue returns no row
-            return EnqueueResult("no_workflow", None, None, None)
-        return EnqueueResult(*row)
+        return Statement(
+            self.queries["enqueue_registered" if registered else "enqueue"],
+            params,
+            "one",
+            lambda: f"enqueuing {request.id!r}",
+            convert=_enqueue_result,
+        )
 
     def dispatch(
         self,
@@ -120,6 +130,12 @@ class QueueStore:
         ]
         next_in = next((row[11] for row in rows if row[0] == "next"), None)
         return DispatchResult(claimed, next_in)
+
+
+def _enqueue_result(row: Any) -> EnqueueResult:
+    if row is None:  # only a registered-only enqueue returns no row
+        return EnqueueResult("no_workflow", None, None, None)
+    return EnqueueResult(*row)
 
 
 def split_registered(registered: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:

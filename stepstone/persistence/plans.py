@@ -17,12 +17,17 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+import psycopg
+from psycopg.rows import tuple_row
+
+from stepstone.errors import UsageError
+from stepstone.persistence._driver_errors import outage
 from stepstone.persistence._statements import AsyncStatements, Statements
+from stepstone.persistence.serialization import described
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    import psycopg
     from psycopg import sql
 
     from stepstone.persistence._driver_errors import Fence
@@ -33,6 +38,7 @@ __all__ = [
     "CommitWith",
     "Execute",
     "GiveBack",
+    "OnConnection",
     "Plan",
     "Request",
     "Statement",
@@ -40,6 +46,7 @@ __all__ = [
     "TakeConnection",
     "adrive",
     "drive",
+    "on_connection",
 ]
 
 T = TypeVar("T")
@@ -192,3 +199,65 @@ class CommitWith:
         async with conn.pipeline():
             await conn.execute(self.query, self.params)
             await conn.execute(b"COMMIT", prepare=False)
+
+
+class OnConnection:
+    """A statement on the caller's own connection, in its transaction (committed, or rolled
+    back, with the caller's work): a psycopg `Connection` under the sync driver, an
+    `AsyncConnection` under the async one. Driver errors are outages named by the
+    statement's action."""
+
+    __slots__ = ("conn", "statement")
+
+    def __init__(self, conn: Any, statement: Statement) -> None:
+        self.conn = conn
+        self.statement = statement
+
+    def run(self, io: Statements) -> Any:
+        conn = self.conn
+        if not isinstance(conn, psycopg.Connection):
+            raise UsageError(
+                f"conn must be a psycopg.Connection here, got {conn!r}"
+                + (
+                    ": pass it to the async call (`..._async`)"
+                    if isinstance(conn, psycopg.AsyncConnection)
+                    else ""
+                )
+            )
+        s = self.statement
+        try:
+            cursor = conn.cursor(row_factory=tuple_row).execute(s.query, s.params)
+            found = _fetched(cursor, s.fetch)
+        except psycopg.Error as exc:
+            raise outage(exc, described(s.action), io.where) from exc
+        return found if s.convert is None else s.convert(found)
+
+    async def arun(self, aio: AsyncStatements) -> Any:
+        conn = self.conn
+        if not isinstance(conn, psycopg.AsyncConnection):
+            raise UsageError(
+                f"conn must be a psycopg.AsyncConnection here, got {conn!r}"
+                + (": pass it to the sync call" if isinstance(conn, psycopg.Connection) else "")
+            )
+        s = self.statement
+        try:
+            cursor = await conn.cursor(row_factory=tuple_row).execute(s.query, s.params)
+            found: Any
+            if s.fetch == "one":
+                found = await cursor.fetchone()
+            else:
+                found = (await cursor.fetchall()) if s.fetch == "all" else None
+        except psycopg.Error as exc:
+            raise outage(exc, described(s.action), aio.where) from exc
+        return found if s.convert is None else s.convert(found)
+
+
+def on_connection(conn: Any, statement: Statement) -> Request:
+    """`statement` on a pooled connection (`conn` None), else on the caller's `conn`."""
+    return statement if conn is None else OnConnection(conn, statement)
+
+
+def _fetched(cursor: psycopg.Cursor[Any], fetch: Literal["one", "all"] | None) -> Any:
+    if fetch == "one":
+        return cursor.fetchone()
+    return cursor.fetchall() if fetch == "all" else None

@@ -434,8 +434,8 @@ class Store(QueueStore, WaitStore):
 
     def load_workflow(self, name: str, version: str | None = None) -> WorkflowRow | None:
         """A registered definition: the given version, or the most recently seen one."""
-        row = self._sql.one("load_workflow", {"name": name, "version": version})
-        return WorkflowRow(*row) if row else None
+        found: WorkflowRow | None = self.load_workflow_statement(name, version).run(self._sql)
+        return found
 
     # -- the hot path ------------------------------------------------------------------------
 
@@ -792,16 +792,61 @@ class Store(QueueStore, WaitStore):
 
     def get_state(self, execution_id: str) -> dict[str, Any]:
         """The latest committed state of an execution (empty if it has none or does not exist)."""
-        rows = self._sql.all("get_state", {"id": execution_id})
-        return {key: self.decode(value) for key, value in rows}
+        state: dict[str, Any] = self.state_statement(execution_id).run(self._sql)
+        return state
 
     def require_state(self, execution_id: str) -> dict[str, Any]:
         """As `get_state`, but WorkflowNotFound for an id no execution has (the status is
         read only when the state is empty)."""
-        state = self.get_state(execution_id)
-        if not state and self.get_status(execution_id) is None:
+        return drive(self.require_state_plan(execution_id), self._sql)
+
+    def require_state_plan(self, execution_id: str) -> Plan[dict[str, Any]]:
+        """`require_state` for either driver."""
+        state: dict[str, Any] = yield self.state_statement(execution_id)
+        if not state and (yield self.status_statement(execution_id)) is None:
             raise WorkflowNotFound(f"no execution has workflow id {execution_id!r}")
         return state
+
+    def state_statement(self, execution_id: str) -> Statement:
+        """`get_state` as a request (its result: the decoded state)."""
+        return Statement(
+            self.queries["get_state"],
+            {"id": execution_id},
+            "all",
+            "get state",
+            convert=lambda rows: {key: self.decode(value) for key, value in rows},
+        )
+
+    def state_value_statement(self, execution_id: str, key: str) -> Statement:
+        """`state_value` as a request."""
+        return Statement(
+            self.queries["state_value"],
+            {"id": execution_id, "key": key},
+            "one",
+            "state value",
+            convert=_state_value,
+        )
+
+    def load_workflow_statement(self, name: str, version: str | None = None) -> Statement:
+        """`load_workflow` as a request."""
+        return Statement(
+            self.queries["load_workflow"],
+            {"name": name, "version": version},
+            "one",
+            "load workflow",
+            convert=lambda row: WorkflowRow(*row) if row else None,
+        )
+
+    def schema_version_statement(self) -> Statement:
+        """The latest migration applied to this store's schema as a request (its result:
+        None if the schema has no stepstone tables)."""
+        return Statement(
+            self.queries["schema_version"],
+            {},
+            "one",
+            "reading the schema version",
+            convert=lambda row: int(row[0]) if row and row[0] is not None else None,
+        )
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -1010,6 +1055,10 @@ def _resume_record(row: Any) -> ResumeRecord | None:
 
 def _first_true(row: Any) -> bool:
     return bool(row and row[0])
+
+
+def _state_value(row: Any) -> tuple[str, str | None] | None:
+    return (str(row[0]), row[1]) if row else None
 
 
 def _status(row: Any) -> tuple[str, str | None, dict[str, Any] | None] | None:

@@ -887,16 +887,6 @@ class Engine(AsyncEngine):
         )
 
 
-def check_sync(workflow: Workflow[Any, Any], what: str) -> None:
-    """UsageError if `workflow` is async, for what cannot run async workflows yet."""
-    if workflow.is_async:
-        raise UsageError(
-            f"{what} was given async workflow {workflow.name!r}: async workflows run where "
-            "they are awaited (`await workflow(...)`), and cannot be started in the worker "
-            "pool or enqueued yet"
-        )
-
-
 class Undecodable(Exception):
     """The inputs of a claimed execution cannot be decoded in this process: it cannot run
     here (another executor, or this one once its code is fixed, may run it)."""

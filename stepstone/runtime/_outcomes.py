@@ -87,9 +87,12 @@ class Outcomes:
     def wait_state(self, workflow_id: str, key: str, seconds: float | None) -> Any:
         """Poll until execution `workflow_id` has committed state key `key`, and return its
         value; StateTimeout after `seconds`, StateNotSet if it ended without the key."""
+        return drive(self.wait_state_plan(workflow_id, key, seconds), self.store.io)
 
-        def committed(_: None) -> tuple[str] | None:
-            found = self.store.state_value(workflow_id, key)
+    def wait_state_plan(self, workflow_id: str, key: str, seconds: float | None) -> Plan[Any]:
+        """`wait_state` for either driver."""
+
+        def committed(found: tuple[str, str | None] | None) -> tuple[str] | None:
             if found is None:
                 raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
             status, value = found
@@ -102,16 +105,13 @@ class Outcomes:
             return None
 
         deadline = None if seconds is None else time.monotonic() + seconds
-        (value,) = drive(
-            _poll(
-                None,
-                committed,
-                deadline,
-                lambda: StateTimeout(
-                    f"workflow {workflow_id!r} did not set state key {key!r} within {seconds:g} s"
-                ),
+        (value,) = yield from _poll(
+            lambda: self.store.state_value_statement(workflow_id, key),
+            committed,
+            deadline,
+            lambda: StateTimeout(
+                f"workflow {workflow_id!r} did not set state key {key!r} within {seconds:g} s"
             ),
-            self.store.io,
         )
         return self.store.decode(value)
 

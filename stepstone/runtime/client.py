@@ -9,25 +9,31 @@ worker registers its definitions at launch.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
 
+import psycopg
+
+from stepstone import migrations
 from stepstone.errors import (
     ConfigurationError,
+    PersistenceError,
     SerializationError,
     UnregisteredWorkflow,
     UsageError,
-    WorkflowNotFound,
 )
 from stepstone.persistence.ids import check_text, check_workflow_id
+from stepstone.persistence.plans import adrive, drive, on_connection
 from stepstone.persistence.serialization import DEFAULT_MAX_SIZE, Serializer
 from stepstone.persistence.store import Store
 from stepstone.runtime._options import start_options
 from stepstone.runtime._outcomes import Outcomes
 from stepstone.runtime.context import _CURRENT
+from stepstone.runtime.handle import status_plan
 from stepstone.runtime.queues import (
     check_enqueued,
     check_queue_name,
@@ -39,7 +45,8 @@ from stepstone.runtime.waits import check_state_wait
 if TYPE_CHECKING:
     import datetime as dt
 
-    import psycopg
+    from stepstone.persistence.plans import AsyncStatements, Plan, Request
+    from stepstone.persistence.rows import EnqueueRequest, WorkflowRow
 
 __all__ = ["Client", "ClientHandle"]
 
@@ -86,6 +93,7 @@ class Client:
         self._outcomes = Outcomes(self.store)
         self._lock = threading.Lock()
         self._state = "new"  # then "open", then "closed"
+        self._async_lock: asyncio.Lock | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -106,7 +114,18 @@ class Client:
             self._state = "open"
 
     def _check_schema(self) -> None:
-        found, expected = self.store.schema_versions()
+        drive(self._schema_plan(), self.store.io)
+
+    def _schema_plan(self) -> Plan[None]:
+        """ConfigurationError unless the schema is at this stepstone's version, for either
+        driver."""
+        expected = migrations.latest_version()
+        try:
+            found = yield self.store.schema_version_statement()
+        except PersistenceError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+                raise
+            found = None
         if found is not None and found >= expected:
             return
         where = f"schema {self.store.schema!r} on {self.store.describe()}"
@@ -123,7 +142,9 @@ class Client:
         return self.store
 
     def close(self) -> None:
-        """Close the connection pool; the Client cannot be used afterwards."""
+        """Close the connection pool; the Client cannot be used afterwards. (A Client
+        whose async pool was opened is closed with `await client.close_async()`, which
+        closes both.)"""
         with self._lock:
             if self._state == "open":
                 self.store.close()
@@ -135,6 +156,49 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    async def open_async(self) -> None:
+        """`open()` for asyncio code: open psycopg's async pool, which the `*_async` calls
+        use (otherwise the first of them does), and check the schema."""
+        if self._state == "closed":
+            raise UsageError("this Client was closed: make a new one")
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:
+            if self.store.aio is not None:
+                return
+            await self.store.open_async()
+            try:
+                await adrive(self._schema_plan(), self._async_statements())
+            except BaseException:
+                await self.store.close_async()
+                raise
+
+    async def _open_aio(self) -> AsyncStatements:
+        if self._state == "closed":
+            raise UsageError("this Client was closed: make a new one")
+        if self.store.aio is None:
+            await self.open_async()
+        return self._async_statements()
+
+    def _async_statements(self) -> AsyncStatements:
+        aio = self.store.aio
+        if aio is None:
+            raise UsageError("this Client's async pool is closed: make a new Client")
+        return aio
+
+    async def close_async(self) -> None:
+        """Close the async pool (and the sync one, if a sync call opened it); the Client
+        cannot be used afterwards."""
+        await self.store.close_async()
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open_async()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close_async()
 
     # -- enqueue -----------------------------------------------------------------------------
 
@@ -175,6 +239,79 @@ class Client:
         `dedup_key` (Deduplicated), or `workflow_id` belongs to another workflow
         (WorkflowIdConflict). An id that exists for this workflow returns its handle.
         """
+        request = self._request(
+            queue,
+            workflow_name,
+            args,
+            kwargs,
+            workflow_id=workflow_id,
+            version=version,
+            priority=priority,
+            dedup_key=dedup_key,
+            delay=delay,
+            partition_key=partition_key,
+            timeout=timeout,
+            attributes=attributes,
+        )
+        store = self._open_store()
+        drive(self._enqueue_plan(request, conn), store.io)
+        return ClientHandle(self, request.id)
+
+    async def enqueue_async(
+        self,
+        queue: str,
+        workflow_name: str,
+        /,
+        *args: Any,
+        workflow_id: str | None = None,
+        version: str | None = None,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        delay: float | dt.timedelta | None = None,
+        partition_key: str | None = None,
+        timeout: float | dt.timedelta | None = None,
+        attributes: dict[str, Any] | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **kwargs: Any,
+    ) -> ClientHandle:
+        """`enqueue()` for asyncio code: the same checks and errors, one round trip on the
+        async pool (with `conn`, a psycopg AsyncConnection in a transaction of yours:
+        enqueued once you commit, and not at all if you roll back)."""
+        request = self._request(
+            queue,
+            workflow_name,
+            args,
+            kwargs,
+            workflow_id=workflow_id,
+            version=version,
+            priority=priority,
+            dedup_key=dedup_key,
+            delay=delay,
+            partition_key=partition_key,
+            timeout=timeout,
+            attributes=attributes,
+        )
+        aio = await self._open_aio()
+        await adrive(self._enqueue_plan(request, conn), aio)
+        return ClientHandle(self, request.id)
+
+    def _request(
+        self,
+        queue: str,
+        workflow_name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        workflow_id: str | None,
+        version: str | None,
+        priority: int,
+        dedup_key: str | None,
+        delay: float | dt.timedelta | None,
+        partition_key: str | None,
+        timeout: float | dt.timedelta | None,
+        attributes: dict[str, Any] | None,
+    ) -> EnqueueRequest:
+        """What an enqueue writes, once its arguments and options are checked."""
         check_queue_name(queue)
         check_text("workflow name", workflow_name)
         check_text("workflow version", version)
@@ -189,15 +326,24 @@ class Client:
         )
         chosen_id = enqueued_id(options.workflow_id, workflow_name, queue)
         inputs = _encode_inputs(self.store, workflow_name, queue, args, kwargs)
-        store = self._open_store()
-        request = enqueue_request(
+        return enqueue_request(
             options, chosen_id, workflow_name, version, inputs, queue, self.client_id
         )
-        result = store.enqueue(request, conn, registered=True)
+
+    def _enqueue_plan(self, request: EnqueueRequest, conn: object) -> Plan[None]:
+        """The enqueue's one statement (on the caller's `conn` if given), for either
+        driver; UnregisteredWorkflow (after one more read, to name the latest version) if
+        no worker registered the workflow."""
+        store = self.store
+        statement = store.enqueue_statement(request, registered=True)
+        result = yield on_connection(conn, statement)
         if result.outcome == "no_workflow":
-            raise _unregistered(store, workflow_name, version)
+            name, version = request.workflow_name, request.workflow_version
+            latest = None
+            if version is not None:
+                latest = yield store.load_workflow_statement(name)
+            raise _unregistered(store, name, version, latest)
         check_enqueued(result, request)
-        return ClientHandle(self, chosen_id)
 
     # -- executions --------------------------------------------------------------------------
 
@@ -236,6 +382,32 @@ class Client:
             conn=conn,
         )
 
+    async def send_async(
+        self,
+        workflow_id: str,
+        message: Any,
+        *,
+        topic: str = "",
+        idempotency_key: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:
+        """`send()` for asyncio code: the same checks and errors, one statement on the
+        async pool (with `conn`, a psycopg AsyncConnection in a transaction of yours: sent
+        when you commit)."""
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step and idempotency_key is None:
+            raise UsageError(
+                f"Client.send_async to {workflow_id!r} in a workflow would send again on "
+                "replay: use the runtime's rt.send_async(), which records it, or pass an "
+                "idempotency_key"
+            )
+        payload = self.store.encode_message(workflow_id, topic, message, idempotency_key)
+        aio = await self._open_aio()
+        statement = self.store.send_statement(
+            workflow_id, topic, payload, idempotency_key=idempotency_key, sender=self.client_id
+        )
+        await adrive(_one(on_connection(conn, statement)), aio)
+
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution (empty if it has none);
         WorkflowNotFound if there is no such execution."""
@@ -253,6 +425,21 @@ class Client:
         self._open_store()
         return self._outcomes.wait_state(target, key, limit)
 
+    async def get_state_async(self, workflow_id: str) -> dict[str, Any]:
+        """`get_state()` for asyncio code, on the async pool."""
+        check_workflow_id(workflow_id)
+        aio = await self._open_aio()
+        return await adrive(self.store.require_state_plan(workflow_id), aio)
+
+    async def wait_state_async(
+        self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None
+    ) -> Any:
+        """`wait_state()` for asyncio code: polled on the async pool, without blocking the
+        event loop; the same errors."""
+        target, key, limit = check_state_wait(workflow_id, key, timeout)
+        aio = await self._open_aio()
+        return await adrive(self._outcomes.wait_state_plan(target, key, limit), aio)
+
     def __repr__(self) -> str:
         return f"<stepstone Client {self.client_id!r} on {self.store.describe()}>"
 
@@ -266,10 +453,13 @@ class ClientHandle:
 
     def status(self) -> str:
         """The stored status: ENQUEUED, RUNNING, WAITING, SUCCEEDED, FAILED or CANCELLED."""
-        found = self._client._open_store().get_status(self.workflow_id)
-        if found is None:
-            raise WorkflowNotFound(f"no execution has workflow id {self.workflow_id!r}")
-        return found[0]
+        store = self._client._open_store()
+        return drive(status_plan(store, self.workflow_id), store.io)
+
+    async def status_async(self) -> str:
+        """`status()` for asyncio code, on the async pool."""
+        aio = await self._client._open_aio()
+        return await adrive(status_plan(self._client.store, self.workflow_id), aio)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the execution to end and return its result (decoded without the
@@ -281,12 +471,29 @@ class ClientHandle:
         self._client._open_store()
         return self._client._outcomes.wait(self.workflow_id, deadline)
 
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """`result()` for asyncio code: polled on the async pool, without blocking the
+        event loop; the same outcomes and errors."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        aio = await self._client._open_aio()
+        return await adrive(self._client._outcomes.wait_plan(self.workflow_id, deadline), aio)
+
     def get_state(self) -> dict[str, Any]:
         """The execution's latest committed state."""
         return self._client.get_state(self.workflow_id)
 
+    async def get_state_async(self) -> dict[str, Any]:
+        """`get_state()` for asyncio code, on the async pool."""
+        return await self._client.get_state_async(self.workflow_id)
+
     def __repr__(self) -> str:
         return f"<ClientHandle {self.workflow_id!r}>"
+
+
+def _one(request: Request) -> Plan[Any]:
+    """A plan of one request: its result."""
+    result = yield request
+    return result
 
 
 def _encode_inputs(
@@ -306,7 +513,9 @@ def _encode_inputs(
         raise  # no single argument is at fault (their sum is over the size limit)
 
 
-def _unregistered(store: Store, name: str, version: str | None) -> Exception:
+def _unregistered(
+    store: Store, name: str, version: str | None, latest: WorkflowRow | None
+) -> Exception:
     """The error for a workflow (or version) no worker registered in the store's schema."""
     where = f"schema {store.schema!r} on {store.describe()}"
     if version is None:
@@ -315,7 +524,6 @@ def _unregistered(store: Store, name: str, version: str | None) -> Exception:
             "run it: check the name (the name given to @rt.workflow(), else the function's "
             "name), and launch a worker that has it"
         )
-    latest = store.load_workflow(name)
     known = f"; the latest registered is {latest.version!r}" if latest else ""
     return UnregisteredWorkflow(
         f"no worker has registered version {version!r} of workflow {name!r} in {where}, so "

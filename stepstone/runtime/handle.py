@@ -7,14 +7,17 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from stepstone.errors import UsageError, WorkflowNotFound
+from stepstone.persistence.plans import adrive, drive
 from stepstone.runtime.context import _CURRENT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from stepstone.persistence.plans import Plan
+    from stepstone.persistence.store import Store
     from stepstone.runtime._engine import Engine
 
-__all__ = ["WorkflowHandle"]
+__all__ = ["WorkflowHandle", "status_plan"]
 
 R = TypeVar("R")
 
@@ -34,10 +37,14 @@ class WorkflowHandle(Generic[R]):
     def status(self) -> str:
         """The stored status: ENQUEUED, RUNNING, WAITING, SUCCEEDED, FAILED or CANCELLED."""
         self._engine.check_readable("handle.status()")
-        found = self._engine.store.get_status(self.workflow_id)
-        if found is None:
-            raise WorkflowNotFound(f"no execution has workflow id {self.workflow_id!r}")
-        return found[0]
+        return drive(status_plan(self._engine.store, self.workflow_id), self._engine.store.io)
+
+    async def status_async(self) -> str:
+        """`status()` for asyncio code: one statement on the async pool (needs
+        `launch_async()`)."""
+        self._engine.check_readable("handle.status_async()")
+        aio = self._engine.async_io("handle.status_async()")
+        return await adrive(status_plan(self._engine.store, self.workflow_id), aio)
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the execution to end and return its result.
@@ -87,5 +94,21 @@ class WorkflowHandle(Generic[R]):
         self._engine.check_readable("handle.get_state()")
         return self._engine.get_state(self.workflow_id)
 
+    async def get_state_async(self) -> dict[str, Any]:
+        """`get_state()` for asyncio code, on the async pool (needs `launch_async()`)."""
+        self._engine.check_readable("handle.get_state_async()")
+        aio = self._engine.async_io("handle.get_state_async()")
+        return await adrive(self._engine.store.require_state_plan(self.workflow_id), aio)
+
     def __repr__(self) -> str:
         return f"<WorkflowHandle {self.workflow_id!r}>"
+
+
+def status_plan(store: Store, workflow_id: str) -> Plan[str]:
+    """The stored status of `workflow_id`, for either driver; WorkflowNotFound if there is
+    no such execution."""
+    found = yield store.status_statement(workflow_id)
+    if found is None:
+        raise WorkflowNotFound(f"no execution has workflow id {workflow_id!r}")
+    status: str = found[0]
+    return status

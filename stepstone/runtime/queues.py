@@ -1,8 +1,8 @@
 """`Queue`: hand work from any process to the workers that serve the queue.
 
 `rt.queue(name, concurrency=..., ...)` declares a queue and its limits; `queue.enqueue(wf,
-*args)` writes the execution ENQUEUED in one round trip (optionally in the caller's own
-transaction) and returns its handle. Every Runtime that serves the queue has a dispatcher
+*args)` (or `await queue.enqueue_async(wf, *args)`) writes the execution ENQUEUED in one
+round trip (optionally in the caller's own transaction) and returns its handle. Every Runtime that serves the queue has a dispatcher
 that claims startable executions within the queue's limits (see `_dispatcher`).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from opentelemetry import trace
 
@@ -20,6 +20,7 @@ from stepstone.errors import (
     WorkflowIdConflict,
 )
 from stepstone.persistence.ids import check_storable
+from stepstone.persistence.plans import adrive, drive, on_connection
 from stepstone.persistence.rows import EnqueueRequest, EnqueueResult
 from stepstone.runtime._signatures import check_arguments, check_decodable
 from stepstone.runtime.context import _CURRENT
@@ -27,8 +28,11 @@ from stepstone.runtime.handle import WorkflowHandle
 from stepstone.telemetry import Telemetry
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     import psycopg
 
+    from stepstone.persistence.plans import Plan
     from stepstone.runtime._engine import Engine
     from stepstone.runtime._options import StartOptions
     from stepstone.runtime.definitions import Workflow
@@ -97,13 +101,31 @@ class Queue:
         self.name = name
         self.limits = limits
 
+    @overload
+    def enqueue(
+        self,
+        workflow: Workflow[Any, Coroutine[Any, Any, R]],
+        *args: Any,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
     def enqueue(
         self,
         workflow: Workflow[Any, R],
         *args: Any,
         conn: psycopg.Connection[Any] | None = None,
         **kwargs: Any,
-    ) -> WorkflowHandle[R]:
+    ) -> WorkflowHandle[R]: ...
+
+    def enqueue(
+        self,
+        workflow: Workflow[Any, Any],
+        *args: Any,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]:
         """Enqueue an execution of `workflow` with these arguments; durable once this
         returns (with `conn`, a psycopg connection in a transaction of yours: once you
         commit, and not at all if you roll back). Returns its handle. The workflow's
@@ -111,6 +133,48 @@ class Queue:
         and returns that execution), priority, dedup key, delay, partition key and
         deadline. Deduplicated if an unfinished execution of this queue has its dedup key.
         `conn` is enqueue's own keyword: it is not passed to the workflow."""
+        request = self._request(workflow, args, kwargs)
+        drive(self._enqueue_plan(request, conn), self._engine.store.io)
+        return WorkflowHandle(self._engine, request.id, workflow.fn)
+
+    @overload
+    async def enqueue_async(
+        self,
+        workflow: Workflow[Any, Coroutine[Any, Any, R]],
+        *args: Any,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    async def enqueue_async(
+        self,
+        workflow: Workflow[Any, R],
+        *args: Any,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]: ...
+
+    async def enqueue_async(
+        self,
+        workflow: Workflow[Any, Any],
+        *args: Any,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]:
+        """`enqueue()` for asyncio code: the same checks, then one round trip on the async
+        pool (with `conn`, a psycopg AsyncConnection in a transaction of yours: enqueued
+        once you commit, and not at all if you roll back). Needs `launch_async()`."""
+        request = self._request(workflow, args, kwargs)
+        aio = self._engine.async_io("Queue.enqueue_async()")
+        await adrive(self._enqueue_plan(request, conn), aio)
+        return WorkflowHandle(self._engine, request.id, workflow.fn)
+
+    def _request(
+        self, workflow: Workflow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> EnqueueRequest:
+        """What enqueuing `workflow` with these arguments writes, once they are checked
+        (nothing is written when a check fails)."""
         engine = self._engine
         engine.check_registered(workflow)
         check_arguments(workflow.fn, workflow.name, args, kwargs, "nothing was enqueued")
@@ -126,7 +190,7 @@ class Queue:
             lambda: engine.store.decode_plain(inputs),
             "nothing was enqueued",
         )
-        request = enqueue_request(
+        return enqueue_request(
             options,
             workflow_id,
             workflow.name,
@@ -135,8 +199,11 @@ class Queue:
             self.name,
             engine.executor_id,
         )
-        check_enqueued(engine.store.enqueue(request, conn), request)
-        return WorkflowHandle(engine, workflow_id, workflow.fn)
+
+    def _enqueue_plan(self, request: EnqueueRequest, conn: object) -> Plan[None]:
+        """The enqueue's one statement (on the caller's `conn` if given), for either driver."""
+        statement = self._engine.store.enqueue_statement(request)
+        check_enqueued((yield on_connection(conn, statement)), request)
 
     def __repr__(self) -> str:
         return f"<stepstone queue {self.name!r} ({self.limits!r})>"

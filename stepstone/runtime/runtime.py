@@ -689,12 +689,36 @@ class Runtime:
             return execution.wait_state(target, key, limit)
         return self._engine.outcomes.wait_state(target, key, limit)
 
+    async def wait_state_async(
+        self, workflow_id: str, key: str, timeout: float | dt.timedelta | None = None
+    ) -> Any:
+        """`wait_state()` for asyncio code outside a workflow: polled on the async pool,
+        without blocking the event loop (needs `launch_async()`); in a step's body too. In
+        a workflow body use `await stepstone.wait_state_async(...)`, a durable wait."""
+        self._engine.check_readable("rt.wait_state_async()")
+        target, key, limit = check_state_wait(workflow_id, key, timeout)
+        execution = _CURRENT.get()
+        if execution is not None and not execution.in_step:
+            raise UsageError(
+                f"rt.wait_state_async() for {target!r} was called in a workflow body: use "
+                "`await stepstone.wait_state_async(...)` there, a durable wait"
+            )
+        aio = self._engine.async_io("rt.wait_state_async()")
+        return await adrive(self._engine.outcomes.wait_state_plan(target, key, limit), aio)
+
     def get_state(self, workflow_id: str) -> dict[str, Any]:
         """The latest committed state of an execution, from any process; WorkflowNotFound
         if there is none."""
         self._engine.check_readable("rt.get_state()")
         check_workflow_id(workflow_id)
         return self._engine.get_state(workflow_id)
+
+    async def get_state_async(self, workflow_id: str) -> dict[str, Any]:
+        """`get_state()` for asyncio code, on the async pool (needs `launch_async()`)."""
+        self._engine.check_readable("rt.get_state_async()")
+        check_workflow_id(workflow_id)
+        aio = self._engine.async_io("rt.get_state_async()")
+        return await adrive(self.store.require_state_plan(workflow_id), aio)
 
     def health_status(self) -> HealthStatus:
         """Whether the database is reachable, its latency, schema version and pool statistics.

@@ -407,6 +407,37 @@ def test_an_enqueue_costs_one_round_trip_and_one_commit(counted_rt: Runtime, met
     assert _only(cost, "enqueue_v1") == 1
 
 
+def test_an_async_enqueue_costs_one_round_trip_and_one_commit(
+    counted_rt: Runtime, meter: Meter, proxy: CountingProxy
+) -> None:
+    """Queue.enqueue_async and Client.enqueue_async are each one statement, one round trip
+    and one commit on the async pool, as their sync twins."""
+    queue = counted_rt.queue("counted-async-enqueue")
+    counted_rt.serve()  # nothing dispatches here: only the enqueues are measured
+
+    @counted_rt.workflow()
+    def queued_async(n: int) -> int:
+        return n
+
+    async def main() -> list[Cost]:
+        costs = []
+        async with counted_rt, stepstone.Client(proxy.dsn(DB), pool_max_size=1) as client:
+            for i in range(8):  # psycopg prepares each statement on its sixth execution
+                await queue.enqueue_async(queued_async, i)
+                await client.enqueue_async("counted-async-enqueue", "queued_async", i)
+            meter.begin()
+            await queue.enqueue_async(queued_async, 8)
+            costs.append(meter.end())
+            meter.begin()
+            await client.enqueue_async("counted-async-enqueue", "queued_async", 8)
+            costs.append(meter.end())
+        return costs
+
+    for cost in asyncio.run(main()):
+        assert (cost.total_statements, cost.round_trips, cost.transactions) == (1, 1, 1)
+        assert _only(cost, "enqueue_v1") == 1
+
+
 def test_an_idle_dispatcher_sends_one_statement_per_interval_for_all_its_queues(
     proxy: CountingProxy, meter: Meter
 ) -> None:

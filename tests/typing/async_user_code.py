@@ -7,12 +7,13 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import stepstone
-from stepstone import RetryPolicy, Runtime
+from stepstone import Client, ClientHandle, Deduplicated, RetryPolicy, Runtime, WorkflowHandle
 
 if TYPE_CHECKING:
     import psycopg
 
 rt = Runtime("postgresql://localhost/app", schema="shop")
+orders = rt.queue("orders", concurrency=10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +86,42 @@ async def patient(order: Order, rounds: int = 0) -> str:
     if rounds < 3:
         await stepstone.continue_as_new_async(order, rounds + 1)
     return refunded
+
+
+@rt.workflow()
+def send_email(address: str, *, template: str = "welcome") -> bool:
+    return bool(address and template)
+
+
+async def enqueued(conn: psycopg.AsyncConnection[Any]) -> tuple[str, bool]:
+    """A web handler on the runtime's async pool: enqueue (also in its own transaction),
+    read the status and state, await the results."""
+    handle: WorkflowHandle[str] = await orders.enqueue_async(
+        checkout.with_options(workflow_id="o-4", priority=-1, dedup_key="o-4"), Order("o-4", 400)
+    )
+    email: WorkflowHandle[bool] = await orders.enqueue_async(
+        send_email, "a@b.c", template="receipt", conn=conn
+    )
+    await conn.commit()
+    status: str = await handle.status_async()
+    state: dict[str, Any] = await handle.get_state_async()
+    left: Any = await rt.wait_state_async("o-4", "left", timeout=30.0)
+    everything: dict[str, Any] = await rt.get_state_async("o-4")
+    print(status, state, left, everything)
+    return await handle.result_async(timeout=60), await email.result_async()
+
+
+async def web_request(user_email: str) -> Any:
+    """A web process without the workflow code, on asyncio."""
+    async with Client("postgresql://localhost/app", schema="shop", client_id="web") as client:
+        try:
+            handle: ClientHandle = await client.enqueue_async(
+                "emails", "send_email", user_email, dedup_key=user_email, template="welcome"
+            )
+        except Deduplicated as taken:
+            handle = client.handle(taken.existing)
+        await client.send_async(handle.workflow_id, {"opened": True}, topic="events")
+        stage: Any = await client.wait_state_async(handle.workflow_id, "stage", timeout=30.0)
+        state: dict[str, Any] = await client.get_state_async(handle.workflow_id)
+        print(stage, state, await handle.status_async(), await handle.get_state_async())
+        return await handle.result_async(timeout=60)

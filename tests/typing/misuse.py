@@ -73,3 +73,13 @@ async def starter() -> None:
     handle = await rt.start_async(aflow, 1)
     takes_number(await handle.result_async())  # E: result_async() has the awaited result type
     await rt.start_async(aflow, "1")  # E: start_async checks the workflow's arguments
+
+
+async def enqueuer(conn: psycopg.Connection[Any]) -> None:
+    queue = rt.queue("q")
+    handle = await queue.enqueue_async(aflow, 1)
+    takes_number(await handle.result_async())  # E: an enqueued async workflow's result type
+    await queue.enqueue_async(flow, 1, conn=conn)  # E: enqueue_async takes an AsyncConnection
+    await client.enqueue_async("emails", "send_email", "x", priority="high")  # E: priority
+    await client.send_async("id-1", "hi", "topic")  # E: topic is keyword-only
+    takes_number(await client.handle("id-1").status_async())  # E: a status is a str
