@@ -181,7 +181,6 @@ def test_sigterm_runs_the_lifespan_shutdown(db: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="sweeps do not resume async executions yet (README, Async)")
 def test_a_server_killed_inside_a_workflow_is_finished_by_the_next_one(
     db: str, tmp_path: Path
 ) -> None:
