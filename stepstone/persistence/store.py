@@ -474,6 +474,11 @@ class Store(QueueStore, WaitStore):
         query, params, action, fence = self._commit_args(commit)
         self._sql.run(query, params, fetch=None, action=action, fence=fence)
 
+    async def commit_step_async(self, commit: StepCommit, aio: AsyncStatements) -> None:
+        """`commit_step` on an async pool (`aio`), sent directly: the async hot path."""
+        query, params, action, fence = self._commit_args(commit)
+        await aio.run(query, params, fetch=None, action=action, fence=fence)
+
     def commit_statement(self, commit: StepCommit) -> Statement:
         """`commit_step` as a request."""
         query, params, action, fence = self._commit_args(commit)

@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from stepstone.errors import OwnershipLost, PersistenceError, Suspended, UsageError
+from stepstone.errors import HandedBack, OwnershipLost, PersistenceError, Suspended, UsageError
 from stepstone.persistence.plans import adrive
 from stepstone.runtime._execution import Execution, _call_site, _ChildStep, _SendStep
+from stepstone.runtime._requests import StepBody
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -154,10 +156,44 @@ class AsyncExecution(Execution):
         aio = self._bound()
         if self._cancel is not None or self.engine.stopping:
             await adrive(self._check_stop_plan(), aio)
-        ok, value = await adrive(self._run_new(step, seq, args, kwargs), aio)
+        if step.kind == "step":
+            ok, value = await self._run_plain_async(step, seq, args, kwargs, aio)
+        else:
+            ok, value = await adrive(self._run_new(step, seq, args, kwargs), aio)
         if ok:
             return value
         raise value
+
+    async def _run_plain_async(
+        self,
+        step: AnyStep,
+        seq: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        aio: AsyncStatements,
+    ) -> tuple[bool, Any]:
+        """`Execution._run_plain` for an async step: while its first attempt succeeds, the
+        body is awaited and the commit statement sent directly; any other first outcome is
+        handed to the step's plan, which goes on from there."""
+        begun = self._begin(step, seq)
+        ok, value = await StepBody(self, step.fn, args, kwargs).arun(aio)
+        if not ok:
+            return await adrive(self._run_new(step, seq, args, kwargs, begun, (ok, value)), aio)
+        try:
+            commit = self._record(step, seq, value, ok, 1, begun[3], [])
+            since = time.perf_counter()
+            try:
+                await self.store.commit_step_async(commit, aio)
+            except (HandedBack, PersistenceError) as exc:
+                raise self._commit_failed(seq, exc)  # noqa: B904 - its cause is set
+            self._committed(commit, since)
+        except BaseException as exc:  # noqa: BLE001 - answered to the caller
+            if not isinstance(exc, Exception):
+                self.journal.doom(exc)
+            ok, value = False, exc
+        finally:
+            self._end(step, seq, begun, ok, value, 0)
+        return ok, value
 
     def _check_loop(self, what: str) -> None:
         try:
