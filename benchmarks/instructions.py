@@ -34,16 +34,20 @@ FLOOR_ASYNC = "floor-async"
 
 
 def floor(flavour: str, dsn: str, steps: int, count: int) -> None:
-    """psycopg alone: each "step" one statement on a connection taken from the pool
-    (ConnectionPool, or AsyncConnectionPool awaited), as a step's commit is sent."""
+    """psycopg alone: each "step" one statement on a connection taken from the pool and
+    given back (ConnectionPool, or AsyncConnectionPool awaited), as a step's commit is
+    sent."""
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
     query = "SELECT %(n)s::int"
     if flavour == FLOOR_SYNC:
         with ConnectionPool(dsn, min_size=1, max_size=1, kwargs={"autocommit": True}) as pool:
             for n in range(200 + count * steps):
-                with pool.connection() as conn:
+                conn = pool.getconn()
+                try:
                     conn.execute(query, {"n": n}).fetchone()
+                finally:
+                    pool.putconn(conn)
         return
 
     async def main() -> None:
@@ -51,8 +55,11 @@ def floor(flavour: str, dsn: str, steps: int, count: int) -> None:
             dsn, min_size=1, max_size=1, kwargs={"autocommit": True}
         ) as pool:
             for n in range(200 + count * steps):
-                async with pool.connection() as conn:
+                conn = await pool.getconn()
+                try:
                     await (await conn.execute(query, {"n": n})).fetchone()
+                finally:
+                    await pool.putconn(conn)
 
     asyncio.run(main())
 
