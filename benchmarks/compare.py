@@ -1,8 +1,9 @@
 """stepstone beside DBOS Transact and the raw PostgreSQL commit, in one run.
 
-    python benchmarks/compare.py                  # everything, about two minutes
+    python benchmarks/compare.py                  # everything, about ten minutes
     python benchmarks/compare.py --engines floor,stepstone --repetitions 1 --rounds 20
     python benchmarks/compare.py --engines stepstone,baseline --baseline ../old-checkout
+    python benchmarks/compare.py --engines stepstone,dbos --skip-counts --inflight 256
 
 It starts a throwaway PostgreSQL cluster (default durability: fsync and synchronous_commit
 on; pg_stat_statements loaded) on a free loopback port, talks to it over TCP, gives each
