@@ -1,8 +1,9 @@
 """stepstone beside DBOS Transact and the raw PostgreSQL commit, in one run.
 
-    python benchmarks/compare.py                  # everything, about two minutes
+    python benchmarks/compare.py                  # everything, about ten minutes
     python benchmarks/compare.py --engines floor,stepstone --repetitions 1 --rounds 20
     python benchmarks/compare.py --engines stepstone,baseline --baseline ../old-checkout
+    python benchmarks/compare.py --engines stepstone,dbos --skip-counts --inflight 256
 
 It starts a throwaway PostgreSQL cluster (default durability: fsync and synchronous_commit
 on; pg_stat_statements loaded) on a free loopback port, talks to it over TCP, gives each
@@ -20,7 +21,14 @@ Workloads
   = (median N=10 - median N=0) / 10, and calling-thread CPU per step likewise.
 - W2: the empty workflow (N = 0).
 - W3: throughput of 2000 one-step workflows started by 16 threads that each start one and
-  wait for it.
+  wait for it; and the calling process's CPU time per workflow (all its threads).
+- W1-async, W2-async, W3-async (stepstone and DBOS): the same with `async def` workflows and
+  steps, each engine's async API. W1/W2-async: one task awaits each workflow on an event
+  loop; the loop's thread is the calling thread. W3-async: 2000 one-step workflows on ONE
+  event loop, at most 256 in flight (a semaphore; each task awaits its workflow directly).
+  A second table puts each engine's sync and async figures side by side. DBOS's async API
+  does its database work in worker threads (asyncio.to_thread): its calling-thread CPU
+  leaves that out, the process CPU rows count it.
 - W4: statements (pg_stat_statements), transactions (pg_stat_database) and WAL syncs
   (pg_stat_wal, or pg_stat_io from PostgreSQL 18) per workflow and per step, over 200 workflows of 0 and of 10 steps.
 """
@@ -45,6 +53,7 @@ from psycopg import sql  # noqa: E402 - after the path is set
 from tests.support.cluster import Cluster  # noqa: E402
 
 ENGINES = ("floor", "stepstone", "dbos")
+ASYNC_ENGINES = ("stepstone", "dbos")  # the engines with an async API (not floor, baseline)
 # WAL syncs so far: pg_stat_wal up to PostgreSQL 17, pg_stat_io's WAL rows from 18 on.
 WAL_SYNCS = {
     False: "SELECT wal_sync FROM pg_stat_wal",
@@ -197,12 +206,50 @@ def measure(
             add(engine, "w1_per_step_us", (lat["10"]["wall_us"] - lat["0"]["wall_us"]) / 10)
             add(engine, "w1_cpu_per_step_us", (lat["10"]["cpu_us"] - lat["0"]["cpu_us"]) / 10)
             add(engine, "w2_cpu_per_workflow_us", lat["0"]["cpu_us"])
+            if "process_cpu_us" in lat["0"]:  # not in a baseline that predates it
+                add(
+                    engine,
+                    "w1_process_cpu_per_step_us",
+                    (lat["10"]["process_cpu_us"] - lat["0"]["process_cpu_us"]) / 10,
+                )
             thr = runner.run(
                 engine,
                 "throughput",
                 {"workflows": args.workflows, "threads": args.threads, "warmup": 20},
             )
             add(engine, "w3_workflows_per_s", thr["workflows_per_s"])
+            if "cpu_us_per_workflow" in thr:
+                add(engine, "w3_cpu_per_workflow_us", thr["cpu_us_per_workflow"])
+            if args.skip_async or engine not in ASYNC_ENGINES:
+                continue
+            lat = runner.run(
+                engine,
+                "latency-async",
+                {"n": [0, 1, 10], "warmup": args.warmup, "rounds": args.rounds},
+            )
+            add(engine, "w2a_empty_workflow_us", lat["0"]["wall_us"])
+            add(engine, "w1a_one_step_workflow_us", lat["1"]["wall_us"])
+            add(engine, "w1a_ten_step_workflow_us", lat["10"]["wall_us"])
+            add(engine, "w1a_per_step_us", (lat["10"]["wall_us"] - lat["0"]["wall_us"]) / 10)
+            add(engine, "w1a_cpu_per_step_us", (lat["10"]["cpu_us"] - lat["0"]["cpu_us"]) / 10)
+            add(
+                engine,
+                "w1a_process_cpu_per_step_us",
+                (lat["10"]["process_cpu_us"] - lat["0"]["process_cpu_us"]) / 10,
+            )
+            add(engine, "w2a_cpu_per_workflow_us", lat["0"]["cpu_us"])
+            thr = runner.run(
+                engine,
+                "throughput-async",
+                {
+                    "workflows": args.workflows,
+                    "inflight": args.inflight,
+                    "threads": args.threads,  # the pool: as large as the sync W3's
+                    "warmup": 20,
+                },
+            )
+            add(engine, "w3a_workflows_per_s", thr["workflows_per_s"])
+            add(engine, "w3a_cpu_per_workflow_us", thr["cpu_us_per_workflow"])
     if not args.skip_counts:
         for engine in engines:
             zero = runner.counted(engine, 0, args.counted)
@@ -220,7 +267,18 @@ ROWS = [
     ("w1_ten_step_workflow_us", "W1 ten-step workflow (µs)"),
     ("w2_empty_workflow_us", "W2 empty workflow (µs)"),
     ("w2_cpu_per_workflow_us", "W2 calling-thread CPU per empty workflow (µs)"),
+    ("w1_process_cpu_per_step_us", "W1 process CPU per step (µs)"),
     ("w3_workflows_per_s", "W3 throughput, 16 threads (workflows/s)"),
+    ("w3_cpu_per_workflow_us", "W3 process CPU per workflow (µs)"),
+    ("w1a_per_step_us", "W1-async per-step overhead (µs)"),
+    ("w1a_cpu_per_step_us", "W1-async calling-thread CPU per step (µs)"),
+    ("w1a_process_cpu_per_step_us", "W1-async process CPU per step (µs)"),
+    ("w1a_one_step_workflow_us", "W1-async one-step workflow (µs)"),
+    ("w1a_ten_step_workflow_us", "W1-async ten-step workflow (µs)"),
+    ("w2a_empty_workflow_us", "W2-async empty workflow (µs)"),
+    ("w2a_cpu_per_workflow_us", "W2-async calling-thread CPU per empty workflow (µs)"),
+    ("w3a_workflows_per_s", "W3-async throughput, 256 in flight on one loop (workflows/s)"),
+    ("w3a_cpu_per_workflow_us", "W3-async process CPU per workflow (µs)"),
     ("w4_statements_per_workflow", "W4 statements per workflow"),
     ("w4_transactions_per_workflow", "W4 transactions per workflow"),
     ("w4_wal_syncs_per_workflow", "W4 WAL syncs per workflow"),
@@ -289,7 +347,62 @@ def goals(results: dict[str, dict[str, list[float]]]) -> list[str]:
         at_most=False,
         unit="/s",
     )
+    for key, name in (
+        ("w1_per_step_us", "async per-step overhead vs sync"),
+        ("w1_cpu_per_step_us", "async calling-task CPU per step vs sync"),
+    ):
+        sync = stone.get(key)
+        check(
+            name,
+            stone.get(key.replace("w1_", "w1a_")),
+            sync and 1.1 * sync,
+            at_most=True,
+            unit=" µs",
+        )
     return lines
+
+
+# Each sync row and its async twin, for the side-by-side table.
+TWINS = [
+    ("w1_per_step_us", "w1a_per_step_us", "per-step overhead (µs)"),
+    ("w1_cpu_per_step_us", "w1a_cpu_per_step_us", "calling-thread CPU per step (µs)"),
+    ("w1_process_cpu_per_step_us", "w1a_process_cpu_per_step_us", "process CPU per step (µs)"),
+    ("w1_one_step_workflow_us", "w1a_one_step_workflow_us", "one-step workflow (µs)"),
+    ("w1_ten_step_workflow_us", "w1a_ten_step_workflow_us", "ten-step workflow (µs)"),
+    ("w2_empty_workflow_us", "w2a_empty_workflow_us", "empty workflow (µs)"),
+    (
+        "w2_cpu_per_workflow_us",
+        "w2a_cpu_per_workflow_us",
+        "calling-thread CPU per empty workflow (µs)",
+    ),
+    (
+        "w3_workflows_per_s",
+        "w3a_workflows_per_s",
+        "W3 throughput (workflows/s; sync: 16 threads, async: 256 tasks on one loop)",
+    ),
+    ("w3_cpu_per_workflow_us", "w3a_cpu_per_workflow_us", "W3 process CPU per workflow (µs)"),
+]
+
+
+def render_twins(results: dict[str, dict[str, list[float]]], engines: list[str]) -> str:
+    """Sync beside async, per engine with an async API, and async ÷ sync of the medians."""
+    shown = [e for e in engines if e in ASYNC_ENGINES and "w1a_per_step_us" in results[e]]
+    if not shown:
+        return ""
+    header = "| |" + "".join(f" {e} sync | {e} async | {e} async ÷ sync |" for e in shown)
+    lines = [header, "|---|" + "---|---|---|" * len(shown)]
+    for sync_key, async_key, label in TWINS:
+        cells = []
+        for engine in shown:
+            sync, asynchronous = results[engine].get(sync_key), results[engine].get(async_key)
+            ratio = (
+                f"{statistics.median(asynchronous) / statistics.median(sync):.2f}x"
+                if sync and asynchronous and statistics.median(sync)
+                else ""
+            )
+            cells += [_cell(sync), _cell(asynchronous), ratio]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 LATENCY_ROWS = {
@@ -297,10 +410,15 @@ LATENCY_ROWS = {
     "w1_one_step_workflow_us",
     "w1_ten_step_workflow_us",
     "w2_empty_workflow_us",
+    "w1a_per_step_us",
+    "w1a_one_step_workflow_us",
+    "w1a_ten_step_workflow_us",
+    "w2a_empty_workflow_us",
 }
 PER_STEP_ROWS = {
     "w1_per_step_us",
     "w1_cpu_per_step_us",
+    "w1_process_cpu_per_step_us",
     "w4_statements_per_step",
     "w4_transactions_per_step",
     "w4_wal_syncs_per_step",
@@ -356,6 +474,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--workflows", type=int, default=2000, help="W3 workflows")
     parser.add_argument("--threads", type=int, default=16, help="W3 threads")
+    parser.add_argument(
+        "--inflight", type=int, default=256, help="W3-async workflows in flight on one loop"
+    )
+    parser.add_argument("--skip-async", action="store_true", help="skip the async workloads")
     parser.add_argument("--counted", type=int, default=200, help="W4 workflows per N")
     parser.add_argument("--skip-counts", action="store_true", help="skip W4")
     parser.add_argument("--cache", type=Path, default=ROOT / ".benchmarks")
@@ -389,10 +511,13 @@ def main() -> None:
     finally:
         cluster.destroy()
     table = render(results, engines)
+    twins = render_twins(results, engines)
     verdicts = goals(results)
     machine = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, PostgreSQL cluster on 127.0.0.1 (TCP), fsync on"
     print(
-        f"\n{machine}; {args.repetitions} repetitions; median (min..max)\n\n{table}\n\nGoals:\n"
+        f"\n{machine}; {args.repetitions} repetitions; median (min..max)\n\n{table}\n\n"
+        + (f"Sync and async side by side\n\n{twins}\n\n" if twins else "")
+        + "Goals:\n"
         + "\n".join(verdicts)
     )
     output = args.output or args.cache / "compare.json"
