@@ -1,0 +1,370 @@
+"""The same behaviour, and the same records in the database, for sync and async workflows:
+replay, retries, transaction steps, fencing and state. Each test runs once per flavour
+(see flavours.py) with the same assertions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+import stepstone
+from stepstone import NonDeterminismError, OwnershipLost, ResultTimeout, RetryPolicy, WorkflowFailed
+from tests.support.runtime import Crash
+
+if TYPE_CHECKING:
+    from stepstone import Runtime
+    from tests.parity.flavours import Flavour
+
+
+def _steps(rt: Runtime, workflow_id: str) -> list[tuple[int, str, str, int, str | None]]:
+    """Each recorded step: position, name, kind, attempts, recorded error type."""
+    return [
+        (s.seq, s.name, s.kind, s.attempts, s.error["type"] if s.error else None)
+        for s in rt.store.list_steps(workflow_id)
+    ]
+
+
+def _events(rt: Runtime, workflow_id: str) -> list[str]:
+    return [log.event for log in rt.store.list_logs(workflow_id)]
+
+
+def _marks(rt: Runtime) -> list[str]:
+    with rt.store.connection() as conn:
+        return [str(r[0]) for r in conn.execute("SELECT note FROM marks ORDER BY note")]
+
+
+@pytest.fixture
+def marks(db: str) -> None:
+    """A table `marks (note text PRIMARY KEY)` for transaction steps to write."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE marks (note text PRIMARY KEY)")
+
+
+def _bump_epoch(dsn: str, workflow_id: str) -> None:
+    """What a concurrent claim by another executor does to the execution row."""
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute(
+            "UPDATE stepstone.executions SET owner = 'thief', epoch = epoch + 1 WHERE id = %s",
+            [workflow_id],
+        )
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+def test_replay_returns_recorded_steps_and_errors_without_running_them(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """Called again after an interruption, a workflow gets its recorded results and
+    recorded errors without running those steps, runs the interrupted step, and goes on
+    with its recorded inputs."""
+    f = flavour
+    bodies: list[str] = []
+    crash = {"at": "ship"}
+
+    @f.step("price")
+    def price(sku: str) -> float:
+        bodies.append("price")
+        return 9.5
+
+    @f.step("fail_once")
+    def fail_once() -> None:
+        bodies.append("fail_once")
+        raise KeyError("recorded failure")
+
+    @f.step("ship")
+    def ship(sku: str) -> str:
+        bodies.append("ship")
+        if crash["at"] == "ship":
+            raise Crash
+        return f"shipped {sku}"
+
+    @f.workflow("order")
+    def order(sku: str) -> Any:
+        amount = yield price(sku)
+        try:
+            yield fail_once()
+        except KeyError as exc:
+            note = str(exc)
+        stepstone.current().state["replaying_at_ship"] = stepstone.current().replaying
+        shipped = yield ship(sku)
+        return [amount, note, shipped]
+
+    with pytest.raises(Crash):
+        f.call(order, "sku-1", workflow_id="p-replay")
+    assert bodies == ["price", "fail_once", "ship"]
+    assert rt.handle("p-replay").status() == "RUNNING"
+    assert _steps(rt, "p-replay") == [
+        (0, "price", "step", 1, None),
+        (1, "fail_once", "step", 1, "builtins:KeyError"),
+    ]
+
+    crash["at"] = ""
+    bodies.clear()
+    result = f.call(order, "ignored: inputs are recorded", workflow_id="p-replay")
+    assert result == [9.5, "'recorded failure'", "shipped sku-1"]
+    assert bodies == ["ship"]
+    assert _steps(rt, "p-replay") == [
+        (0, "price", "step", 1, None),
+        (1, "fail_once", "step", 1, "builtins:KeyError"),
+        (2, "ship", "step", 1, None),
+    ]
+    assert rt.get_state("p-replay") == {"replaying_at_ship": False}
+    assert rt.handle("p-replay").status() == "SUCCEEDED"
+    assert _events(rt, "p-replay") == [
+        "execution_started",
+        "step_failed",
+        "execution_resumed",
+        "execution_succeeded",
+    ]
+
+
+def test_replay_calling_another_step_at_a_recorded_position_is_nondeterminism(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """A replay calling another step than the one recorded at a position fails the
+    execution with NonDeterminismError naming both; calling it again raises the recorded
+    failure and runs nothing."""
+    f = flavour
+    code = {"first": "reserve", "crash": True}
+    ran: list[str] = []
+
+    @f.step("reserve")
+    def reserve() -> str:
+        ran.append("reserve")
+        return "reserved"
+
+    @f.step("charge")
+    def charge() -> str:
+        ran.append("charge")
+        return "charged"
+
+    @f.step("halt")
+    def halt() -> None:
+        if code["crash"]:
+            raise Crash
+
+    @f.workflow("checkout")
+    def checkout() -> Any:
+        yield (reserve() if code["first"] == "reserve" else charge())
+        yield halt()
+        return "done"
+
+    with pytest.raises(Crash):
+        f.call(checkout, workflow_id="p-nd")
+    code.update(first="charge", crash=False)
+    ran.clear()
+    with pytest.raises(WorkflowFailed) as failed:
+        f.call(checkout, workflow_id="p-nd")
+    cause = failed.value.__cause__
+    assert isinstance(cause, NonDeterminismError)
+    assert (cause.workflow_id, cause.seq, cause.recorded, cause.called) == (
+        "p-nd",
+        0,
+        "reserve",
+        "charge",
+    )
+    assert ran == []
+    row = rt.store.get_execution("p-nd")
+    assert row is not None
+    assert row.status == "FAILED"
+    assert row.error is not None
+    assert row.error["type"] == "stepstone.errors:NonDeterminismError"
+    with pytest.raises(WorkflowFailed, match="NonDeterminismError"):
+        f.call(checkout, workflow_id="p-nd")
+    assert ran == []
+    assert _steps(rt, "p-nd") == [(0, "reserve", "step", 1, None)]
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def test_step_failing_twice_then_succeeding_is_one_record_of_three_attempts(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """A step that fails twice then succeeds under a retry policy is recorded once, with
+    attempts=3 and one step_retried audit entry listing both errors."""
+    f = flavour
+    attempts: list[int] = []
+
+    @f.step("flaky", retry=RetryPolicy(max_attempts=3, initial_interval=0.01))
+    def flaky() -> str:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) < 3:
+            raise ConnectionError(f"try again {len(attempts)}")
+        return "done"
+
+    @f.workflow("retrying")
+    def retrying() -> Any:
+        return (yield flaky())
+
+    assert f.call(retrying, workflow_id="p-retry") == "done"
+    assert attempts == [1, 2, 3]
+    assert _steps(rt, "p-retry") == [(0, "flaky", "step", 3, None)]
+    retried = [log for log in rt.store.list_logs("p-retry") if log.event == "step_retried"]
+    assert [(log.seq, log.details["step"], log.details["attempts"]) for log in retried] == [
+        (0, "flaky", 3)
+    ]
+    assert [("try again 1" in e, "try again 2" in e) for e in retried[0].details["errors"]] == [
+        (True, False),
+        (False, True),
+    ]
+    assert _events(rt, "p-retry") == ["execution_started", "step_retried", "execution_succeeded"]
+
+
+def test_step_exhausting_its_attempts_fails_the_workflow_and_replays_the_error(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """A step failing on each of its attempts has its last error recorded; uncaught, the
+    workflow ends FAILED with WorkflowFailed; calling it again raises the same recorded
+    error and runs nothing."""
+    f = flavour
+    attempts: list[int] = []
+
+    @f.step("broken", retry=RetryPolicy(max_attempts=2, initial_interval=0.01))
+    def broken() -> None:
+        attempts.append(1)
+        raise ValueError("broken for good")
+
+    @f.workflow("failing")
+    def failing() -> Any:
+        yield broken()
+
+    with pytest.raises(WorkflowFailed, match="broken for good") as first:
+        f.call(failing, workflow_id="p-exhaust")
+    assert attempts == [1, 1]
+    assert _steps(rt, "p-exhaust") == [(0, "broken", "step", 2, "builtins:ValueError")]
+    row = rt.store.get_execution("p-exhaust")
+    assert row is not None
+    assert row.status == "FAILED"
+    assert row.error is not None
+    assert (row.error["type"], row.error["message"]) == ("builtins:ValueError", "broken for good")
+    assert _events(rt, "p-exhaust") == [
+        "execution_started",
+        "step_retried",
+        "step_failed",
+        "execution_failed",
+    ]
+
+    with pytest.raises(WorkflowFailed, match="broken for good") as again:
+        f.call(failing, workflow_id="p-exhaust")
+    assert str(again.value) == str(first.value)
+    assert attempts == [1, 1]
+
+
+# -- transaction steps ---------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("marks")
+def test_transaction_step_commits_its_sql_with_its_record_or_rolls_both_back(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """A transaction step's SQL commits with its record; a failing body rolls its SQL
+    back and records its error, which the workflow can catch."""
+    f = flavour
+
+    @f.transaction("mark")
+    def mark(note: str) -> Any:
+        yield f.sql("INSERT INTO marks VALUES (%s)", note)
+        (count,) = yield f.sql("SELECT count(*) FROM marks")
+        if note == "bad":
+            raise ValueError(f"refused {note} after {count[0]} rows")
+        return note
+
+    @f.workflow("marking")
+    def marking() -> Any:
+        try:
+            yield mark("bad")
+        except ValueError as exc:
+            caught = str(exc)
+        good = yield mark("good")
+        return [caught, good]
+
+    assert f.call(marking, workflow_id="p-tx") == ["refused bad after 1 rows", "good"]
+    assert _marks(rt) == ["good"]
+    assert _steps(rt, "p-tx") == [
+        (0, "mark", "transaction", 1, "builtins:ValueError"),
+        (1, "mark", "transaction", 1, None),
+    ]
+    assert _events(rt, "p-tx") == ["execution_started", "step_failed", "execution_succeeded"]
+
+
+@pytest.mark.usefixtures("marks")
+def test_fenced_out_transaction_step_rolls_back_the_users_sql(
+    flavour: Flavour, rt: Runtime, db: str
+) -> None:
+    """A claim by another executor committed while a transaction step runs makes its
+    commit fail in the database (OwnershipLost, even caught): the user's write, the step
+    record and the state change roll back, nothing more runs here, and the caller waits
+    for the outcome of the executor that claimed it."""
+    f = flavour
+    ran: list[str] = []
+
+    @f.step("first")
+    def first() -> str:
+        return "first"
+
+    @f.transaction("write")
+    def write(note: str) -> Any:
+        yield f.sql("INSERT INTO marks VALUES (%s)", note)
+        _bump_epoch(db, "p-fence")
+        return note
+
+    @f.step("after")
+    def after() -> None:
+        ran.append("after")
+
+    @f.workflow("fenced")
+    def fenced() -> Any:
+        yield first()
+        stepstone.current().state["stage"] = "writing"
+        try:
+            yield write("fenced-note")
+        except OwnershipLost:
+            ran.append("caught")  # swallowed: the workflow stops all the same
+        yield after()
+
+    handle = f.start(fenced, workflow_id="p-fence")
+    with pytest.raises(ResultTimeout):
+        handle.result(timeout=2)
+    assert _marks(rt) == []
+    assert ran == ["caught"]
+    assert _steps(rt, "p-fence") == [(0, "first", "step", 1, None)]
+    assert rt.get_state("p-fence") == {}
+    row = rt.store.get_execution("p-fence")
+    assert row is not None
+    assert (row.status, row.owner, row.epoch) == ("RUNNING", "thief", 2)
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+def test_state_is_durable_with_the_next_step_commit_and_with_completion(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """State set by a workflow becomes readable by rt.get_state with the next step's
+    commit, not before; the last changes (deletions too) commit with its completion."""
+    f = flavour
+    seen: list[dict[str, Any]] = []
+
+    @f.step("peek")
+    def peek() -> None:
+        seen.append(rt.get_state("p-state"))
+
+    @f.workflow("stateful")
+    def stateful() -> Any:
+        state = stepstone.current().state
+        state["stage"] = "one"
+        state["scratch"] = [1, 2]
+        yield peek()
+        state["stage"] = "two"
+        del state["scratch"]
+        yield peek()
+        state["done"] = True
+        return dict(state)
+
+    assert f.call(stateful, workflow_id="p-state") == {"stage": "two", "done": True}
+    assert seen == [{}, {"stage": "one", "scratch": [1, 2]}]
+    assert rt.get_state("p-state") == {"stage": "two", "done": True}
