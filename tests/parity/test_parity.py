@@ -8,13 +8,22 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import stepstone
-from stepstone import NonDeterminismError, OwnershipLost, ResultTimeout, RetryPolicy, WorkflowFailed
+from stepstone import (
+    NonDeterminismError,
+    OwnershipLost,
+    ResultTimeout,
+    RetryPolicy,
+    Runtime,
+    WorkflowFailed,
+)
+from tests.parity.flavours import FLAVOURS, flavour_of
+from tests.support import databases
 from tests.support.runtime import Crash
 
 if TYPE_CHECKING:
-    from stepstone import Runtime
     from tests.parity.flavours import Flavour
 
 
@@ -368,3 +377,128 @@ def test_state_is_durable_with_the_next_step_commit_and_with_completion(
     assert f.call(stateful, workflow_id="p-state") == {"stage": "two", "done": True}
     assert seen == [{}, {"stage": "one", "scratch": [1, 2]}]
     assert rt.get_state("p-state") == {"stage": "two", "done": True}
+
+
+# -- the same records ----------------------------------------------------------------------
+
+_TABLES = (
+    ("executions", "id"),
+    ("steps", "execution_id, seq"),
+    ("states", "execution_id, key"),
+    ("checkpoints", "execution_id, seq"),
+    ("logs", "execution_id, id"),
+    ("messages", "execution_id, topic, id"),
+)
+# What differs between two runs of the same code by nature: clocks, generated ids, the
+# fingerprint of the code (a `def` and an `async def` are different code) and tracebacks.
+_UNCOMPARED = {
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "at",
+    "sent_at",
+    "fingerprint",
+}
+
+
+def _records(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row stepstone wrote for executions, minus what differs by nature."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    with psycopg.connect(dsn) as conn:
+        for table, order in _TABLES:
+            query = sql.SQL("SELECT to_jsonb(t) FROM stepstone.{} t ORDER BY {}").format(
+                sql.Identifier(table), sql.SQL(order)
+            )
+            rows = []
+            for (row,) in conn.execute(query):
+                kept = {k: v for k, v in row.items() if k not in _UNCOMPARED}
+                if table in ("logs", "messages"):
+                    kept.pop("id")
+                if kept.get("error"):
+                    kept["error"] = {k: v for k, v in kept["error"].items() if k != "traceback"}
+                rows.append(kept)
+            found[table] = rows
+    return found
+
+
+def _order_records(f: Flavour, dsn: str) -> dict[str, list[dict[str, Any]]]:
+    """Run one workflow touching every kind of record (steps, a recorded error, retries,
+    a transaction step, state, an interruption and its replay) in flavour `f`; what it
+    wrote."""
+    crash = {"at": "ship"}
+    tries: list[int] = []
+
+    @f.step("price")
+    def price(sku: str) -> float:
+        return 9.5
+
+    @f.step("flaky", retry=RetryPolicy(max_attempts=3, initial_interval=0.01))
+    def flaky(sku: str) -> str:
+        tries.append(1)
+        if len(tries) < 2:
+            raise ConnectionError("try again")
+        return f"reserved {sku}"
+
+    @f.step("refuse")
+    def refuse() -> None:
+        raise KeyError("refused")
+
+    @f.transaction("record")
+    def record(sku: str, amount: float) -> Any:
+        yield f.sql("INSERT INTO marks VALUES (%s)", f"{sku} at {amount}")
+        return amount
+
+    @f.step("ship")
+    def ship(sku: str) -> str:
+        if crash["at"] == "ship":
+            raise Crash
+        return f"shipped {sku}"
+
+    @f.workflow("order")
+    def order(sku: str) -> Any:
+        state = stepstone.current().state
+        amount = yield price(sku)
+        state["amount"] = amount
+        reserved = yield flaky(sku)
+        try:
+            yield refuse()
+        except KeyError:
+            state["refused"] = True
+        yield record(sku, amount)
+        state["stage"] = "shipping"
+        shipped = yield ship(sku)
+        del state["refused"]
+        return [reserved, shipped]
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE marks (note text PRIMARY KEY)")
+    try:
+        with pytest.raises(Crash):
+            f.call(order, "sku-1", workflow_id="p-same")
+        crash["at"] = ""
+        assert f.call(order, "sku-1", workflow_id="p-same") == ["reserved sku-1", "shipped sku-1"]
+    finally:
+        f.close()
+    return _records(dsn)
+
+
+def test_the_same_workflow_writes_the_same_records_in_both_flavours(
+    template_db: str,
+) -> None:
+    """One workflow run as sync code on one database and as async code on another leaves
+    the same rows in executions, steps, states, checkpoints, logs and messages (clocks,
+    generated ids, code fingerprints and tracebacks aside)."""
+    names = [databases.create_database(template=template_db) for _ in FLAVOURS]
+    try:
+        found = {}
+        for flavour, name in zip(FLAVOURS, names, strict=True):
+            dsn = databases.dsn_for(name)
+            rt = Runtime(dsn, executor_id="test-executor", workers=4, pool_max_size=6)
+            found[flavour] = _order_records(flavour_of(flavour, rt), dsn)
+    finally:
+        for name in names:
+            databases.drop_database(name)
+    assert found["sync"]["steps"], "the workflow recorded nothing"
+    for table, _ in _TABLES:
+        assert found["async"][table] == found["sync"][table], table
