@@ -278,6 +278,13 @@ class Flavour:
         """Start `workflow(*args)` as execution `workflow_id`; its handle."""
         raise NotImplementedError
 
+    def submit(
+        self, queue: Queue, workflow: Workflow[..., Any], *args: Any, workflow_id: str
+    ) -> Any:
+        """Enqueue `workflow(*args)` as execution `workflow_id` on `queue` from the test;
+        its handle."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -312,6 +319,12 @@ class SyncFlavour(Flavour):
     def start(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
         self.rt.launch()
         return self.rt.start(workflow.with_options(workflow_id=workflow_id), *args)
+
+    def submit(
+        self, queue: Queue, workflow: Workflow[..., Any], *args: Any, workflow_id: str
+    ) -> Any:
+        self.rt.launch()
+        return queue.enqueue(workflow.with_options(workflow_id=workflow_id), *args)
 
     def close(self) -> None:
         self.rt.shutdown()
@@ -364,6 +377,12 @@ class AsyncFlavour(Flavour):
         return self.run(
             lambda: self.rt.start_async(workflow.with_options(workflow_id=workflow_id), *args)
         )
+
+    def submit(
+        self, queue: Queue, workflow: Workflow[..., Any], *args: Any, workflow_id: str
+    ) -> Any:
+        bound = workflow.with_options(workflow_id=workflow_id)
+        return self.run(lambda: queue.enqueue_async(bound, *args))  # type: ignore[attr-defined]
 
     def _running(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
