@@ -1,0 +1,189 @@
+"""Less travelled paths, the same for sync and async workflows: errors at COMMIT, a
+failing workflow body, values that cannot be stored, an id called again, cancellation and
+deadlines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+import stepstone
+from stepstone import RetryPolicy, WorkflowFailed
+from tests.support.runtime import Crash
+
+if TYPE_CHECKING:
+    from stepstone import Runtime
+    from tests.parity.flavours import Flavour
+
+
+def _steps(rt: Runtime, workflow_id: str) -> list[tuple[int, str, int, str | None]]:
+    return [
+        (s.seq, s.name, s.attempts, s.error["type"] if s.error else None)
+        for s in rt.store.list_steps(workflow_id)
+    ]
+
+
+def _events(rt: Runtime, workflow_id: str) -> list[str]:
+    return [log.event for log in rt.store.list_logs(workflow_id)]
+
+
+@pytest.fixture
+def orders(db: str) -> None:
+    """Tables whose deferred foreign key fails at COMMIT."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE customers (id int PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, customer int REFERENCES customers "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+
+@pytest.mark.usefixtures("orders")
+def test_a_constraint_failing_at_commit_is_the_transaction_steps_own_failure(
+    flavour: Flavour, rt: Runtime, db: str
+) -> None:
+    """A deferred foreign key violated by a transaction step's SQL fails at COMMIT: the
+    step is retried per its policy, then its failure is recorded and raised in the
+    workflow, which catches it; nothing of its SQL stays."""
+    f = flavour
+    attempts: list[int] = []
+
+    @f.transaction("place", retry=RetryPolicy(max_attempts=3, initial_interval=0))
+    def place(order_id: int) -> Any:
+        attempts.append(order_id)
+        yield f.sql("INSERT INTO orders VALUES (%s, 404)", order_id)
+
+    @f.workflow("ordering")
+    def ordering() -> Any:
+        try:
+            yield place(1)
+        except psycopg.errors.ForeignKeyViolation as exc:
+            return f"refused: {exc.sqlstate}"
+        return "placed"
+
+    assert f.call(ordering, workflow_id="e-fk") == "refused: 23503"
+    assert attempts == [1, 1, 1]
+    assert _steps(rt, "e-fk") == [(0, "place", 3, "psycopg.errors:ForeignKeyViolation")]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    assert rt.handle("e-fk").status() == "SUCCEEDED"
+
+
+def test_a_recorded_transaction_step_replays_without_running_its_sql(
+    flavour: Flavour, rt: Runtime, db: str
+) -> None:
+    """After an interruption, a committed transaction step returns its recorded result
+    and its SQL does not run again."""
+    f = flavour
+    crash = {"now": True}
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE counter (n int NOT NULL)")
+        conn.execute("INSERT INTO counter VALUES (0)")
+
+    @f.transaction("bump")
+    def bump() -> Any:
+        ((n,),) = yield f.sql("UPDATE counter SET n = n + 1 RETURNING n")
+        return n
+
+    @f.step("stop")
+    def stop() -> None:
+        if crash["now"]:
+            raise Crash
+
+    @f.workflow("bumping")
+    def bumping() -> Any:
+        n = yield bump()
+        yield stop()
+        return n
+
+    with pytest.raises(Crash):
+        f.call(bumping, workflow_id="e-bump")
+    crash["now"] = False
+    assert f.call(bumping, workflow_id="e-bump") == 1
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT n FROM counter").fetchone() == (1,)
+    assert _steps(rt, "e-bump") == [(0, "bump", 1, None), (1, "stop", 1, None)]
+
+
+def test_a_failing_workflow_body_ends_failed_and_replays_its_error(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """An exception raised by the workflow body itself (not a step) ends the execution
+    FAILED with that error, after its committed steps and state; calling it again raises
+    the recorded failure and runs nothing."""
+    f = flavour
+    ran: list[str] = []
+
+    @f.step("first")
+    def first() -> str:
+        ran.append("first")
+        return "first"
+
+    @f.workflow("doomed")
+    def doomed() -> Any:
+        yield first()
+        stepstone.current().state["at"] = "raising"
+        raise LookupError("no such order")
+
+    with pytest.raises(WorkflowFailed, match="no such order"):
+        f.call(doomed, workflow_id="e-doomed")
+    row = rt.store.get_execution("e-doomed")
+    assert row is not None
+    assert row.status == "FAILED"
+    assert row.error is not None
+    assert (row.error["type"], row.error["message"]) == ("builtins:LookupError", "no such order")
+    assert rt.get_state("e-doomed") == {"at": "raising"}
+    assert _events(rt, "e-doomed") == ["execution_started", "execution_failed"]
+    with pytest.raises(WorkflowFailed, match="no such order"):
+        f.call(doomed, workflow_id="e-doomed")
+    assert ran == ["first"]
+
+
+def test_a_finished_execution_called_again_returns_its_recorded_result(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """Calling a SUCCEEDED id again returns its recorded result; nothing runs and
+    nothing is written."""
+    f = flavour
+    ran: list[str] = []
+
+    @f.step("once")
+    def once(n: int) -> int:
+        ran.append("once")
+        return n * 2
+
+    @f.workflow("twice")
+    def twice(n: int) -> Any:
+        return (yield once(n))
+
+    assert f.call(twice, 4, workflow_id="e-again") == 8
+    logs = _events(rt, "e-again")
+    assert f.call(twice, 5, workflow_id="e-again") == 8
+    assert ran == ["once"]
+    assert _events(rt, "e-again") == logs
+
+
+def test_a_step_result_that_cannot_be_stored_fails_the_workflow_and_records_no_step(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """A step returning a value the serializer cannot store raises naming the step and
+    its position; no step row is written, and the workflow ends FAILED with that error
+    (instead of staying RUNNING)."""
+    f = flavour
+
+    @f.step("opaque")
+    def opaque() -> Any:
+        return object()
+
+    @f.workflow("storing")
+    def storing() -> Any:
+        yield opaque()
+
+    with pytest.raises(
+        WorkflowFailed, match=r"output of step 'opaque' \(position 0\) of workflow 'e-opaque'"
+    ):
+        f.call(storing, workflow_id="e-opaque")
+    assert rt.store.list_steps("e-opaque") == []
+    assert rt.handle("e-opaque").status() == "FAILED"
