@@ -36,12 +36,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 import stepstone
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    import psycopg
 
     from stepstone import Queue, RetryPolicy, Runtime, TransactionStep, Workflow
 
@@ -270,11 +270,16 @@ class Flavour:
     def _workflow_body(self, impl: Callable[..., Any]) -> Callable[..., Any]:
         raise NotImplementedError
 
-    def call(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
-        """Run `workflow(*args)` as execution `workflow_id` from the test, to its end."""
+    def call(
+        self, workflow: Workflow[..., Any], *args: Any, workflow_id: str, **options: Any
+    ) -> Any:
+        """Run `workflow(*args)` as execution `workflow_id` from the test, to its end;
+        `options` go to `with_options` (e.g. `timeout`)."""
         raise NotImplementedError
 
-    def start(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
+    def start(
+        self, workflow: Workflow[..., Any], *args: Any, workflow_id: str, **options: Any
+    ) -> Any:
         """Start `workflow(*args)` as execution `workflow_id`; its handle."""
         raise NotImplementedError
 
@@ -312,13 +317,17 @@ class SyncFlavour(Flavour):
 
         return body
 
-    def call(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
+    def call(
+        self, workflow: Workflow[..., Any], *args: Any, workflow_id: str, **options: Any
+    ) -> Any:
         self.rt.launch()
-        return workflow.with_options(workflow_id=workflow_id)(*args)
+        return workflow.with_options(workflow_id=workflow_id, **options)(*args)
 
-    def start(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
+    def start(
+        self, workflow: Workflow[..., Any], *args: Any, workflow_id: str, **options: Any
+    ) -> Any:
         self.rt.launch()
-        return self.rt.start(workflow.with_options(workflow_id=workflow_id), *args)
+        return self.rt.start(workflow.with_options(workflow_id=workflow_id, **options), *args)
 
     def submit(
         self, queue: Queue, workflow: Workflow[..., Any], *args: Any, workflow_id: str
@@ -370,13 +379,17 @@ class AsyncFlavour(Flavour):
 
         return asyncio.run_coroutine_threadsafe(launched(), self._running()).result(TIMEOUT)
 
-    def call(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
-        return self.run(lambda: workflow.with_options(workflow_id=workflow_id)(*args))
+    def call(
+        self, workflow: Workflow[..., Any], *args: Any, workflow_id: str, **options: Any
+    ) -> Any:
+        bound = workflow.with_options(workflow_id=workflow_id, **options)
+        return self.run(lambda: bound(*args))
 
-    def start(self, workflow: Workflow[..., Any], *args: Any, workflow_id: str) -> Any:
-        return self.run(
-            lambda: self.rt.start_async(workflow.with_options(workflow_id=workflow_id), *args)
-        )
+    def start(
+        self, workflow: Workflow[..., Any], *args: Any, workflow_id: str, **options: Any
+    ) -> Any:
+        bound = workflow.with_options(workflow_id=workflow_id, **options)
+        return self.run(lambda: self.rt.start_async(bound, *args))
 
     def submit(
         self, queue: Queue, workflow: Workflow[..., Any], *args: Any, workflow_id: str
@@ -411,6 +424,15 @@ def flavour_of(name: str, rt: Runtime) -> Flavour:
     return SyncFlavour(rt) if name == "sync" else AsyncFlavour(rt)
 
 
+def bump_epoch(dsn: str, workflow_id: str) -> None:
+    """What a concurrent claim by another executor does to the execution row."""
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute(
+            "UPDATE stepstone.executions SET owner = 'thief', epoch = epoch + 1 WHERE id = %s",
+            [workflow_id],
+        )
+
+
 __all__ = [
     "FLAVOURS",
     "AsyncFlavour",
@@ -419,5 +441,6 @@ __all__ = [
     "Flavour",
     "Sql",
     "SyncFlavour",
+    "bump_epoch",
     "flavour_of",
 ]

@@ -19,7 +19,7 @@ from stepstone import (
     Runtime,
     WorkflowFailed,
 )
-from tests.parity.flavours import FLAVOURS, flavour_of
+from tests.parity.flavours import FLAVOURS, bump_epoch, flavour_of
 from tests.support import databases
 from tests.support.runtime import Crash
 
@@ -49,15 +49,6 @@ def marks(db: str) -> None:
     """A table `marks (note text PRIMARY KEY)` for transaction steps to write."""
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("CREATE TABLE marks (note text PRIMARY KEY)")
-
-
-def _bump_epoch(dsn: str, workflow_id: str) -> None:
-    """What a concurrent claim by another executor does to the execution row."""
-    with psycopg.connect(dsn, autocommit=True) as other:
-        other.execute(
-            "UPDATE stepstone.executions SET owner = 'thief', epoch = epoch + 1 WHERE id = %s",
-            [workflow_id],
-        )
 
 
 # -- replay --------------------------------------------------------------------------------
@@ -318,7 +309,7 @@ def test_fenced_out_transaction_step_rolls_back_the_users_sql(
     @f.transaction("write")
     def write(note: str) -> Any:
         yield f.sql("INSERT INTO marks VALUES (%s)", note)
-        _bump_epoch(db, "p-fence")
+        bump_epoch(db, "p-fence")
         return note
 
     @f.step("after")

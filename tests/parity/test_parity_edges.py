@@ -4,13 +4,22 @@ deadlines."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 
 import stepstone
-from stepstone import RetryPolicy, WorkflowFailed
+from stepstone import (
+    OwnershipLost,
+    ResultTimeout,
+    RetryPolicy,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowTimedOut,
+)
+from tests.parity.flavours import bump_epoch
 from tests.support.runtime import Crash
 
 if TYPE_CHECKING:
@@ -187,3 +196,100 @@ def test_a_step_result_that_cannot_be_stored_fails_the_workflow_and_records_no_s
         f.call(storing, workflow_id="e-opaque")
     assert rt.store.list_steps("e-opaque") == []
     assert rt.handle("e-opaque").status() == "FAILED"
+
+
+def test_a_fenced_out_plain_step_records_nothing_and_stops_the_workflow(
+    flavour: Flavour, rt: Runtime, db: str
+) -> None:
+    """A plain step whose executor lost the execution while it ran commits nothing, and
+    no later step runs, even when the workflow swallows OwnershipLost."""
+    f = flavour
+    ran: list[str] = []
+
+    @f.step("slow")
+    def slow() -> int:
+        ran.append("slow")
+        bump_epoch(db, "e-fence")
+        return 1
+
+    @f.step("later")
+    def later() -> None:
+        ran.append("later")
+
+    @f.workflow("swallowing")
+    def swallowing() -> Any:
+        try:
+            yield slow()
+        except OwnershipLost:
+            ran.append("caught")
+        yield later()
+        return "finished"
+
+    handle = f.start(swallowing, workflow_id="e-fence")
+    with pytest.raises(ResultTimeout):
+        handle.result(timeout=2)
+    assert ran == ["slow", "caught"]
+    assert rt.store.list_steps("e-fence") == []
+    row = rt.store.get_execution("e-fence")
+    assert row is not None
+    assert (row.status, row.owner, row.epoch) == ("RUNNING", "thief", 2)
+
+
+def test_a_step_running_at_the_deadline_is_not_recorded(flavour: Flavour, rt: Runtime) -> None:
+    """A step body still running when the execution's deadline passes finishes, but its
+    result is not recorded and no later step body runs; the caller gets WorkflowTimedOut
+    and the execution is CANCELLED."""
+    f = flavour
+    bodies: list[str] = []
+
+    @f.step("long")
+    def long() -> str:
+        bodies.append("long")
+        time.sleep(1.5)
+        return "done"
+
+    @f.step("after")
+    def after() -> None:
+        bodies.append("after")
+
+    @f.workflow("racing")
+    def racing() -> Any:
+        yield long()
+        yield after()
+
+    with pytest.raises(WorkflowTimedOut):
+        f.call(racing, workflow_id="e-deadline", timeout=0.5)
+    assert bodies == ["long"]
+    assert rt.store.list_steps("e-deadline") == []
+    assert rt.handle("e-deadline").status() == "CANCELLED"
+
+
+def test_a_workflow_cancelled_during_a_step_stops_before_the_next(
+    flavour: Flavour, rt: Runtime
+) -> None:
+    """rt.cancel() while a step body runs ends the execution CANCELLED at once; the step's
+    result is not recorded, no later step body runs, and the caller gets
+    WorkflowCancelled."""
+    f = flavour
+    bodies: list[str] = []
+
+    @f.step("cancelling")
+    def cancelling() -> str:
+        bodies.append("cancelling")
+        rt.cancel("e-cancel")
+        return "done"
+
+    @f.step("after")
+    def after() -> None:
+        bodies.append("after")
+
+    @f.workflow("cancelled")
+    def cancelled() -> Any:
+        yield cancelling()
+        yield after()
+
+    with pytest.raises(WorkflowCancelled):
+        f.call(cancelled, workflow_id="e-cancel")
+    assert bodies == ["cancelling"]
+    assert rt.store.list_steps("e-cancel") == []
+    assert rt.handle("e-cancel").status() == "CANCELLED"
