@@ -31,6 +31,7 @@ Adding a request (a wait, an enqueue, ...) is a dataclass and one branch in each
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from dataclasses import dataclass, field
@@ -186,6 +187,23 @@ async def _aperform(request: Any, conn: psycopg.AsyncConnection[Any] | None = No
     raise TypeError(f"a body yielded {request!r}: yield a Call, Sql or a wait")
 
 
+def _like(
+    body: Callable[..., Any], impl: Callable[..., Any], *, connection: bool = False
+) -> Callable[..., Any]:
+    """`body` declaring what `impl` declares: its parameters and their annotations (by
+    which stepstone checks arguments and rebuilds stored values), its name and its source
+    (the workflow's fingerprint), so that both flavours declare the same. A transaction
+    step's body takes the connection first."""
+    functools.update_wrapper(body, impl)
+    if connection:
+        signature = inspect.signature(impl)
+        conn = inspect.Parameter("conn", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        body.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[conn, *signature.parameters.values()]
+        )
+    return body
+
+
 # -- the flavours --------------------------------------------------------------------------
 
 
@@ -227,7 +245,8 @@ class Flavour:
         """A step named `name` whose body calls the decorated plain function."""
 
         def build(impl: Callable[..., Any]) -> Described:
-            return Described(self.rt.step(name=name, retry=retry)(self._step_body(impl)))
+            body = _like(self._step_body(impl), impl)
+            return Described(self.rt.step(name=name, retry=retry)(body))
 
         return build
 
@@ -239,9 +258,8 @@ class Flavour:
         step's connection."""
 
         def build(impl: Callable[..., Any]) -> Described:
-            built: TransactionStep[..., Any] = self.rt.transaction(name=name, retry=retry)(
-                self._transaction_body(impl)
-            )
+            body = _like(self._transaction_body(impl), impl, connection=True)
+            built: TransactionStep[..., Any] = self.rt.transaction(name=name, retry=retry)(body)
             return Described(built)
 
         return build
@@ -250,7 +268,7 @@ class Flavour:
         """A workflow named `name` whose body drives the decorated generator function."""
 
         def build(impl: Callable[..., Any]) -> Workflow[..., Any]:
-            return self.rt.workflow(name=name)(self._workflow_body(impl))
+            return self.rt.workflow(name=name)(_like(self._workflow_body(impl), impl))
 
         return build
 
