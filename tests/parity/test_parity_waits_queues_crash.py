@@ -322,3 +322,27 @@ def test_an_execution_killed_mid_step_is_taken_over_and_finished(
         if log.event == "execution_resumed"
     ]
     assert resumed == [("worker-2", "expired_lease")]
+
+
+def test_a_transaction_step_killed_before_its_commit_writes_once(
+    flavour: Flavour, rt: Runtime, db: str, tmp_path: Path
+) -> None:
+    """A process killed with SIGKILL inside a transaction step, after its INSERT and
+    before its commit, leaves neither the row nor the step record; the executor that takes
+    the execution over runs the step again, and the row and the record commit once."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ledger (entry text NOT NULL)")
+    killed = _worker(flavour.name, db, "worker-1", "run-tx", tmp_path)
+    assert killed.returncode == -9, killed.stderr
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
+    served = _worker(flavour.name, db, "worker-2", "serve", tmp_path)
+    assert served.stdout.strip() == "served", served.stderr
+    assert (tmp_path / "effects").read_text().splitlines() == ["book", "book"]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT entry FROM ledger").fetchall() == [("entry-1",)]
+    rt.store.open(migrate=False)
+    assert _steps(rt, "ledger-7") == [(0, "book", "transaction", "1")]
+    row = rt.store.get_execution("ledger-7")
+    assert row is not None
+    assert (row.status, row.owner, row.output) == ("SUCCEEDED", "worker-2", "1")

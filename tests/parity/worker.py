@@ -5,6 +5,9 @@
 MODE `run`: run execution "killed-7" of the `killed` workflow (steps one, two, three, each
 noting its name in NOTES_DIR/effects when its body runs); the first body of step two to
 run kills its own process with SIGKILL (after noting "two"), then print the result.
+MODE `run-tx`: run execution "ledger-7" of the `ledger` workflow (a transaction step
+inserting a row into table `ledger`; its first body to run kills its own process with
+SIGKILL after the INSERT, before the commit), then print the result.
 MODE `serve`: launch (which recovers what there is to recover) and wait until every
 execution in the database has ended, then print "served".
 Leases are short (1 s) so that tests run quickly.
@@ -72,6 +75,23 @@ def killed() -> Any:
     return done
 
 
+@f.transaction("book")
+def book(entry: str) -> Any:
+    yield f.sql("INSERT INTO ledger (entry) VALUES (%s)", entry)
+    note("book")
+    first = notes / "booked-once"
+    if not first.exists():
+        first.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    ((count,),) = yield f.sql("SELECT count(*) FROM ledger")
+    return count
+
+
+@f.workflow("ledger")
+def ledger() -> Any:
+    return (yield book("entry-1"))
+
+
 def all_ended() -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
@@ -83,6 +103,8 @@ def all_ended() -> bool:
 
 if mode == "run":
     print(f.call(killed, workflow_id="killed-7"))
+elif mode == "run-tx":
+    print(f.call(ledger, workflow_id="ledger-7"))
 elif mode == "serve":
     if isinstance(f, AsyncFlavour):
         f.run(rt.launch_async)  # the loop keeps running for resumed executions
