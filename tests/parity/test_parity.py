@@ -19,6 +19,7 @@ from stepstone import (
     Runtime,
     WorkflowFailed,
 )
+from tests.parity import flavours
 from tests.parity.flavours import FLAVOURS, bump_epoch, flavour_of
 from tests.support import databases
 from tests.support.runtime import Crash
@@ -125,8 +126,8 @@ def test_replay_calling_another_step_at_a_recorded_position_is_nondeterminism(
     flavour: Flavour, rt: Runtime
 ) -> None:
     """A replay calling another step than the one recorded at a position fails the
-    execution with NonDeterminismError naming both; calling it again raises the recorded
-    failure and runs nothing."""
+    execution with NonDeterminismError naming both and the call site; calling it again
+    raises the recorded failure and runs nothing."""
     f = flavour
     code = {"first": "reserve", "crash": True}
     ran: list[str] = []
@@ -166,6 +167,8 @@ def test_replay_calling_another_step_at_a_recorded_position_is_nondeterminism(
         "reserve",
         "charge",
     )
+    # The call site is the user's line that called the step (here, the flavour's driver).
+    assert cause.call_site.startswith(f"{flavours.__file__}:")
     assert ran == []
     row = rt.store.get_execution("p-nd")
     assert row is not None
