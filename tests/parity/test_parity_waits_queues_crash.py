@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import stepstone
-from stepstone import Queue, RecvTimeout, Runtime
+from stepstone import RecvTimeout, Runtime
 from tests.support.runtime import FAST, wait_for
 
 if TYPE_CHECKING:
@@ -45,12 +45,6 @@ def rt(db: str) -> Iterator[Runtime]:
     runtime.shutdown()
 
 
-def _needs(f: Flavour, owner: object, name: str) -> None:
-    """An expected failure of the async flavour while `owner.name` does not exist."""
-    if f.name == "async" and not hasattr(owner, name):
-        pytest.xfail(f"the async flavour needs {name}()")
-
-
 def _steps(rt: Runtime, workflow_id: str) -> list[tuple[int, str, str, str | None]]:
     """Each recorded step: position, name, kind, recorded output."""
     return [(s.seq, s.name, s.kind, s.output) for s in rt.store.list_steps(workflow_id)]
@@ -72,7 +66,6 @@ def _row(rt: Runtime, workflow_id: str) -> tuple[Any, ...]:
 def test_a_sleep_already_over_completes_in_its_one_commit(flavour: Flavour, rt: Runtime) -> None:
     """sleep(0) is recorded as a sleep step in one commit, without suspending."""
     f = flavour
-    _needs(f, stepstone, "sleep_async")
 
     @f.step("after")
     def after() -> str:
@@ -94,7 +87,6 @@ def test_a_sleep_suspends_the_execution_and_the_call_returns_after_it(
     """A sleep not over suspends the execution (WAITING, recorded); when it is due the
     execution is woken and resumed by replay, and the caller gets its result."""
     f = flavour
-    _needs(f, stepstone, "sleep_async")
     bodies: list[str] = []
 
     @f.step("before")
@@ -124,7 +116,6 @@ def test_a_message_wakes_a_waiting_receive(flavour: Flavour, rt: Runtime, db: st
     """A receive with an empty mailbox suspends the execution; a send wakes it, and the
     message is its recorded outcome, consumed at its position."""
     f = flavour
-    _needs(f, stepstone, "recv_async")
 
     @f.workflow("approval")
     def approval() -> Any:
@@ -149,7 +140,6 @@ def test_a_receive_timeout_is_recorded_and_raised_in_the_workflow(
     """A receive that gets nothing in its timeout raises RecvTimeout in the workflow,
     recorded as the wait's error."""
     f = flavour
-    _needs(f, stepstone, "recv_async")
 
     @f.workflow("impatient")
     def impatient() -> Any:
@@ -171,8 +161,6 @@ def test_a_state_wait_is_woken_by_the_commit_of_the_key(flavour: Flavour, rt: Ru
     """A workflow waiting for another execution's state key is woken by the commit that
     sets it, and the value is the wait's recorded outcome."""
     f = flavour
-    _needs(f, stepstone, "wait_state_async")
-    _needs(f, stepstone, "recv_async")
 
     @f.workflow("stager")
     def stager(stage: str) -> Any:
@@ -234,7 +222,6 @@ def test_an_enqueued_execution_runs_once_on_a_worker_of_its_queue(
     """An execution enqueued from outside is ENQUEUED, then started by the dispatcher of
     this process; the handle gets its result; the audit log says enqueued, dequeued."""
     f = flavour
-    _needs(f, Queue, "enqueue_async")
     queue = rt.queue("parity")
     ran: list[str] = []
 
@@ -259,7 +246,6 @@ def test_a_workflow_enqueues_with_an_id_once_even_on_replay(flavour: Flavour, rt
     """Enqueuing from a workflow body with an explicit id enqueues one execution; doing
     it again (a replay) returns the same one."""
     f = flavour
-    _needs(f, Queue, "enqueue_async")
     queue = rt.queue("inner")
 
     @f.workflow("inner")
