@@ -11,19 +11,25 @@ from the main thread (sync) or awaited on an event loop (async). From the main t
 total for (S, N) = (0, 0), (0, N) and (10, N): per empty workflow = ((0, N) - (0, 0)) / N,
 per step = ((10, N) - (0, N)) / (10 N). For scale, psycopg alone: one statement on a
 connection taken from its sync pool, and from its async pool awaited on an event loop (a
-"step" is one such statement; it has no empty workflow). Needs valgrind; takes about five
-minutes.
+"step" is one such statement; it has no empty workflow). When uvloop is installed (it is
+not a dependency), the async rows are measured on its event loop too. Needs valgrind;
+takes about five minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +37,17 @@ SYNC_CHILD = "sync"
 ASYNC_CHILD = "async"
 FLOOR_SYNC = "floor-sync"
 FLOOR_ASYNC = "floor-async"
+UVLOOP = "+uvloop"  # suffix of an async flavour: the same on uvloop's event loop
+
+
+def run_loop(flavour: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """`main()` on asyncio's own event loop, or on uvloop's for a "+uvloop" flavour."""
+    if flavour.endswith(UVLOOP):
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def floor(flavour: str, dsn: str, steps: int, count: int) -> None:
@@ -61,12 +78,12 @@ def floor(flavour: str, dsn: str, steps: int, count: int) -> None:
                 finally:
                     await pool.putconn(conn)
 
-    asyncio.run(main())
+    run_loop(flavour, main)
 
 
 def child(flavour: str, dsn: str, steps: int, count: int) -> None:
     """The measured process: stepstone is imported from PYTHONPATH (the checkout measured)."""
-    if flavour in (FLOOR_SYNC, FLOOR_ASYNC):
+    if flavour.startswith("floor"):
         floor(flavour, dsn, steps, count)
         return
     from stepstone import Runtime
@@ -114,7 +131,7 @@ def child(flavour: str, dsn: str, steps: int, count: int) -> None:
             for _ in range(count):
                 await aflow(steps)
 
-    asyncio.run(main())
+    run_loop(flavour, main)
 
 
 def measure(checkout: Path, flavour: str, dsn: str, steps: int, count: int) -> int:
@@ -177,6 +194,13 @@ def main() -> None:
         ("psycopg alone, sync pool", ROOT, FLOOR_SYNC),
         ("psycopg alone, async pool", ROOT, FLOOR_ASYNC),
     ]
+    if importlib.util.find_spec("uvloop") is not None:
+        # The same on uvloop (not a dependency: measured when it is installed), to show how
+        # much of the async cost is the event loop's.
+        engines += [
+            ("this checkout, async on uvloop", ROOT, ASYNC_CHILD + UVLOOP),
+            ("psycopg alone, async pool on uvloop", ROOT, FLOOR_ASYNC + UVLOOP),
+        ]
     if args.baseline is not None:
         engines.insert(0, ("baseline, sync", args.baseline.resolve(), SYNC_CHILD))
     cluster = Cluster({"fsync": "on", "synchronous_commit": "on"})
