@@ -72,7 +72,7 @@ from stepstone.telemetry import EventLog
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 
     from stepstone.persistence.listing import ExecutionFilter, ExecutionPage
     from stepstone.persistence.rows import SlowStep, WorkflowStats
@@ -474,10 +474,12 @@ class Store(QueueStore, WaitStore):
         query, params, action, fence = self._commit_args(commit)
         self._sql.run(query, params, fetch=None, action=action, fence=fence)
 
-    async def commit_step_async(self, commit: StepCommit, aio: AsyncStatements) -> None:
-        """`commit_step` on an async pool (`aio`), sent directly: the async hot path."""
+    def commit_step_async(self, commit: StepCommit, aio: AsyncStatements) -> Awaitable[None]:
+        """`commit_step` on an async pool (`aio`), sent directly: the async hot path (the
+        awaitable of the statement itself, without a coroutine of its own around it)."""
         query, params, action, fence = self._commit_args(commit)
-        await aio.run(query, params, fetch=None, action=action, fence=fence)
+        done: Awaitable[None] = aio.run(query, params, fetch=None, action=action, fence=fence)
+        return done
 
     def commit_statement(self, commit: StepCommit) -> Statement:
         """`commit_step` as a request."""

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from stepstone.errors import HandedBack, OwnershipLost, PersistenceError, Suspended, UsageError
 from stepstone.persistence.plans import adrive
 from stepstone.runtime._execution import Execution, _call_site, _ChildStep, _SendStep
-from stepstone.runtime._requests import StepBody
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -153,32 +152,32 @@ class AsyncExecution(Execution):
     async def _run_async(
         self, step: AnyStep, seq: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        """Run a new step. A plain async step whose first attempt succeeds is awaited and
+        committed here directly (`Execution._run_plain` for async: the hot path, one
+        coroutine level); any other step, or first outcome, goes through its plan."""
         aio = self._bound()
         if self._cancel is not None or self.engine.stopping:
             await adrive(self._check_stop_plan(), aio)
-        if step.kind == "step":
-            ok, value = await self._run_plain_async(step, seq, args, kwargs, aio)
-        else:
+        if step.kind != "step":
             ok, value = await adrive(self._run_new(step, seq, args, kwargs), aio)
-        if ok:
-            return value
-        raise value
-
-    async def _run_plain_async(
-        self,
-        step: AnyStep,
-        seq: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        aio: AsyncStatements,
-    ) -> tuple[bool, Any]:
-        """`Execution._run_plain` for an async step: while its first attempt succeeds, the
-        body is awaited and the commit statement sent directly; any other first outcome is
-        handed to the step's plan, which goes on from there."""
+            if ok:
+                return value
+            raise value
         begun = self._begin(step, seq)
-        ok, value = await StepBody(self, step.fn, args, kwargs).arun(aio)
+        token = _IN_STEP.set(self)  # as StepBody.arun runs a body
+        try:
+            ok, value = True, await step.fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - the plan decides what it means
+            ok, value = False, exc
+        finally:
+            _IN_STEP.reset(token)
         if not ok:
-            return await adrive(self._run_new(step, seq, args, kwargs, begun, (ok, value)), aio)
+            ok, value = await adrive(
+                self._run_new(step, seq, args, kwargs, begun, (ok, value)), aio
+            )
+            if ok:
+                return value
+            raise value
         try:
             commit = self._record(step, seq, value, ok, 1, begun[3], [])
             since = time.perf_counter()
@@ -187,13 +186,13 @@ class AsyncExecution(Execution):
             except (HandedBack, PersistenceError) as exc:
                 raise self._commit_failed(seq, exc)  # noqa: B904 - its cause is set
             self._committed(commit, since)
-        except BaseException as exc:  # noqa: BLE001 - answered to the caller
+        except BaseException as exc:
             if not isinstance(exc, Exception):
                 self.journal.doom(exc)
-            ok, value = False, exc
-        finally:
-            self._end(step, seq, begun, ok, value, 0)
-        return ok, value
+            self._end(step, seq, begun, ok=False, value=exc, retried=0)
+            raise
+        self._end(step, seq, begun, ok=True, value=value, retried=0)
+        return value
 
     def _check_loop(self, what: str) -> None:
         try:
