@@ -192,8 +192,9 @@ class AsyncEngine:
         self, workflow_id: str, run: Run, execution: Execution, body: Call, aio: AsyncStatements
     ) -> None:
         """A started async execution's task: its outcome goes to its run (and so to its
-        handles); interruptions were logged."""
-        with contextlib.suppress(Exception):
+        handles); interruptions and hand-backs were logged (nothing is left on the task
+        for asyncio to report as never retrieved; a cancellation still cancels it)."""
+        with contextlib.suppress(Exception, HandedBack):
             await self._run_here_async(workflow_id, run, execution, body, aio)
 
     async def await_outcome_async(

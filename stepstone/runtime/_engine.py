@@ -454,8 +454,9 @@ class Engine(AsyncEngine):
                 if self.stopping:
                     await adrive(self._release_unstarted_plan(workflow_id, run, execution), aio)
                     return
-                # The outcome is in the run's future, and interruptions were logged.
-                with contextlib.suppress(Exception):
+                # The outcome is in the run's future, and interruptions were logged (as a
+                # worker thread does; a cancellation still cancels the task).
+                with contextlib.suppress(Exception, HandedBack):
                     await self._run_here_async(workflow_id, run, execution, body, aio, woken)
             finally:
                 self._slot_free(workflow_id)

@@ -7,6 +7,9 @@ Runtimes in this process.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 import threading
 import time
 from typing import Any
@@ -398,3 +401,60 @@ def test_execution_stopped_by_a_database_error_is_resumed_by_its_own_executor(db
         assert _resumed_reasons(rt, "fragile-1") == ["retry"]
     finally:
         rt.shutdown()
+
+
+def test_an_async_execution_stopped_by_a_database_error_is_resumed_by_its_own_executor(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the connection dies under an async step's commit, the execution stays RUNNING
+    (nothing recorded for that step) and this executor's next sweep resumes it on the
+    runtime's loop thread; result_async() still returns the result, and no task is left
+    with an exception asyncio would report as never retrieved."""
+    rt = Runtime(db, executor_id="worker-a", pool_min_size=1, pool_max_size=1, **FAST)
+    killed: list[int] = []
+    threads: list[str] = []
+
+    @rt.step()
+    async def cut_the_line() -> str:
+        threads.append(threading.current_thread().name)
+        if not killed:
+            async with await psycopg.AsyncConnection.connect(db, autocommit=True) as admin:
+                cursor = await admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name = ''"
+                )
+                row = await cursor.fetchone()
+                killed.append(int(row[0]) if row else 0)
+        return "done"
+
+    @rt.workflow()
+    async def fragile() -> str:
+        return await cut_the_line()
+
+    async def main() -> str:
+        async with rt:
+            handle = await rt.start_async(fragile.with_options(workflow_id="fragile-a"))
+            result: str = await handle.result_async(timeout=20)
+            return result
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        assert asyncio.run(main()) == "done"
+        gc.collect()  # a task's unretrieved exception is reported when it is collected
+    assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    rt.store.open(migrate=False)
+    try:
+        assert killed[0] >= 1
+        # The runtime's loop has a pool of its own, whose idle connection died too: its
+        # first resumed run may meet it (and be resumed once more).
+        reasons = _resumed_reasons(rt, "fragile-a")
+        assert reasons
+        assert set(reasons) == {"retry"}
+        assert threads[0] == "MainThread"
+        assert threads[1:]
+        assert set(threads[1:]) == {"stepstone-loop"}
+        assert [(s.seq, s.name, s.attempts) for s in rt.store.list_steps("fragile-a")] == [
+            (0, "cut_the_line", 1)
+        ]
+    finally:
+        rt.store.close()
