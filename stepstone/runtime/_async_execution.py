@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from stepstone.errors import HandedBack, OwnershipLost, PersistenceError, Suspended, UsageError
 from stepstone.persistence.plans import adrive
-from stepstone.runtime._execution import Execution, _call_site, _ChildStep, _SendStep
+from stepstone.runtime._execution import Execution
+from stepstone.runtime._waiting import _call_site, _ChildStep, _SendStep
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
     from stepstone.persistence.plans import AsyncStatements, Plan
     from stepstone.persistence.rows import RecordedStep, WaitKind
     from stepstone.runtime._engine import Engine
-    from stepstone.runtime._execution import AnyStep
     from stepstone.runtime._journal import Journal
+    from stepstone.runtime._waiting import AnyStep
     from stepstone.runtime.definitions import Workflow, _StepBase
 
 __all__ = ["AsyncExecution", "current_io", "running_on"]
