@@ -47,10 +47,12 @@ _ENCODING_HINT = (
 
 
 class Resolved(NamedTuple):
-    """A connection string and where it came from (for the log and for error messages)."""
+    """A connection string and where it came from (for the log and for error messages);
+    `server`: the embedded server it was attached to (its user releases it when done)."""
 
     conninfo: str
     source: str
+    server: embedded.EmbeddedServer | None = None
 
 
 def resolve(dsn: str | None) -> Resolved:
@@ -73,7 +75,7 @@ def resolve(dsn: str | None) -> Resolved:
             f"unset) and the embedded PostgreSQL is not installed: {embedded.EXTRA_HINT}"
         )
     server = embedded.server_for(embedded.DEFAULT_DIRECTORY)
-    return Resolved(server.attach(), f"the embedded server in {server.directory}")
+    return Resolved(server.attach(), f"the embedded server in {server.directory}", server)
 
 
 def resolve_session(session_dsn: str | None) -> str | None:

@@ -191,6 +191,7 @@ class EmbeddedServer:
         self.logfile = self.directory / "server.log"
         self._clients = self.directory / "clients"
         self._attached_pid: int | None = None
+        self._users = 0  # the users (Stores) of this process attached
         self._guard = threading.Lock()
 
     def socket_dir(self) -> Path:
@@ -210,7 +211,8 @@ class EmbeddedServer:
 
     def attach(self) -> str:
         """Make sure the server runs and count this process as its client, until it exits
-        or calls `detach()`; return its connection string."""
+        or its last user in it calls `release()` (or `detach()`); return its connection
+        string. Each call is one user (a Store) to release."""
         if sys.platform == "win32":
             raise ConfigurationError(
                 "the embedded PostgreSQL runs on Linux and macOS only: on Windows, set "
@@ -218,6 +220,7 @@ class EmbeddedServer:
             )
         with self._guard:
             if self._attached_pid == os.getpid():
+                self._users += 1
                 return self.conninfo()
             with self._locked():
                 user = server_user()
@@ -227,8 +230,22 @@ class EmbeddedServer:
                 self._live_clients()  # forget clients that died without leaving
                 (self._clients / str(os.getpid())).touch()
             self._attached_pid = os.getpid()
+            self._users = 1
             atexit.register(self.detach)
         return self.conninfo()
+
+    def release(self) -> None:
+        """One user of this process is done with the server (a Store closed): the last one
+        detaches, so a process that ends without running its exit handlers (killed by a
+        signal it re-raises, as uvicorn does with SIGTERM) still stops the server when it
+        was its last client."""
+        with self._guard:
+            if self._attached_pid != os.getpid() or self._users == 0:
+                return
+            self._users -= 1
+            if self._users:
+                return
+        self.detach()
 
     def detach(self) -> None:
         """Stop counting this process as a client; stop the server if no client is left."""
@@ -236,6 +253,7 @@ class EmbeddedServer:
             if self._attached_pid != os.getpid():  # never attached, or a forked child
                 return
             self._attached_pid = None
+            self._users = 0
             atexit.unregister(self.detach)
             with self._locked():
                 (self._clients / str(os.getpid())).unlink(missing_ok=True)

@@ -145,9 +145,18 @@ class Store(QueueStore, WaitStore):
             )
         # Last, once every setting is known to be good: this may start the embedded server.
         self.session_conninfo = _conninfo.resolve_session(session_conninfo)
-        self.conninfo, source = _conninfo.resolve(conninfo)
+        resolved = _conninfo.resolve(conninfo)
+        self.conninfo = resolved.conninfo
+        # The embedded server this store holds (attached), released by close() and taken
+        # again by open(): the last store of the process to close stops it if no other
+        # process uses it.
+        self._embedded = resolved.server
+        self._holds_server = resolved.server is not None
         log.info(
-            "database_selected", source=source, schema=schema, **_conninfo.parts(self.conninfo)
+            "database_selected",
+            source=resolved.source,
+            schema=schema,
+            **_conninfo.parts(self.conninfo),
         )
         self._connect_timeout = connect_timeout
         self._idle_timeout = float(idle_in_transaction_timeout)
@@ -256,6 +265,9 @@ class Store(QueueStore, WaitStore):
         same database), migrate it (unless told not to), open the pool."""
         if self._opened:
             return
+        if self._embedded is not None and not self._holds_server:
+            self._embedded.attach()  # started again if the last store to close stopped it
+            self._holds_server = True
         with self.connect() as conn:
             if self.pooled:
                 self._check_same_database(conn)
@@ -293,10 +305,14 @@ class Store(QueueStore, WaitStore):
         return self._opened
 
     def close(self) -> None:
-        """Close the pool; open() may be called again."""
+        """Close the pool, and release the embedded server if this store runs on it (the
+        last user to leave stops it); open() may be called again."""
         if self._opened:
             self._sql.pool.close()
             self._opened = False
+        if self._embedded is not None and self._holds_server:
+            self._holds_server = False
+            self._embedded.release()
 
     async def open_async(self) -> None:
         """Open psycopg's async pool, for async workflows (after open(), which migrates and

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
-from stepstone import Runtime
+from stepstone import Client, Runtime
 from stepstone.errors import ConfigurationError
 from stepstone.persistence import embedded
 
@@ -150,3 +150,23 @@ def test_a_socket_directory_someone_else_made_is_refused(project: Path) -> None:
         assert not server.running()
     finally:
         sockets.rmdir()
+
+
+def test_the_last_store_of_a_process_to_close_stops_the_server(project: Path) -> None:
+    """Each Store on the embedded server is one user of it: the server runs while one of
+    the process's stores is open, stops when the last one closes (a process ended by a
+    signal it re-raises never runs its exit handlers: shutting the runtime down is what
+    stops it), and starts again when a store opens again."""
+    server = embedded.server_for(project / ".stepstone")
+    with Runtime() as rt:
+        rt.launch()
+        client = Client()
+        client.open()
+        rt.shutdown()
+        assert server.running()  # the client still uses it
+        client.close()
+        assert not server.running()
+        rt.store.open(migrate=False)  # attaches again, starting it
+        assert server.running()
+        assert rt.store.health_status().reachable
+    assert not server.running()

@@ -40,7 +40,7 @@ def test_resolve_none_with_a_libpq_location_variable_is_libpq(
     monkeypatch.setenv(variable, "somewhere")
     monkeypatch.setenv("PGUSER", "app")
     resolved = _conninfo.resolve(None)
-    assert resolved == ("", f"libpq's variables ({variable})")
+    assert resolved == ("", f"libpq's variables ({variable})", None)
 
 
 @pytest.mark.parametrize("variable", ["PGUSER", "PGPORT", "PGPASSWORD"])
