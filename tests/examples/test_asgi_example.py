@@ -104,8 +104,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(params=["database_url", "embedded"])
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, str]]:
-    """The example serving, and the connection string of the database it uses."""
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Server, str, EmbeddedServer | None]]:
+    """The example serving, the connection string of the database it uses, and the
+    embedded server it runs on (None when it is given a database)."""
     embedded = EmbeddedServer(tmp_path / ".stepstone")
     if request.param == "database_url":
         dsn = request.getfixturevalue("db")
@@ -115,7 +118,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ser
         env = _env()
     server = Server(tmp_path, env)
     try:
-        yield server, dsn
+        yield server, dsn, (embedded if request.param == "embedded" else None)
     finally:
         server.kill()
         embedded.stop()
@@ -138,12 +141,13 @@ def _recorded(dsn: str, workflow_id: str) -> tuple[str, list[tuple[Any, ...]], l
 
 
 def test_an_order_runs_its_workflow_once_and_a_retried_request_replays_it(
-    served: tuple[Server, str],
+    served: tuple[Server, str, EmbeddedServer | None],
 ) -> None:
     """POST runs the workflow durably (its transaction step writes the app's row, its two
     gathered steps run) and returns its result; the same POST again returns the same
-    result without running a step; GET reads status and result; an unknown order is 404."""
-    server, dsn = served
+    result without running a step; GET reads status and result; an unknown order is 404.
+    Stopped with SIGTERM, the app leaves no embedded server running behind it."""
+    server, dsn, embedded = served
 
     assert server.request("POST", "/orders/o-1", ORDER) == (200, RESULT)
     status, steps, orders = _recorded(dsn, "order-o-1")
@@ -161,6 +165,9 @@ def test_an_order_runs_its_workflow_once_and_a_retried_request_replays_it(
 
     assert server.stop() == -signal.SIGTERM  # uvicorn raises the signal again once shut down
     assert server.stdout.read_text().count("payment_requested") == 1
+    if embedded is not None:
+        # uvicorn's re-raised SIGTERM skips exit handlers: the runtime's shutdown left it.
+        assert not embedded.running()
 
 
 def test_sigterm_runs_the_lifespan_shutdown(db: str, tmp_path: Path) -> None:
