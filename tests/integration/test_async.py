@@ -468,7 +468,11 @@ def test_cancelled_async_workflow_is_interrupted_not_failed_and_resumes(rt: Runt
         return await long.with_options(workflow_id="a-12")()
 
     assert run(rt, main) == ["one", "two"]
-    assert bodies == ["first", "hang", "hang"]
+    # Handed back, it may be resumed by this executor's sweep (on the runtime's loop) as
+    # well as by the call: whichever claims it last finishes it, the other is fenced out.
+    # The recorded first step never runs again; the interrupted one runs again.
+    assert bodies[:3] == ["first", "hang", "hang"]
+    assert bodies.count("first") == 1
     assert [name for _, name, _ in _steps(rt, "a-12")] == ["first", "hang"]
     assert rt.handle("a-12").status() == "SUCCEEDED"
 
