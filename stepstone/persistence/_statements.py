@@ -67,10 +67,7 @@ class Statements:
         except psycopg.Error as exc:
             self.fail(exc, action, fence)
         except UnicodeEncodeError as exc:  # a parameter the driver cannot send
-            raise UsageError(
-                f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
-                "which PostgreSQL cannot store: pass valid text"
-            ) from None
+            raise unencodable(action, exc) from None
 
     def one(self, name: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self.run(
@@ -106,16 +103,10 @@ class Statements:
 
     def fail(self, exc: psycopg.Error, action: Described, fence: Fence | None) -> NoReturn:
         """Raise what `exc`, met while doing `action`, means to stepstone."""
-        if fence is not None:
-            kind = classify(exc, user_sql=False)
-            if kind in ("fenced", "cancelled"):
-                raise fenced(kind, exc, fence) from exc
-        if not self._is_open():
-            raise PersistenceError(
-                f"{described(action)} failed: the store is closed (call open(); "
-                "Runtime.launch() does)"
-            ) from exc
-        raise outage(exc, described(action), self.where) from exc
+        closed = (
+            None if self._is_open() else "the store is closed (call open(); Runtime.launch() does)"
+        )
+        raise failure(exc, action, fence, closed, self.where) from exc
 
 
 class AsyncStatements:
@@ -124,7 +115,6 @@ class AsyncStatements:
     def __init__(self, pool: AsyncConnectionPool[Any], sync: Statements) -> None:
         self.pool = pool
         self.opened = False
-        self._sync = sync  # its error mapping
         self.where = sync.where
 
     async def run(
@@ -149,20 +139,40 @@ class AsyncStatements:
         except psycopg.Error as exc:
             self.fail(exc, action, fence)
         except UnicodeEncodeError as exc:
-            raise UsageError(
-                f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
-                "which PostgreSQL cannot store: pass valid text"
-            ) from None
+            raise unencodable(action, exc) from None
 
     def fail(self, exc: psycopg.Error, action: Described, fence: Fence | None) -> NoReturn:
         """Raise what `exc` means to stepstone (as `Statements.fail`)."""
-        if fence is not None:
-            kind = classify(exc, user_sql=False)
-            if kind in ("fenced", "cancelled"):
-                raise fenced(kind, exc, fence) from exc
-        if not self.opened:
-            raise PersistenceError(
-                f"{described(action)} failed: the store's async pool is closed (call "
-                "open_async(); Runtime.launch_async() does)"
-            ) from exc
-        raise outage(exc, described(action), self.where) from exc
+        closed = (
+            None
+            if self.opened
+            else "the store's async pool is closed (call open_async(); Runtime.launch_async() does)"
+        )
+        raise failure(exc, action, fence, closed, self.where) from exc
+
+
+def failure(
+    exc: psycopg.Error,
+    action: Described,
+    fence: Fence | None,
+    closed: str | None,
+    where: Callable[[], str],
+) -> BaseException:
+    """What a driver error met while doing `action` means to stepstone, for both runners:
+    for a fenced write, OwnershipLost or ExecutionCancelled; on a closed pool (`closed`
+    says which and what to do), a PersistenceError saying so; else an outage."""
+    if fence is not None:
+        kind = classify(exc, user_sql=False)
+        if kind in ("fenced", "cancelled"):
+            return fenced(kind, exc, fence)
+    if closed is not None:
+        return PersistenceError(f"{described(action)} failed: {closed}")
+    return outage(exc, described(action), where)
+
+
+def unencodable(action: Described, exc: UnicodeEncodeError) -> UsageError:
+    """A parameter the driver cannot send (not valid Unicode text)."""
+    return UsageError(
+        f"{described(action)}: a value given is not valid Unicode text ({exc.reason}), "
+        "which PostgreSQL cannot store: pass valid text"
+    )

@@ -180,12 +180,6 @@ class WaitStore:
             convert=lambda row: _sent(execution_id, row),
         )
 
-    def state_value(self, execution_id: str, key: str) -> tuple[str, str | None] | None:
-        """(status, the serialized value of state key `key` or None if it is not set) of an
-        execution; None if there is no such execution."""
-        row = self._sql.one("state_value", {"id": execution_id, "key": key})
-        return (str(row[0]), row[1]) if row else None
-
     def count_waiting(self) -> dict[str, int]:
         """How many executions are WAITING now, by workflow name, in the whole schema (one
         index-only scan of executions_waiting_idx); empty when the store is closed."""

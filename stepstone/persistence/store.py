@@ -841,7 +841,8 @@ class Store(QueueStore, WaitStore):
         )
 
     def state_value_statement(self, execution_id: str, key: str) -> Statement:
-        """`state_value` as a request."""
+        """(status, the serialized value of state key `key` or None if it is not set) of an
+        execution, or None if there is no such execution: the state waits' poll."""
         return Statement(
             self.queries["state_value"],
             {"id": execution_id, "key": key},
