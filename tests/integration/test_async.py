@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,23 +23,7 @@ from stepstone import (
     WorkflowFailed,
 )
 from tests.support.runtime import Crash
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-
-
-def run(rt: Runtime, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """`main()` on a fresh event loop, inside `async with rt:`; then the store is opened
-    again for the test's reads."""
-
-    async def inside() -> Any:
-        async with rt:
-            return await main()
-
-    try:
-        return asyncio.run(inside())
-    finally:
-        rt.store.open(migrate=False)
+from tests.support.runtime import run_async as run
 
 
 def _steps(rt: Runtime, workflow_id: str) -> list[tuple[int, str, int]]:

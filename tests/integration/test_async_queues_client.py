@@ -27,9 +27,10 @@ from stepstone import (
     WorkflowNotFound,
 )
 from tests.support.runtime import FAST
+from tests.support.runtime import run_async as run
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterator
+    from collections.abc import Iterator
 
 
 @pytest.fixture
@@ -38,20 +39,6 @@ def rt(db: str) -> Iterator[Runtime]:
     runtime = Runtime(db, executor_id="async-queues", **FAST)  # type: ignore[arg-type]
     yield runtime
     runtime.shutdown()
-
-
-def run(rt: Runtime, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """`main()` on a fresh event loop, inside `async with rt:`; then the store is opened
-    again for the test's reads."""
-
-    async def inside() -> Any:
-        async with rt:
-            return await main()
-
-    try:
-        return asyncio.run(inside())
-    finally:
-        rt.store.open(migrate=False)
 
 
 def _query(db: str, sql: str) -> list[tuple[Any, ...]]:

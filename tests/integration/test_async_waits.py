@@ -21,23 +21,10 @@ from stepstone import (
     WorkflowNotFound,
 )
 from tests.support.runtime import Crash
+from tests.support.runtime import run_async as run
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
-
-
-def run(rt: Runtime, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """`main()` on a fresh event loop, inside `async with rt:`; then the store is opened
-    again for the test's reads."""
-
-    async def inside() -> Any:
-        async with rt:
-            return await main()
-
-    try:
-        return asyncio.run(inside())
-    finally:
-        rt.store.open(migrate=False)
 
 
 def _steps(rt: Runtime, workflow_id: str) -> list[tuple[int, str, str, str | None]]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stepstone.errors import HandedBack
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
+
+    from stepstone import Runtime
 
 FAST = {
     "lease_seconds": 1.0,
@@ -35,3 +38,17 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def run_async(rt: Runtime, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """`main()` on a fresh event loop, inside `async with rt:`; then the store is opened
+    again for the test's reads."""
+
+    async def inside() -> Any:
+        async with rt:
+            return await main()
+
+    try:
+        return asyncio.run(inside())
+    finally:
+        rt.store.open(migrate=False)
